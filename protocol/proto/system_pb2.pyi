@@ -1,0 +1,74 @@
+from protocol.proto import options_pb2 as _options_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Ping(_message.Message):
+    __slots__ = ("client_time_ns",)
+    CLIENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    client_time_ns: int
+    def __init__(self, client_time_ns: _Optional[int] = ...) -> None: ...
+
+class Pong(_message.Message):
+    __slots__ = ("client_time_ns", "server_time_ns")
+    CLIENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    client_time_ns: int
+    server_time_ns: int
+    def __init__(self, client_time_ns: _Optional[int] = ..., server_time_ns: _Optional[int] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message", "request_msg_id")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_MSG_ID_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    request_msg_id: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., request_msg_id: _Optional[int] = ...) -> None: ...
+
+class EchoRequest(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class EchoReply(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MessageId(_message.Message):
+    __slots__ = ("id", "full_name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FULL_NAME_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    full_name: str
+    def __init__(self, id: _Optional[int] = ..., full_name: _Optional[str] = ...) -> None: ...
+
+class DescribeReply(_message.Message):
+    __slots__ = ("file_descriptor_set", "ids")
+    FILE_DESCRIPTOR_SET_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    file_descriptor_set: bytes
+    ids: _containers.RepeatedCompositeFieldContainer[MessageId]
+    def __init__(self, file_descriptor_set: _Optional[bytes] = ..., ids: _Optional[_Iterable[_Union[MessageId, _Mapping]]] = ...) -> None: ...
+
+class GoAway(_message.Message):
+    __slots__ = ("reason", "message", "reconnect_after_ms")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RECONNECT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    reason: int
+    message: str
+    reconnect_after_ms: int
+    def __init__(self, reason: _Optional[int] = ..., message: _Optional[str] = ..., reconnect_after_ms: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The `tickwire` command: serve, bench, ids, proto generation."""

@@ -1,0 +1,47 @@
+"""Regenerate the committed protobuf code from protocol/proto/*.proto (`make proto`).
+
+The generated modules are committed so that installing tickwire needs no protoc; a test
+regenerates them into a temporary directory and compares, so the two never drift.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "protocol" / "proto"
+
+
+def proto_sources(root: Path = ROOT) -> list[Path]:
+    return sorted((root / "protocol" / "proto").glob("*.proto"))
+
+
+def generate(out_dir: Path, root: Path = ROOT) -> None:
+    """Run protoc (from grpcio-tools) on every .proto source, writing _pb2.py and .pyi files."""
+    from grpc_tools import protoc
+
+    include = resources.files("grpc_tools") / "_proto"
+    sources = [str(p.relative_to(root)) for p in proto_sources(root)]
+    args = [
+        "protoc",
+        f"-I{root}",
+        f"-I{include}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        *sources,
+    ]
+    code = protoc.main(args)
+    if code != 0:
+        raise RuntimeError(f"protoc failed with exit code {code}: {' '.join(args)}")
+
+
+def main() -> int:
+    generate(ROOT)
+    print(f"regenerated {len(proto_sources())} proto files into {PROTO_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
