@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FileDescriptor
@@ -20,6 +20,11 @@ from protocol.errors import ErrorCode, RegistryError, RemoteProtocolError
 from protocol.frame import MAX_MSG_ID
 from protocol.proto import options_pb2, system_pb2
 
+if TYPE_CHECKING:
+    # types-protobuf types `Message.DESCRIPTOR` as this union with the upb backend's classes.
+    from google._upb._message import Descriptor as UpbDescriptor
+    from google._upb._message import FileDescriptor as UpbFileDescriptor
+
 #: IDs 1..LAST_RESERVED_ID belong to the protocol's own messages (package `system`).
 LAST_RESERVED_ID = 255
 SYSTEM_PACKAGE = "system"
@@ -27,12 +32,17 @@ SYSTEM_PACKAGE = "system"
 MessageClass = type[Message]
 
 
-def declared_id(descriptor: Descriptor) -> int | None:
+#: Typed Any because the generated .pyi declares the extension a plain FieldDescriptor,
+#: which types-protobuf's typed ``Extensions``/``HasExtension`` refuse; the runtime takes it.
+_MSG_ID_OPTION: Any = options_pb2.msg_id
+
+
+def declared_id(descriptor: Descriptor | UpbDescriptor) -> int | None:
     """The ``(tickwire.msg_id)`` option of a message, or None when it declares none."""
     options = descriptor.GetOptions()
-    if not options.HasExtension(options_pb2.msg_id):
+    if not options.HasExtension(_MSG_ID_OPTION):
         return None
-    return int(options.Extensions[options_pb2.msg_id])
+    return int(options.Extensions[_MSG_ID_OPTION])
 
 
 class MessageRegistry:
@@ -85,11 +95,18 @@ class MessageRegistry:
 
         Messages without the option (helpers such as ``system.MessageId``) are skipped.
         """
-        file: FileDescriptor = module.DESCRIPTOR
+        return self.register_file(module.DESCRIPTOR)
+
+    def register_file(self, file: FileDescriptor) -> list[MessageClass]:
+        """Register every top-level message of a .proto file that declares an ID.
+
+        A handler's request type brings its whole file, so the replies declared beside
+        it are known without being listed one by one.
+        """
         registered = []
-        for name in file.message_types_by_name:
-            cls = getattr(module, name)
-            if declared_id(cls.DESCRIPTOR) is not None:
+        for descriptor in file.message_types_by_name.values():
+            if declared_id(descriptor) is not None:
+                cls = message_factory.GetMessageClass(descriptor)
                 self.register(cls)
                 registered.append(cls)
         return registered
@@ -158,7 +175,7 @@ class MessageRegistry:
         fds = descriptor_pb2.FileDescriptorSet()
         seen: set[str] = set()
 
-        def add(file: FileDescriptor) -> None:
+        def add(file: FileDescriptor | UpbFileDescriptor) -> None:
             if file.name in seen:
                 return
             seen.add(file.name)

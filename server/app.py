@@ -1,0 +1,166 @@
+"""Handler registration: an `App` maps request types to handlers and builds their chains.
+
+A handler takes ``(ctx, request)`` and returns the reply message (or None for no reply).
+Three kinds, chosen at registration, never guessed per call:
+
+- plain ``def``: called inline by whoever drains the connection's mailbox (no task, no await);
+- ``async def``: awaited by one of the server's long-lived consumers;
+- ``blocking=True``: a plain ``def`` that may block; run in the server's thread pool and
+  awaited by a consumer.
+
+``ordered=False`` lets a handler's frames run concurrently with the frames that follow them
+on the same connection (their replies may overtake); by default a connection's frames are
+answered in arrival order (PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from enum import Enum
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from google.protobuf.message import Message
+
+from protocol.registry import MessageRegistry, declared_id
+
+if TYPE_CHECKING:
+    from server.connection import Connection
+    from server.middleware import Middleware
+    from server.server import Server
+
+M = TypeVar("M", bound=Message)
+SyncHandler = Callable[["Context", Any], Message | None]
+AsyncHandler = Callable[["Context", Any], Awaitable[Message | None]]
+Handler = SyncHandler | AsyncHandler
+
+
+class Kind(Enum):
+    SYNC = "sync"
+    ASYNC = "async"
+    BLOCKING = "blocking"
+
+
+class Context:
+    """What a handler knows about the frame it is handling."""
+
+    __slots__ = ("conn", "flags", "msg_id", "seq", "server")
+
+    def __init__(self, conn: Connection, msg_id: int, flags: int, seq: int) -> None:
+        self.conn = conn
+        self.server: Server = conn.server
+        self.msg_id = msg_id
+        self.flags = flags
+        self.seq = seq
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        return self.conn.peer
+
+
+class Route:
+    """One registered handler; `call` is its composed middleware chain (set by the server)."""
+
+    __slots__ = (
+        "awaited",
+        "call",
+        "calls",
+        "errors",
+        "handler",
+        "kind",
+        "msg_id",
+        "name",
+        "ordered",
+        "request",
+    )
+
+    def __init__(
+        self, request: type[Message], handler: Handler, kind: Kind, ordered: bool
+    ) -> None:
+        self.request = request
+        self.name: str = request.DESCRIPTOR.full_name
+        self.msg_id = 0
+        self.handler = handler
+        self.kind = kind
+        #: True when a consumer must await the chain (async and blocking handlers).
+        self.awaited = kind is not Kind.SYNC
+        self.ordered = ordered
+        self.call: Any = None
+        #: Plain integer counters, read by stats and the metrics exporter.
+        self.calls = 0
+        self.errors = 0
+
+
+class App:
+    """A set of handlers and the message types they speak."""
+
+    def __init__(self, name: str = "app") -> None:
+        self.name = name
+        self.routes: dict[type[Message], Route] = {}
+        self.modules: list[ModuleType] = []
+        self.middleware: list[Middleware] = []
+
+    def handler(
+        self, request: type[M], *, blocking: bool = False, ordered: bool = True
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated function as the handler of `request` messages."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.add_handler(request, fn, blocking=blocking, ordered=ordered)
+            return fn
+
+        return register
+
+    def add_handler(
+        self,
+        request: type[Message],
+        fn: Callable[..., Any],
+        *,
+        blocking: bool = False,
+        ordered: bool = True,
+    ) -> Route:
+        if declared_id(request.DESCRIPTOR) is None:
+            raise ValueError(
+                f"{request.DESCRIPTOR.full_name} declares no (tickwire.msg_id) option; "
+                "only messages with an ID can be requests"
+            )
+        if request in self.routes:
+            raise ValueError(f"{request.DESCRIPTOR.full_name} already has a handler in {self.name}")
+        is_async = inspect.iscoroutinefunction(fn)
+        if blocking and is_async:
+            raise ValueError(f"handler {fn.__qualname__} is async; blocking=True is for plain def")
+        kind = Kind.BLOCKING if blocking else Kind.ASYNC if is_async else Kind.SYNC
+        route = Route(request, fn, kind, ordered)
+        self.routes[request] = route
+        return route
+
+    def add_module(self, module: ModuleType) -> None:
+        """Declare a generated ``_pb2`` module whose messages (replies, pushes) this app sends."""
+        self.modules.append(module)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a layer inside the server's default ones; layers run in the order added."""
+        self.middleware.append(middleware)
+
+    def register_messages(self, registry: MessageRegistry) -> None:
+        """Register every message with an ID from the modules and files this app touches."""
+        for module in self.modules:
+            registry.register_module(module)
+        for request in self.routes:
+            registry.register_file(request.DESCRIPTOR.file)
+
+
+def all_routes(apps: Iterable[App]) -> list[Route]:
+    routes: list[Route] = []
+    seen: dict[type[Message], str] = {}
+    for app in apps:
+        for request, route in app.routes.items():
+            if request in seen:
+                raise ValueError(
+                    f"{request.DESCRIPTOR.full_name} has a handler in both {seen[request]} "
+                    f"and {app.name}"
+                )
+            seen[request] = app.name
+            routes.append(route)
+    return routes

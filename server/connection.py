@@ -1,0 +1,208 @@
+"""The connection adapter: an asyncio.Protocol that feeds bytes to the decoder and the
+decoded frames to the dispatcher, writes what the dispatcher produced, and closes with a
+typed reason. It holds no protocol logic of its own.
+
+Memory per idle connection is kept small on purpose (slots, the mailbox and the decoder's
+buffer empty until used): one process is meant to hold tens of thousands of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from protocol.errors import ErrorCode, RemoteProtocolError
+from protocol.frame import HEADER, MIN_LENGTH, Flags, Frame, FrameDecoder
+from protocol.proto.system_pb2 import GoAway
+from server.dispatch import error_frame
+
+if TYPE_CHECKING:
+    from server.server import Server
+
+log = logging.getLogger("tickwire.connection")
+
+_GOAWAY_ID = 30
+
+
+class CloseReason(StrEnum):
+    """Why a connection ended; logged and counted (Stats.close_reasons)."""
+
+    PEER_CLOSED = "peer_closed"
+    CONNECTION_LOST = "connection_lost"
+    BAD_FRAME = "bad_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    SERVER_SHUTDOWN = "server_shutdown"
+    IDLE_TIMEOUT = "idle_timeout"
+    SLOW_CONSUMER = "slow_consumer"
+    SESSION_REPLACED = "session_replaced"
+    AUTH_TIMEOUT = "auth_timeout"
+
+    @classmethod
+    def for_code(cls, code: int) -> CloseReason:
+        return cls(ErrorCode(code).name.lower())
+
+
+def goaway_frame(reason: int, message: str, reconnect_after_ms: int = 0) -> bytes:
+    """GoAway goes as a PUSH with seq 0: it takes no place in the push sequence."""
+    payload = GoAway(
+        reason=reason, message=message, reconnect_after_ms=reconnect_after_ms
+    ).SerializeToString()
+    return HEADER.pack(MIN_LENGTH + len(payload), _GOAWAY_ID, Flags.PUSH, 0) + payload
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "close_reason",
+        "closed",
+        "decoder",
+        "dispatcher",
+        "fatal",
+        "mailbox",
+        "out",
+        "reading_paused",
+        "rx_tick",
+        "scheduled",
+        "server",
+        "stats",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.dispatcher = server.dispatcher
+        self.stats = server.stats
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.decoder = FrameDecoder(server.config.max_frame)
+        self.mailbox: deque[Frame] | None = None
+        self.out: list[bytes] = []
+        self.scheduled = False
+        self.reading_paused = False
+        self.write_paused = False
+        self.closed = False
+        self.close_reason: CloseReason | None = None
+        self.fatal: RemoteProtocolError | None = None
+        self.rx_tick = server.tick
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport does not subclass asyncio.Transport, but has its methods.
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=self.server.write_high_water)
+        self.server.attach(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.rx_tick = self.server.tick
+        self.stats.bytes_in += len(data)
+        frames = self.decoder.feed(data)
+        if frames:
+            self.stats.frames_in += len(frames)
+            self.dispatcher.submit(self, frames)
+        if self.decoder.error is not None and self.fatal is None:
+            # Nothing after a framing error can be trusted: stop reading, answer the frames
+            # before it, then send the error and close (mailbox_drained does the last part).
+            self.fatal = self.decoder.error
+            self.transport.pause_reading()
+            if not self.scheduled:
+                self.mailbox_drained()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; the peer cannot send any more requests
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.stats.writes_paused += 1
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.dispatcher.reschedule(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        mailbox = self.mailbox
+        if mailbox:
+            self.dispatcher.pending -= len(mailbox)
+            mailbox.clear()
+        if self.close_reason is None:
+            self.close_reason = CloseReason.PEER_CLOSED if exc is None else CloseReason.CONNECTION_LOST
+        self.server.detach(self)
+
+    # -- called by the dispatcher ------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what the dispatcher gathered for this connection, in one write."""
+        out = self.out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.closed:
+            return
+        self.stats.bytes_out += len(data)
+        transport = self.transport
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.server.config.slow_consumer_bytes:
+            self.close_with(
+                ErrorCode.SLOW_CONSUMER,
+                "the client reads too slowly; its pending bytes passed the limit",
+                abort=True,
+            )
+
+    def mailbox_drained(self) -> None:
+        if self.fatal is not None:
+            self.close_with(self.fatal.code, self.fatal.message)
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            self.stats.reads_paused += 1
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and not self.closed and self.fatal is None:
+            self.reading_paused = False
+            self.stats.reads_resumed += 1
+            self.transport.resume_reading()
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close_with(
+        self,
+        code: int,
+        message: str,
+        *,
+        goaway: bool = False,
+        reconnect_after_ms: int = 0,
+        abort: bool = False,
+    ) -> None:
+        """Send the closing Error (or GoAway) frame, then close: the typed way to end."""
+        if self.closed:
+            return
+        self.close_reason = CloseReason.for_code(code)
+        self.stats.count_error(code)
+        frame = (
+            goaway_frame(code, message, reconnect_after_ms)
+            if goaway
+            else error_frame(code, message, 0, 0)
+        )
+        self.closed = True
+        transport = self.transport
+        if abort:
+            transport.abort()
+            return
+        if self.out:
+            self.out.append(frame)
+            frame = b"".join(self.out)
+            self.out.clear()
+        transport.write(frame)
+        transport.close()
+
+    @property
+    def peer(self) -> Any:
+        return self.transport.get_extra_info("peername") if self.transport else None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer} closed={self.closed}>"

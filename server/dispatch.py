@@ -1,0 +1,306 @@
+"""The producer/consumer pool between connections and handlers.
+
+Rules this module keeps:
+
+- Producers are connections: each decoded frame goes into its connection's mailbox, and a
+  connection with work is put once on the `ready` queue.
+- One drain per event-loop iteration (a single ``call_soon``, not one per frame) takes the
+  ready connections in turn and runs their frames in arrival order. A plain ``def``
+  handler is called right there, inline. An ``async def`` or blocking handler takes the
+  connection to one of `consumers` long-lived tasks, which awaits it and then goes on with
+  that connection's next frames. So a connection's frames are answered in order, different
+  connections proceed in parallel, and at most `consumers` handlers are awaited at once.
+- Handlers declared unordered are handed to a consumer on their own and the connection's
+  next frames do not wait for them.
+- Replies produced while draining one connection are written with one ``write``.
+- Backpressure: a connection whose mailbox holds `mailbox_limit` frames stops being read
+  until it drains; a connection whose transport asks us to pause writing is not drained
+  until it resumes; once `max_pending` frames are queued server-wide, new frames are
+  answered OVERLOADED (in their place in the order) instead of being queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import DecodeError, Message
+
+from protocol.errors import ErrorCode
+from protocol.frame import HEADER, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
+from protocol.proto.system_pb2 import Error
+from server.app import Context, Route
+
+if TYPE_CHECKING:
+    from server.connection import Connection
+    from server.stats import Stats
+
+log = logging.getLogger("tickwire.dispatch")
+
+_pack_header = HEADER.pack
+_RESPONSE = int(Flags.RESPONSE)
+_ERROR = int(Flags.ERROR)
+_ERROR_ID = 3
+#: Flags a client may not send on a request: reserved bits, and COMPRESSED, which is only
+#: valid once a handshake agreed on it (none offers it yet).
+_REQUEST_BAD_FLAGS = RESERVED_FLAGS | int(Flags.COMPRESSED)
+#: Internal flag value (outside u8, so never from the wire) for "answer OVERLOADED".
+_OVERLOADED = 0x100
+
+AsyncWork = tuple[Route, Context, Message]
+
+
+def error_frame(code: int, message: str, request_msg_id: int, seq: int) -> bytes:
+    """An Error frame: ERROR|RESPONSE answering `seq`, or ERROR alone when seq is 0."""
+    payload = Error(code=code, message=message, request_msg_id=request_msg_id).SerializeToString()
+    flags = _ERROR | _RESPONSE if seq else _ERROR
+    return _pack_header(MIN_LENGTH + len(payload), _ERROR_ID, flags, seq) + payload
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        routes: dict[int, Route],
+        id_by_class: Callable[[type[Message]], int | None],
+        stats: Stats,
+        *,
+        consumers: int,
+        mailbox_limit: int,
+        max_pending: int,
+    ) -> None:
+        self.routes = routes
+        self._id_of = id_by_class
+        self.stats = stats
+        self.mailbox_limit = mailbox_limit
+        self.resume_below = max(1, mailbox_limit // 2)
+        self.max_pending = max_pending
+        self.pending = 0
+        self.ready: deque[Connection] = deque()
+        self._drain_scheduled = False
+        # Work for consumers: ordered connections paused on an awaited frame, and
+        # unordered frames that run on their own.
+        self._ordered: deque[tuple[Connection, AsyncWork]] = deque()
+        self._unordered: deque[tuple[Connection, AsyncWork]] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._consumer_count = consumers
+        self._consumers: list[asyncio.Task[None]] = []
+        self.busy = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._consumers = [
+            loop.create_task(self._consume(), name=f"tickwire-consumer-{i}")
+            for i in range(self._consumer_count)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._consumers:
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+        self._consumers = []
+
+    @property
+    def in_flight(self) -> int:
+        """Frames queued plus handlers being awaited: zero means every reply has been written."""
+        return self.pending + self.busy
+
+    # -- producer side (called from Connection.data_received) ---------------------------
+
+    def submit(self, conn: Connection, frames: list[Frame]) -> None:
+        mailbox = conn.mailbox
+        if mailbox is None:
+            mailbox = conn.mailbox = deque()
+        count = len(frames)
+        if self.pending + count > self.max_pending:
+            room = max(0, self.max_pending - self.pending)
+            self.stats.overloaded += count - room
+            frames = frames[:room] + [
+                Frame(f.msg_id, _OVERLOADED, f.seq, b"") for f in frames[room:]
+            ]
+        mailbox.extend(frames)
+        self.pending += count
+        if len(mailbox) >= self.mailbox_limit:
+            conn.pause_reading()
+        if not conn.scheduled:
+            conn.scheduled = True
+            self.ready.append(conn)
+            if not self._drain_scheduled:
+                self._drain_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._drain)
+
+    def reschedule(self, conn: Connection) -> None:
+        """Put a connection back on the ready queue (its writes resumed, say)."""
+        if conn.mailbox and not conn.scheduled:
+            conn.scheduled = True
+            self.ready.append(conn)
+            if not self._drain_scheduled:
+                self._drain_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        ready = self.ready
+        while ready:
+            conn = ready.popleft()
+            work = self.run_connection(conn)
+            if work is not None:
+                self._ordered.append((conn, work))
+                self._wake()
+
+    # -- the per-connection run ---------------------------------------------------------
+
+    def run_connection(self, conn: Connection) -> AsyncWork | None:
+        """Run `conn`'s queued frames in order until its mailbox is empty or a frame must be
+        awaited. Returns that awaited frame's work (the connection stays scheduled), else None.
+        """
+        mailbox = conn.mailbox
+        out = conn.out
+        routes = self.routes
+        stats = self.stats
+        work: AsyncWork | None = None
+        while mailbox:
+            if conn.write_paused or conn.closed:
+                break
+            msg_id, flags, seq, payload = mailbox.popleft()
+            self.pending -= 1
+            route = routes.get(msg_id)
+            if flags & _REQUEST_BAD_FLAGS:
+                if flags == _OVERLOADED:
+                    code, text = ErrorCode.OVERLOADED, "server is over its queue limit"
+                else:
+                    code, text = ErrorCode.BAD_FLAGS, f"reserved or unnegotiated flag bits 0x{flags:02x}"
+                stats.count_error(code)
+                out.append(error_frame(code, text, msg_id, seq))
+                continue
+            if route is None:
+                stats.count_error(ErrorCode.UNKNOWN_MESSAGE)
+                out.append(
+                    error_frame(
+                        ErrorCode.UNKNOWN_MESSAGE, f"no handler for message id {msg_id}", msg_id, seq
+                    )
+                )
+                continue
+            try:
+                msg = route.request.FromString(payload)
+            except DecodeError:
+                stats.count_error(ErrorCode.DECODE_ERROR)
+                out.append(
+                    error_frame(
+                        ErrorCode.DECODE_ERROR,
+                        f"payload of {len(payload)} bytes is not a valid {route.name}",
+                        msg_id,
+                        seq,
+                    )
+                )
+                continue
+            ctx = Context(conn, msg_id, flags, seq)
+            if route.awaited:
+                if route.ordered:
+                    work = (route, ctx, msg)
+                    break
+                self._unordered.append((conn, (route, ctx, msg)))
+                self._wake()
+                continue
+            reply = route.call(ctx, msg)
+            if reply is not None and seq:
+                out.append(self.encode_reply(reply, seq, route))
+            elif reply is not None and type(reply) is Error:
+                out.append(self.encode_error_notice(reply))
+        if out:
+            conn.flush()
+        if work is None:
+            if not mailbox or conn.closed:
+                conn.scheduled = False
+                conn.mailbox_drained()
+            # else: writes are paused; resume_writing reschedules the connection.
+        if conn.reading_paused and len(mailbox) < self.resume_below:
+            conn.resume_reading()
+        return work
+
+    def encode_reply(self, reply: Message, seq: int, route: Route) -> bytes:
+        cls = type(reply)
+        msg_id = self._id_of(cls)
+        if msg_id is None:
+            log.error(
+                "handler for %s returned %s, which is not a registered message",
+                route.name,
+                cls.DESCRIPTOR.full_name,
+            )
+            route.errors += 1
+            self.stats.count_error(ErrorCode.INTERNAL)
+            return error_frame(ErrorCode.INTERNAL, "internal error", route.msg_id, seq)
+        payload = reply.SerializeToString()
+        if msg_id == _ERROR_ID:
+            self.stats.count_error(reply.code)  # type: ignore[attr-defined]
+            return _pack_header(MIN_LENGTH + len(payload), msg_id, _ERROR | _RESPONSE, seq) + payload
+        return _pack_header(MIN_LENGTH + len(payload), msg_id, _RESPONSE, seq) + payload
+
+    def encode_error_notice(self, error: Error) -> bytes:
+        """A failed notification (seq 0) still gets its Error, unsolicited, with seq 0."""
+        self.stats.count_error(error.code)
+        payload = error.SerializeToString()
+        return _pack_header(MIN_LENGTH + len(payload), _ERROR_ID, _ERROR, 0) + payload
+
+    # -- consumer side ------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        idle = self._idle
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        ordered = self._ordered
+        unordered = self._unordered
+        while True:
+            if not ordered and not unordered:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                continue
+            if ordered:
+                conn, work = ordered.popleft()
+                item: AsyncWork | None = work
+                while item is not None:
+                    await self._run_awaited(conn, item, ordered=True)
+                    item = self.run_connection(conn)
+            else:
+                conn, work = unordered.popleft()
+                await self._run_awaited(conn, work, ordered=False)
+                if conn.out:
+                    conn.flush()
+
+    async def _run_awaited(self, conn: Connection, work: AsyncWork, *, ordered: bool) -> None:
+        route, ctx, msg = work
+        self.busy += 1
+        try:
+            reply = await route.call(ctx, msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a layer outside ErrorRecovery failed; keep the consumer
+            log.error("middleware for %s raised", route.name, exc_info=exc)
+            reply = Error(code=ErrorCode.INTERNAL, message="internal error", request_msg_id=ctx.msg_id)
+        finally:
+            self.busy -= 1
+        if conn.closed:
+            return
+        seq = ctx.seq
+        if reply is not None and seq:
+            conn.out.append(self.encode_reply(reply, seq, route))
+        elif reply is not None and type(reply) is Error:
+            conn.out.append(self.encode_error_notice(reply))
+
+
+def dispatcher_summary(d: Dispatcher) -> dict[str, Any]:
+    return {"pending": d.pending, "busy": d.busy, "ready": len(d.ready)}

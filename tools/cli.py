@@ -1,0 +1,28 @@
+"""The `tickwire` command. Each subcommand lives in its own module and registers here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tools import bench_cmd, ids_cmd, serve_cmd
+
+    parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd.register(sub)
+    bench_cmd.register(sub)
+    ids_cmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
