@@ -51,6 +51,8 @@ _REQUEST_BAD_FLAGS = RESERVED_FLAGS | int(Flags.COMPRESSED)
 _OVERLOADED = 0x100
 
 AsyncWork = tuple[Route, Context, Message]
+#: Replies gathered for one connection are written once they reach this size.
+FLUSH_BYTES = 256 * 1024
 
 
 def error_frame(code: int, message: str, request_msg_id: int, seq: int) -> bytes:
@@ -166,6 +168,7 @@ class Dispatcher:
         routes = self.routes
         stats = self.stats
         work: AsyncWork | None = None
+        out_bytes = 0
         while mailbox:
             if conn.write_paused or conn.closed:
                 break
@@ -210,17 +213,29 @@ class Dispatcher:
                 self._wake()
                 continue
             reply = route.call(ctx, msg)
-            if reply is not None and seq:
-                out.append(self.encode_reply(reply, seq, route))
-            elif reply is not None and type(reply) is Error:
-                out.append(self.encode_error_notice(reply))
+            if reply is not None:
+                data = (
+                    self.encode_reply(reply, seq, route)
+                    if seq
+                    else self.encode_error_notice(reply)
+                    if type(reply) is Error
+                    else None
+                )
+                if data is not None:
+                    out.append(data)
+                    out_bytes += len(data)
+                    if out_bytes >= FLUSH_BYTES:
+                        # Write in slices, so pause_writing can stop us before the
+                        # transport buffer grows by a whole mailbox of replies.
+                        conn.flush()
+                        out_bytes = 0
         if out:
             conn.flush()
         if work is None:
-            if not mailbox or conn.closed:
-                conn.scheduled = False
+            # Done, closed, or writes paused (resume_writing reschedules it).
+            conn.scheduled = False
+            if not mailbox:
                 conn.mailbox_drained()
-            # else: writes are paused; resume_writing reschedules the connection.
         if conn.reading_paused and len(mailbox) < self.resume_below:
             conn.resume_reading()
         return work

@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protocol" / "proto"
 
 
+#: Folders whose .proto files are compiled: the protocol's own, and the test application's.
+PROTO_DIRS = ("protocol/proto", "tests/proto")
+
+
 def proto_sources(root: Path = ROOT) -> list[Path]:
-    return sorted((root / "protocol" / "proto").glob("*.proto"))
+    return sorted(p for d in PROTO_DIRS for p in (root / d).glob("*.proto"))
 
 
 def generate(out_dir: Path, root: Path = ROOT) -> None:
@@ -39,7 +43,7 @@ def generate(out_dir: Path, root: Path = ROOT) -> None:
 
 def main() -> int:
     generate(ROOT)
-    print(f"regenerated {len(proto_sources())} proto files into {PROTO_DIR}")
+    print(f"regenerated {len(proto_sources())} proto files under {', '.join(PROTO_DIRS)}")
     return 0
 
 

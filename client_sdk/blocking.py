@@ -1,0 +1,111 @@
+"""A blocking wrapper for scripts: the AsyncClient runs on an event loop in a daemon thread.
+
+Push callbacks registered with `on_push` run on that loop's thread; `pushes()` hands
+pushes over through a thread-safe queue instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from client_sdk.client import AsyncClient, Push, PushCallback
+from protocol.registry import MessageRegistry
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+
+class Client:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: MessageRegistry | None = None,
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="tickwire-client", daemon=True
+        )
+        self._thread.start()
+        self._pushes: queue.Queue[Push | None] | None = None
+        try:
+            self._client: AsyncClient = self._run(
+                AsyncClient.connect(host, port, registry, timeout=timeout), timeout
+            )
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def registry(self) -> MessageRegistry:
+        return self._client.registry
+
+    def request(self, message: Message, *, timeout: float | None = 30.0) -> Message:
+        return self._run(self._client.request(message, timeout=timeout))
+
+    def call(self, message: Message, reply_type: type[M], *, timeout: float | None = 30.0) -> M:
+        return self._run(self._client.call(message, reply_type, timeout=timeout))
+
+    def notify(self, message: Message) -> None:
+        async def send() -> None:
+            self._client.notify(message)
+
+        self._run(send())
+
+    def ping(self) -> float:
+        return self._run(self._client.ping())
+
+    def describe(self, *, adopt: bool = False) -> MessageRegistry:
+        return self._run(self._client.describe(adopt=adopt))
+
+    def on_push(self, message_type: type[Message], callback: PushCallback) -> None:
+        self._loop.call_soon_threadsafe(self._client.on_push, message_type, callback)
+
+    def pushes(self, timeout: float | None = None) -> Iterator[Push]:
+        """Pushes as they arrive; stops when the connection closes or `timeout` passes idle."""
+        if self._pushes is None:
+            q: queue.Queue[Push | None] = queue.Queue()
+            self._pushes = q
+
+            async def pump() -> None:
+                async for push in self._client.pushes():
+                    q.put(push)
+                q.put(None)
+
+            asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        while True:
+            try:
+                item = self._pushes.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        try:
+            self._run(self._client.close(), 10.0)
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5.0)
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,289 @@
+"""The async client: one connection, many requests in flight, pushes, clean close.
+
+It speaks PROTOCOL.md through the same sans-I/O codec as the server and never imports the
+server. Requests written in one event-loop iteration go out in one write, as replies do on
+the server side, so a pipelining client does not pay a syscall per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple, TypeVar
+
+from google.protobuf.message import Message
+
+from protocol.errors import closes_connection
+from protocol.frame import DEFAULT_MAX_FRAME, MAX_SEQ, Flags, Frame, FrameDecoder, encode_frame
+from protocol.proto.system_pb2 import (
+    DescribeReply,
+    DescribeRequest,
+    Error,
+    GoAway,
+    Ping,
+    Pong,
+)
+from protocol.registry import MessageRegistry, system_registry
+from client_sdk.errors import ConnectionClosed, ServerError, server_error
+
+M = TypeVar("M", bound=Message)
+_RESPONSE = int(Flags.RESPONSE)
+_ERROR = int(Flags.ERROR)
+_PUSH = int(Flags.PUSH)
+_GOAWAY_ID = 30
+_ERROR_ID = 3
+
+
+class Push(NamedTuple):
+    """A server-initiated message: `seq` is its place in the session's push sequence."""
+
+    message: Message
+    msg_id: int
+    seq: int
+
+
+PushCallback = Callable[[Push], Any]
+
+
+class _Wire(asyncio.Protocol):
+    """The asyncio side of AsyncClient: bytes in, frames to the client."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        frames = client._decoder.feed(data)
+        for frame in frames:
+            client._on_frame(frame)
+        if client._decoder.error is not None:
+            client._fail(ConnectionClosed(f"server broke the protocol: {client._decoder.error}"))
+            client._transport.abort()
+
+    def pause_writing(self) -> None:
+        self.client._writable.clear()
+
+    def resume_writing(self) -> None:
+        self.client._writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._fail(ConnectionClosed("connection closed" if exc is None else f"connection lost: {exc}"))
+
+
+class AsyncClient:
+    """Connect with ``await AsyncClient.connect(host, port)`` or ``async with``."""
+
+    def __init__(
+        self,
+        registry: MessageRegistry | None = None,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.registry = registry or system_registry()
+        self._decoder = FrameDecoder(max_frame)
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self._next_seq = 1
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._push_callbacks: dict[type[Message], list[PushCallback]] = {}
+        self._push_queues: list[asyncio.Queue[Push | None]] = []
+        self._closed: ConnectionClosed | None = None
+        self._closed_event = asyncio.Event()
+        #: The GoAway the server sent before closing, if it did.
+        self.goaway: GoAway | None = None
+        #: Unsolicited Error frames (seq 0), newest last: failed notifications, closes.
+        self.errors: list[ServerError] = []
+
+    # -- connecting and closing -----------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        registry: MessageRegistry | None = None,
+        *,
+        timeout: float = 10.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> AsyncClient:
+        client = cls(registry, max_frame=max_frame)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(lambda: _Wire(client), host, port)
+        return client
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    async def close(self) -> None:
+        """Flush what is queued, close, and fail requests still waiting."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._flush()
+            self._transport.close()
+        self._fail(ConnectionClosed("client closed the connection"))
+        await self._closed_event.wait()
+
+    async def wait_closed(self) -> ConnectionClosed:
+        await self._closed_event.wait()
+        assert self._closed is not None
+        return self._closed
+
+    # -- requests -------------------------------------------------------------------
+
+    async def request(self, message: Message, *, timeout: float | None = 30.0) -> Message:
+        """Send `message` and return the typed reply; an Error reply raises ServerError."""
+        if self._closed is not None:
+            raise self._closed
+        if not self._writable.is_set():
+            await self._writable.wait()
+        seq = self._take_seq()
+        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        msg_id = self.registry.id_of(message)
+        self._send(encode_frame(msg_id, 0, seq, message.SerializeToString()))
+        try:
+            async with asyncio.timeout(timeout):
+                frame = await future
+        finally:
+            self._pending.pop(seq, None)
+        if frame.flags & _ERROR:
+            err = Error.FromString(frame.payload)
+            raise server_error(err.code, err.message, err.request_msg_id)
+        return self.registry.decode(frame.msg_id, frame.payload)
+
+    async def call(self, message: Message, reply_type: type[M], *, timeout: float | None = 30.0) -> M:
+        """`request` with the reply's type checked, for typed code."""
+        reply = await self.request(message, timeout=timeout)
+        if not isinstance(reply, reply_type):
+            raise TypeError(
+                f"expected {reply_type.DESCRIPTOR.full_name}, got {reply.DESCRIPTOR.full_name}"
+            )
+        return reply
+
+    def notify(self, message: Message) -> None:
+        """Send a one-way message (seq 0): no reply; a failure arrives in `errors`."""
+        if self._closed is not None:
+            raise self._closed
+        self._send(encode_frame(self.registry.id_of(message), 0, 0, message.SerializeToString()))
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are (debugging, protocol tests)."""
+        if self._closed is not None:
+            raise self._closed
+        self._send(data)
+
+    async def ping(self, *, timeout: float | None = 10.0) -> float:
+        """Round-trip time in seconds."""
+        start = time.perf_counter_ns()
+        await self.call(Ping(client_time_ns=time.time_ns()), Pong, timeout=timeout)
+        return (time.perf_counter_ns() - start) / 1e9
+
+    async def describe(self, *, adopt: bool = False) -> MessageRegistry:
+        """The server's schema as a registry of dynamic classes; `adopt` makes it this
+        client's registry, so messages the client has no code for can be sent by name."""
+        reply = await self.call(DescribeRequest(), DescribeReply)
+        registry = MessageRegistry.from_describe(reply)
+        if adopt:
+            self.registry = registry
+        return registry
+
+    # -- pushes -----------------------------------------------------------------------
+
+    def on_push(self, message_type: type[Message], callback: PushCallback) -> None:
+        """Call `callback(push)` for every push of `message_type` (in the event loop)."""
+        self._push_callbacks.setdefault(message_type, []).append(callback)
+
+    async def pushes(self) -> AsyncIterator[Push]:
+        """Every push from now on, in order, until the connection closes."""
+        queue: asyncio.Queue[Push | None] = asyncio.Queue()
+        self._push_queues.append(queue)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            self._push_queues.remove(queue)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _take_seq(self) -> int:
+        seq = self._next_seq
+        while seq in self._pending:
+            seq = seq + 1 if seq < MAX_SEQ else 1
+        self._next_seq = seq + 1 if seq < MAX_SEQ else 1
+        return seq
+
+    def _send(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self._transport is None or self._transport.is_closing():
+            out.clear()
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._transport.write(data)
+
+    def _on_frame(self, frame: Frame) -> None:
+        flags = frame.flags
+        if flags & _RESPONSE:
+            future = self._pending.get(frame.seq)
+            if future is not None and not future.done():
+                future.set_result(frame)
+            return
+        if flags & _PUSH:
+            self._on_push(frame)
+            return
+        if flags & _ERROR:
+            err = Error.FromString(frame.payload)
+            error = server_error(err.code, err.message, err.request_msg_id)
+            self.errors.append(error)
+            if closes_connection(err.code):
+                self._fail(ConnectionClosed("server closed the connection", error))
+
+    def _on_push(self, frame: Frame) -> None:
+        if frame.msg_id == _GOAWAY_ID:
+            self.goaway = GoAway.FromString(frame.payload)
+            error = server_error(self.goaway.reason, self.goaway.message)
+            self._fail(ConnectionClosed("server sent GoAway", error))
+            return
+        message = self.registry.decode(frame.msg_id, frame.payload)
+        push = Push(message, frame.msg_id, frame.seq)
+        for callback in self._push_callbacks.get(type(message), ()):
+            callback(push)
+        for queue in self._push_queues:
+            queue.put_nowait(push)
+
+    def _fail(self, exc: ConnectionClosed) -> None:
+        """Record the first reason the connection ended and fail everything waiting."""
+        if self._closed is None:
+            self._closed = exc
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(self._closed)
+        self._pending.clear()
+        if self._transport is None or self._transport.is_closing() or exc.error is None:
+            for queue in self._push_queues:
+                queue.put_nowait(None)
+            self._closed_event.set()

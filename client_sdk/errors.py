@@ -1,0 +1,126 @@
+"""Exceptions the SDK raises: one class per wire error code, so callers can catch exactly
+``except Overloaded`` and retry, while ``except ServerError`` catches them all."""
+
+from __future__ import annotations
+
+from protocol.errors import ErrorCode, code_name
+
+
+class ClientError(Exception):
+    """Base of everything the SDK raises on purpose."""
+
+
+class ServerError(ClientError):
+    """The server answered a request with an Error frame."""
+
+    code: int = 0
+
+    def __init__(self, code: int, message: str, request_msg_id: int = 0) -> None:
+        super().__init__(f"{code_name(code)} ({code}): {message}")
+        self.code = code
+        self.message = message
+        self.request_msg_id = request_msg_id
+
+
+class BadFrame(ServerError):
+    code = ErrorCode.BAD_FRAME
+
+
+class FrameTooLarge(ServerError):
+    code = ErrorCode.FRAME_TOO_LARGE
+
+
+class BadFlags(ServerError):
+    code = ErrorCode.BAD_FLAGS
+
+
+class UnknownMessage(ServerError):
+    code = ErrorCode.UNKNOWN_MESSAGE
+
+
+class DecodeFailed(ServerError):
+    code = ErrorCode.DECODE_ERROR
+
+
+class Unauthenticated(ServerError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class RateLimited(ServerError):
+    code = ErrorCode.RATE_LIMITED
+
+
+class Overloaded(ServerError):
+    code = ErrorCode.OVERLOADED
+
+
+class HandlerTimeout(ServerError):
+    code = ErrorCode.TIMEOUT
+
+
+class InternalError(ServerError):
+    code = ErrorCode.INTERNAL
+
+
+class TooManyConnections(ServerError):
+    code = ErrorCode.TOO_MANY_CONNECTIONS
+
+
+class SessionReplaced(ServerError):
+    code = ErrorCode.SESSION_REPLACED
+
+
+class ServerShutdown(ServerError):
+    code = ErrorCode.SERVER_SHUTDOWN
+
+
+class AuthTimeout(ServerError):
+    code = ErrorCode.AUTH_TIMEOUT
+
+
+class IdleTimeout(ServerError):
+    code = ErrorCode.IDLE_TIMEOUT
+
+
+class SlowConsumer(ServerError):
+    code = ErrorCode.SLOW_CONSUMER
+
+
+_BY_CODE: dict[int, type[ServerError]] = {
+    cls.code: cls
+    for cls in (
+        BadFrame,
+        FrameTooLarge,
+        BadFlags,
+        UnknownMessage,
+        DecodeFailed,
+        Unauthenticated,
+        RateLimited,
+        Overloaded,
+        HandlerTimeout,
+        InternalError,
+        TooManyConnections,
+        SessionReplaced,
+        ServerShutdown,
+        AuthTimeout,
+        IdleTimeout,
+        SlowConsumer,
+    )
+}
+
+
+def server_error(code: int, message: str, request_msg_id: int = 0) -> ServerError:
+    """The typed exception for an Error frame (application codes get plain ServerError)."""
+    return _BY_CODE.get(code, ServerError)(code, message, request_msg_id)
+
+
+class ConnectionClosed(ClientError):
+    """The connection ended; `error` holds the server's closing Error or GoAway, if any."""
+
+    def __init__(self, message: str, error: ServerError | None = None) -> None:
+        super().__init__(message if error is None else f"{message}: {error}")
+        self.error = error
+
+    @property
+    def code(self) -> int | None:
+        return self.error.code if self.error is not None else None
