@@ -150,11 +150,12 @@ class AsyncClient:
             raise self._closed
         if not self._writable.is_set():
             await self._writable.wait()
+        msg_id = self.registry.id_of(message)
+        payload = message.SerializeToString()
         seq = self._take_seq()
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._pending[seq] = future
-        msg_id = self.registry.id_of(message)
-        self._send(encode_frame(msg_id, 0, seq, message.SerializeToString()))
+        self._send(encode_frame(msg_id, 0, seq, payload))
         try:
             async with asyncio.timeout(timeout):
                 frame = await future

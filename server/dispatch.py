@@ -49,6 +49,8 @@ _ERROR_ID = 3
 _REQUEST_BAD_FLAGS = RESERVED_FLAGS | int(Flags.COMPRESSED)
 #: Internal flag value (outside u8, so never from the wire) for "answer OVERLOADED".
 _OVERLOADED = 0x100
+#: One test on the hot path catches both: a flag the client may not send, or OVERLOADED.
+_NOT_RUNNABLE = _REQUEST_BAD_FLAGS | _OVERLOADED
 
 AsyncWork = tuple[Route, Context, Message]
 #: Replies gathered for one connection are written once they reach this size.
@@ -175,7 +177,7 @@ class Dispatcher:
             msg_id, flags, seq, payload = mailbox.popleft()
             self.pending -= 1
             route = routes.get(msg_id)
-            if flags & _REQUEST_BAD_FLAGS:
+            if flags & _NOT_RUNNABLE:
                 if flags == _OVERLOADED:
                     code, text = ErrorCode.OVERLOADED, "server is over its queue limit"
                 else:

@@ -11,7 +11,6 @@ from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_DIR = ROOT / "protocol" / "proto"
 
 
 #: Folders whose .proto files are compiled: the protocol's own, and the test application's.

@@ -20,17 +20,10 @@ from client_sdk.errors import HandlerTimeout
 from protocol.errors import ErrorCode
 from protocol.frame import Flags
 from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error, Ping, Pong
-from protocol.registry import system_registry
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
-from tests.integration.testapp import make_app
+from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
-
-
-def app_registry():  # type: ignore[no-untyped-def]
-    registry = system_registry()
-    registry.register_module(pb)
-    return registry
 
 
 async def test_echo_ping_and_describe(start_server: StartServer) -> None:

@@ -6,8 +6,16 @@ import asyncio
 import threading
 import time
 
+from protocol.registry import MessageRegistry, system_registry
 from server import App, Context, HandlerError
 from tests.proto import testapp_pb2 as pb
+
+
+def app_registry() -> MessageRegistry:
+    """What a client of the test app knows: the system messages and testapp's."""
+    registry = system_registry()
+    registry.register_module(pb)
+    return registry
 
 
 def make_app() -> App:
