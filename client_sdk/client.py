@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 
+from client_sdk.errors import ConnectionClosed, ServerError, server_error
 from protocol.errors import closes_connection
 from protocol.frame import DEFAULT_MAX_FRAME, MAX_SEQ, Flags, Frame, FrameDecoder, encode_frame
 from protocol.proto.system_pb2 import (
@@ -25,7 +26,6 @@ from protocol.proto.system_pb2 import (
     Pong,
 )
 from protocol.registry import MessageRegistry, system_registry
-from client_sdk.errors import ConnectionClosed, ServerError, server_error
 
 M = TypeVar("M", bound=Message)
 _RESPONSE = int(Flags.RESPONSE)
@@ -62,7 +62,8 @@ class _Wire(asyncio.Protocol):
             client._on_frame(frame)
         if client._decoder.error is not None:
             client._fail(ConnectionClosed(f"server broke the protocol: {client._decoder.error}"))
-            client._transport.abort()
+            if client._transport is not None:
+                client._transport.abort()
 
     def pause_writing(self) -> None:
         self.client._writable.clear()
@@ -71,7 +72,9 @@ class _Wire(asyncio.Protocol):
         self.client._writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client._fail(ConnectionClosed("connection closed" if exc is None else f"connection lost: {exc}"))
+        self.client._fail(
+            ConnectionClosed("connection closed" if exc is None else f"connection lost: {exc}")
+        )
 
 
 class AsyncClient:
@@ -166,7 +169,9 @@ class AsyncClient:
             raise server_error(err.code, err.message, err.request_msg_id)
         return self.registry.decode(frame.msg_id, frame.payload)
 
-    async def call(self, message: Message, reply_type: type[M], *, timeout: float | None = 30.0) -> M:
+    async def call(
+        self, message: Message, reply_type: type[M], *, timeout: float | None = 30.0
+    ) -> M:
         """`request` with the reply's type checked, for typed code."""
         reply = await self.request(message, timeout=timeout)
         if not isinstance(reply, reply_type):

@@ -97,7 +97,7 @@ class MessageRegistry:
         """
         return self.register_file(module.DESCRIPTOR)
 
-    def register_file(self, file: FileDescriptor) -> list[MessageClass]:
+    def register_file(self, file: FileDescriptor | UpbFileDescriptor) -> list[MessageClass]:
         """Register every top-level message of a .proto file that declares an ID.
 
         A handler's request type brings its whole file, so the replies declared beside
@@ -106,7 +106,7 @@ class MessageRegistry:
         registered = []
         for descriptor in file.message_types_by_name.values():
             if declared_id(descriptor) is not None:
-                cls = message_factory.GetMessageClass(descriptor)
+                cls = message_factory.GetMessageClass(descriptor)  # type: ignore[arg-type]
                 self.register(cls)
                 registered.append(cls)
         return registered

@@ -55,7 +55,7 @@ class Context:
         self.seq = seq
 
     @property
-    def peer(self) -> tuple[str, int] | None:
+    def peer(self) -> Any:
         return self.conn.peer
 
 
@@ -75,9 +75,7 @@ class Route:
         "request",
     )
 
-    def __init__(
-        self, request: type[Message], handler: Handler, kind: Kind, ordered: bool
-    ) -> None:
+    def __init__(self, request: type[Message], handler: Handler, kind: Kind, ordered: bool) -> None:
         self.request = request
         self.name: str = request.DESCRIPTOR.full_name
         self.msg_id = 0

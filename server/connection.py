@@ -93,7 +93,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport does not subclass asyncio.Transport, but has its methods.
         self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=self.server.write_high_water)
+        self.transport.set_write_buffer_limits(high=self.server.write_high_water)
         self.server.attach(self)
 
     def data_received(self, data: bytes) -> None:
@@ -129,7 +129,9 @@ class Connection(asyncio.Protocol):
             self.dispatcher.pending -= len(mailbox)
             mailbox.clear()
         if self.close_reason is None:
-            self.close_reason = CloseReason.PEER_CLOSED if exc is None else CloseReason.CONNECTION_LOST
+            self.close_reason = (
+                CloseReason.PEER_CLOSED if exc is None else CloseReason.CONNECTION_LOST
+            )
         self.server.detach(self)
 
     # -- called by the dispatcher ------------------------------------------------------

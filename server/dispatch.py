@@ -166,6 +166,7 @@ class Dispatcher:
         awaited. Returns that awaited frame's work (the connection stays scheduled), else None.
         """
         mailbox = conn.mailbox
+        assert mailbox is not None  # only scheduled connections run, and submit made it
         out = conn.out
         routes = self.routes
         stats = self.stats
@@ -181,7 +182,10 @@ class Dispatcher:
                 if flags == _OVERLOADED:
                     code, text = ErrorCode.OVERLOADED, "server is over its queue limit"
                 else:
-                    code, text = ErrorCode.BAD_FLAGS, f"reserved or unnegotiated flag bits 0x{flags:02x}"
+                    code, text = (
+                        ErrorCode.BAD_FLAGS,
+                        f"reserved or unnegotiated flag bits 0x{flags:02x}",
+                    )
                 stats.count_error(code)
                 out.append(error_frame(code, text, msg_id, seq))
                 continue
@@ -189,7 +193,10 @@ class Dispatcher:
                 stats.count_error(ErrorCode.UNKNOWN_MESSAGE)
                 out.append(
                     error_frame(
-                        ErrorCode.UNKNOWN_MESSAGE, f"no handler for message id {msg_id}", msg_id, seq
+                        ErrorCode.UNKNOWN_MESSAGE,
+                        f"no handler for message id {msg_id}",
+                        msg_id,
+                        seq,
                     )
                 )
                 continue
@@ -257,7 +264,9 @@ class Dispatcher:
         payload = reply.SerializeToString()
         if msg_id == _ERROR_ID:
             self.stats.count_error(reply.code)  # type: ignore[attr-defined]
-            return _pack_header(MIN_LENGTH + len(payload), msg_id, _ERROR | _RESPONSE, seq) + payload
+            return (
+                _pack_header(MIN_LENGTH + len(payload), msg_id, _ERROR | _RESPONSE, seq) + payload
+            )
         return _pack_header(MIN_LENGTH + len(payload), msg_id, _RESPONSE, seq) + payload
 
     def encode_error_notice(self, error: Error) -> bytes:
@@ -307,7 +316,9 @@ class Dispatcher:
             raise
         except Exception as exc:  # a layer outside ErrorRecovery failed; keep the consumer
             log.error("middleware for %s raised", route.name, exc_info=exc)
-            reply = Error(code=ErrorCode.INTERNAL, message="internal error", request_msg_id=ctx.msg_id)
+            reply = Error(
+                code=ErrorCode.INTERNAL, message="internal error", request_msg_id=ctx.msg_id
+            )
         finally:
             self.busy -= 1
         if conn.closed:

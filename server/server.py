@@ -85,7 +85,7 @@ class Server:
     def _innermost(self, route: Route) -> Callable[[Context, Any], Any]:
         if route.kind is not Kind.BLOCKING:
             return route.handler
-        handler = route.handler
+        handler: Callable[[Context, Message], Message | None] = route.handler  # type: ignore[assignment]
         executor = self.executor
 
         async def in_thread(ctx: Context, msg: Message) -> Message | None:
@@ -185,7 +185,9 @@ class Server:
     async def _sweep(self) -> None:
         """One timer for every connection's idle timeout, instead of a call_later each."""
         interval = self.config.sweep_interval
-        idle_ticks = math.ceil(self.config.idle_timeout / interval) if self.config.idle_timeout else 0
+        idle_ticks = (
+            math.ceil(self.config.idle_timeout / interval) if self.config.idle_timeout else 0
+        )
         while True:
             await asyncio.sleep(interval)
             self.tick += 1

@@ -68,7 +68,7 @@ async def test_slow_consumer_is_cut_off(start_server: StartServer) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(server.address)
     sock.setblocking(False)
-    reader, writer = await asyncio.open_connection(sock=sock)
+    _, writer = await asyncio.open_connection(sock=sock)
     request = pb.BigRequest(size=900_000).SerializeToString()
     for seq in range(1, 41):  # 36 MB of replies that the client never reads
         writer.write(encode_frame(1008, 0, seq, request))
