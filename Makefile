@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 7000
 
-.PHONY: run test lint check proto bench-micro bench clean
+.PHONY: run test lint check proto bench-micro clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tickwire needs Python 3.11+"'

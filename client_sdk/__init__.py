@@ -3,6 +3,7 @@
 from client_sdk.blocking import Client
 from client_sdk.client import AsyncClient, Push
 from client_sdk.errors import (
+    AuthTimeout,
     BadFlags,
     BadFrame,
     ClientError,
@@ -13,16 +14,20 @@ from client_sdk.errors import (
     IdleTimeout,
     InternalError,
     Overloaded,
+    RateLimited,
     ServerError,
     ServerShutdown,
+    SessionReplaced,
     SlowConsumer,
     TooManyConnections,
+    Unauthenticated,
     UnknownMessage,
     server_error,
 )
 
 __all__ = [
     "AsyncClient",
+    "AuthTimeout",
     "BadFlags",
     "BadFrame",
     "Client",
@@ -35,10 +40,13 @@ __all__ = [
     "InternalError",
     "Overloaded",
     "Push",
+    "RateLimited",
     "ServerError",
     "ServerShutdown",
+    "SessionReplaced",
     "SlowConsumer",
     "TooManyConnections",
+    "Unauthenticated",
     "UnknownMessage",
     "server_error",
 ]

@@ -63,8 +63,8 @@ class Client:
 
         self._run(send())
 
-    def ping(self) -> float:
-        return self._run(self._client.ping())
+    def ping(self, *, timeout: float | None = 10.0) -> float:
+        return self._run(self._client.ping(timeout=timeout))
 
     def describe(self, *, adopt: bool = False) -> MessageRegistry:
         return self._run(self._client.describe(adopt=adopt))

@@ -8,6 +8,7 @@ the server side, so a pipelining client does not pay a syscall per request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple, TypeVar
@@ -15,7 +16,7 @@ from typing import Any, NamedTuple, TypeVar
 from google.protobuf.message import Message
 
 from client_sdk.errors import ConnectionClosed, ServerError, server_error
-from protocol.errors import closes_connection
+from protocol.errors import RemoteProtocolError, closes_connection
 from protocol.frame import DEFAULT_MAX_FRAME, MAX_SEQ, Flags, Frame, FrameDecoder, encode_frame
 from protocol.proto.system_pb2 import (
     DescribeReply,
@@ -27,6 +28,7 @@ from protocol.proto.system_pb2 import (
 )
 from protocol.registry import MessageRegistry, system_registry
 
+log = logging.getLogger("tickwire.client")
 M = TypeVar("M", bound=Message)
 _RESPONSE = int(Flags.RESPONSE)
 _ERROR = int(Flags.ERROR)
@@ -103,6 +105,8 @@ class AsyncClient:
         self.goaway: GoAway | None = None
         #: Unsolicited Error frames (seq 0), newest last: failed notifications, closes.
         self.errors: list[ServerError] = []
+        #: Pushes of a type this client's registry does not know (skipped, not fatal).
+        self.unknown_pushes = 0
 
     # -- connecting and closing -----------------------------------------------------
 
@@ -274,10 +278,20 @@ class AsyncClient:
             error = server_error(self.goaway.reason, self.goaway.message)
             self._fail(ConnectionClosed("server sent GoAway", error))
             return
-        message = self.registry.decode(frame.msg_id, frame.payload)
+        try:
+            message = self.registry.decode(frame.msg_id, frame.payload)
+        except RemoteProtocolError as exc:
+            # A newer server may push types this client predates; one odd push must not
+            # cost the connection or the frames after it.
+            self.unknown_pushes += 1
+            log.warning("skipped push seq %d: %s", frame.seq, exc)
+            return
         push = Push(message, frame.msg_id, frame.seq)
         for callback in self._push_callbacks.get(type(message), ()):
-            callback(push)
+            try:
+                callback(push)
+            except Exception:
+                log.exception("push callback %r raised", callback)
         for queue in self._push_queues:
             queue.put_nowait(push)
 

@@ -149,8 +149,9 @@ class App:
             registry.register_file(request.DESCRIPTOR.file)
 
 
-def all_routes(apps: Iterable[App]) -> list[Route]:
-    routes: list[Route] = []
+def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
+    """Fresh routes for one server, so two servers built from one App share no state."""
+    routes: list[tuple[App, Route]] = []
     seen: dict[type[Message], str] = {}
     for app in apps:
         for request, route in app.routes.items():
@@ -160,5 +161,5 @@ def all_routes(apps: Iterable[App]) -> list[Route]:
                     f"and {app.name}"
                 )
             seen[request] = app.name
-            routes.append(route)
+            routes.append((app, Route(request, route.handler, route.kind, route.ordered)))
     return routes

@@ -40,6 +40,13 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     handler_timeout: Seconds = 30.0
     #: Bytes waiting in a connection's send buffer before it is cut off (SLOW_CONSUMER).
     slow_consumer_bytes: Positive = 8 * 1024 * 1024
+    #: A connection whose peer has not read what we sent for this long is cut off
+    #: (SLOW_CONSUMER), even if its buffered bytes stay under slow_consumer_bytes.
+    slow_consumer_timeout: Annotated[float, Meta(gt=0)] = 30.0
+    #: After a closing frame, how long a peer that reads nothing keeps its socket before abort.
+    close_grace: Annotated[float, Meta(gt=0)] = 5.0
+    #: Connections from one IP address; one more gets TOO_MANY_CONNECTIONS. 0: no limit.
+    max_connections_per_ip: Annotated[int, Meta(ge=0)] = 0
     #: Period of the sweep that checks idle timeouts (one timer for all connections).
     sweep_interval: Annotated[float, Meta(gt=0)] = 1.0
     backlog: Positive = 2048

@@ -58,6 +58,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "close_reason",
         "closed",
+        "closed_tick",
         "decoder",
         "dispatcher",
         "fatal",
@@ -70,6 +71,7 @@ class Connection(asyncio.Protocol):
         "stats",
         "transport",
         "write_paused",
+        "write_paused_tick",
     )
 
     def __init__(self, server: Server) -> None:
@@ -87,6 +89,8 @@ class Connection(asyncio.Protocol):
         self.close_reason: CloseReason | None = None
         self.fatal: RemoteProtocolError | None = None
         self.rx_tick = server.tick
+        self.write_paused_tick = 0
+        self.closed_tick = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -115,7 +119,11 @@ class Connection(asyncio.Protocol):
         return None  # close our side too; the peer cannot send any more requests
 
     def pause_writing(self) -> None:
+        # The peer is not reading what we send. The dispatcher stops draining this
+        # connection, which soon stops reading it; the sweep cuts it off (SLOW_CONSUMER)
+        # if it stays like that for slow_consumer_timeout.
         self.write_paused = True
+        self.write_paused_tick = self.server.tick
         self.stats.writes_paused += 1
 
     def resume_writing(self) -> None:
@@ -150,7 +158,6 @@ class Connection(asyncio.Protocol):
             self.close_with(
                 ErrorCode.SLOW_CONSUMER,
                 "the client reads too slowly; its pending bytes passed the limit",
-                abort=True,
             )
 
     def mailbox_drained(self) -> None:
@@ -178,9 +185,12 @@ class Connection(asyncio.Protocol):
         *,
         goaway: bool = False,
         reconnect_after_ms: int = 0,
-        abort: bool = False,
     ) -> None:
-        """Send the closing Error (or GoAway) frame, then close: the typed way to end."""
+        """Send the closing Error (or GoAway) frame, then close: the typed way to end.
+
+        The frame goes after whatever is already buffered, so a slow reader still gets it;
+        a peer that reads nothing at all is aborted by the sweep after `close_grace`.
+        """
         if self.closed:
             return
         self.close_reason = CloseReason.for_code(code)
@@ -191,16 +201,19 @@ class Connection(asyncio.Protocol):
             else error_frame(code, message, 0, 0)
         )
         self.closed = True
+        self.closed_tick = self.server.tick
         transport = self.transport
-        if abort:
-            transport.abort()
-            return
         if self.out:
             self.out.append(frame)
             frame = b"".join(self.out)
             self.out.clear()
         transport.write(frame)
         transport.close()
+
+    @property
+    def peer_ip(self) -> str:
+        peer = self.peer
+        return str(peer[0]) if peer else ""
 
     @property
     def peer(self) -> Any:

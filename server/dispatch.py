@@ -44,9 +44,11 @@ _pack_header = HEADER.pack
 _RESPONSE = int(Flags.RESPONSE)
 _ERROR = int(Flags.ERROR)
 _ERROR_ID = 3
-#: Flags a client may not send on a request: reserved bits, and COMPRESSED, which is only
-#: valid once a handshake agreed on it (none offers it yet).
-_REQUEST_BAD_FLAGS = RESERVED_FLAGS | int(Flags.COMPRESSED)
+#: Flags a client may not send: reserved bits; RESPONSE, ERROR and PUSH, which only the
+#: server sends; and COMPRESSED, valid only once a handshake agreed on it (none offers it yet).
+_REQUEST_BAD_FLAGS = RESERVED_FLAGS | int(
+    Flags.COMPRESSED | Flags.RESPONSE | Flags.ERROR | Flags.PUSH
+)
 #: Internal flag value (outside u8, so never from the wire) for "answer OVERLOADED".
 _OVERLOADED = 0x100
 #: One test on the hot path catches both: a flag the client may not send, or OVERLOADED.
@@ -184,7 +186,7 @@ class Dispatcher:
                 else:
                     code, text = (
                         ErrorCode.BAD_FLAGS,
-                        f"reserved or unnegotiated flag bits 0x{flags:02x}",
+                        f"flags 0x{flags:02x} are reserved or not valid on a request",
                     )
                 stats.count_error(code)
                 out.append(error_frame(code, text, msg_id, seq))
@@ -221,7 +223,10 @@ class Dispatcher:
                 self._unordered.append((conn, (route, ctx, msg)))
                 self._wake()
                 continue
-            reply = route.call(ctx, msg)
+            try:
+                reply = route.call(ctx, msg)
+            except Exception as exc:  # a layer outside ErrorRecovery raised; keep the server
+                reply = self._layer_failed(route, ctx, exc)
             if reply is not None:
                 data = (
                     self.encode_reply(reply, seq, route)
@@ -248,6 +253,12 @@ class Dispatcher:
         if conn.reading_paused and len(mailbox) < self.resume_below:
             conn.resume_reading()
         return work
+
+    @staticmethod
+    def _layer_failed(route: Route, ctx: Context, exc: Exception) -> Error:
+        log.error("the chain of %s raised", route.name, exc_info=exc)
+        route.errors += 1
+        return Error(code=ErrorCode.INTERNAL, message="internal error", request_msg_id=ctx.msg_id)
 
     def encode_reply(self, reply: Message, seq: int, route: Route) -> bytes:
         cls = type(reply)
@@ -314,11 +325,8 @@ class Dispatcher:
             reply = await route.call(ctx, msg)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a layer outside ErrorRecovery failed; keep the consumer
-            log.error("middleware for %s raised", route.name, exc_info=exc)
-            reply = Error(
-                code=ErrorCode.INTERNAL, message="internal error", request_msg_id=ctx.msg_id
-            )
+        except Exception as exc:  # a layer outside ErrorRecovery raised; keep the consumer
+            reply = self._layer_failed(route, ctx, exc)
         finally:
             self.busy -= 1
         if conn.closed:

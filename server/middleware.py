@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import Error
-from server.errors import HandlerError
+from server.errors import DeadlineExceeded, HandlerError
 
 if TYPE_CHECKING:
     from server.app import Context, Route
@@ -62,10 +62,6 @@ class ErrorRecovery:
             route.errors += 1
             if isinstance(exc, HandlerError):
                 return error_reply(exc.code, exc.message, route.msg_id)
-            if isinstance(exc, asyncio.TimeoutError):
-                return error_reply(
-                    ErrorCode.TIMEOUT, f"{route.name} did not finish in time", route.msg_id
-                )
             log.error("handler for %s raised", route.name, exc_info=exc)
             return error_reply(ErrorCode.INTERNAL, INTERNAL_MESSAGE, route.msg_id)
 
@@ -129,8 +125,17 @@ class Deadline:
         acall: AsyncCall = call_next
         seconds = self.seconds
 
+        name = route.name
+
         async def bounded(ctx: Context, msg: Any) -> Message | None:
-            async with asyncio.timeout(seconds):
-                return await acall(ctx, msg)
+            # Only this layer's own timeout becomes TIMEOUT; a TimeoutError the handler
+            # raised itself (a socket, a database) stays an INTERNAL error.
+            try:
+                async with asyncio.timeout(seconds) as scope:
+                    return await acall(ctx, msg)
+            except TimeoutError:
+                if scope.expired():
+                    raise DeadlineExceeded(name, seconds) from None
+                raise
 
         return bounded

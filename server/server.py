@@ -45,7 +45,8 @@ class Server:
         for app in self.apps:
             app.register_messages(self.registry)
         self.routes: dict[int, Route] = {}
-        for route in all_routes(self.apps):
+        self._app_routes = all_routes(self.apps)
+        for _, route in self._app_routes:
             route.msg_id = self.registry.id_of(route.request)
             self.routes[route.msg_id] = route
         self.describe_reply = self.registry.describe()
@@ -64,6 +65,8 @@ class Server:
             max_pending=self.config.max_pending,
         )
         self.connections: set[Connection] = set()
+        #: Open connections per peer IP, kept only when max_connections_per_ip is set.
+        self.per_ip: dict[str, int] = {}
         #: Advanced by the sweep; connections stamp it when they receive (idle timeout).
         self.tick = 0
         #: Transport buffer size above which the transport asks us to stop writing.
@@ -77,10 +80,10 @@ class Server:
     # -- building chains --------------------------------------------------------------
 
     def _build_chains(self) -> None:
-        for app in self.apps:
-            layers = [*self.middleware, *app.middleware, Deadline(self.config.handler_timeout)]
-            for route in app.routes.values():
-                route.call = compose(route, layers, self._innermost(route))
+        deadline = Deadline(self.config.handler_timeout)
+        for app, route in self._app_routes:
+            layers = [*self.middleware, *app.middleware, deadline]
+            route.call = compose(route, layers, self._innermost(route))
 
     def _innermost(self, route: Route) -> Callable[[Context, Any], Any]:
         if route.kind is not Kind.BLOCKING:
@@ -142,13 +145,15 @@ class Server:
             listener.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.dispatcher.in_flight and loop.time() < deadline:
+        while self._work_can_progress() and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn.close_with(ErrorCode.SERVER_SHUTDOWN, "server is shutting down", goaway=True)
-        for listener in self._listeners:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(listener.wait_closed(), max(0.1, deadline - loop.time()))
+        # Give peers the rest of the timeout to read their GoAway, then abort the rest.
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.dispatcher.stop()
@@ -156,26 +161,50 @@ class Server:
             self.executor.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
 
+    def _work_can_progress(self) -> bool:
+        """True while a handler runs or a connection that can still be written has frames
+        queued; a peer that stopped reading cannot hold a stop up."""
+        if self.dispatcher.busy:
+            return True
+        return any(c.mailbox and not c.write_paused and not c.closed for c in self.connections)
+
     # -- connections --------------------------------------------------------------------
 
     def attach(self, conn: Connection) -> None:
+        """Admit a new connection, or refuse it with TOO_MANY_CONNECTIONS."""
         self.stats.connections_opened += 1
-        if len(self.connections) >= self.config.max_connections:
+        self.connections.add(conn)
+        limit = self.config.max_connections_per_ip
+        if limit:
+            ip = conn.peer_ip
+            count = self.per_ip.get(ip, 0) + 1
+            self.per_ip[ip] = count
+            if count > limit:
+                conn.close_with(
+                    ErrorCode.TOO_MANY_CONNECTIONS,
+                    f"address {ip} is at its limit of {limit} connections",
+                )
+                return
+        if len(self.connections) > self.config.max_connections:
             conn.close_with(
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"server is at its limit of {self.config.max_connections} connections",
             )
-            self.stats.connections_closed += 1
-            self.stats.close_reasons[CloseReason.TOO_MANY_CONNECTIONS] += 1
             return
-        self.connections.add(conn)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("open %s", conn.peer)
 
     def detach(self, conn: Connection) -> None:
         if conn not in self.connections:
-            return  # refused at attach, already counted
+            return
         self.connections.discard(conn)
+        if self.config.max_connections_per_ip:
+            ip = conn.peer_ip
+            left = self.per_ip.get(ip, 1) - 1
+            if left > 0:
+                self.per_ip[ip] = left
+            else:
+                self.per_ip.pop(ip, None)
         self.stats.connections_closed += 1
         reason = conn.close_reason or CloseReason.CONNECTION_LOST
         self.stats.close_reasons[reason] += 1
@@ -183,21 +212,37 @@ class Server:
             log.debug("close %s reason=%s", conn.peer, reason)
 
     async def _sweep(self) -> None:
-        """One timer for every connection's idle timeout, instead of a call_later each."""
-        interval = self.config.sweep_interval
-        idle_ticks = (
-            math.ceil(self.config.idle_timeout / interval) if self.config.idle_timeout else 0
-        )
+        """One timer for every connection's timeouts, instead of a call_later each."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.config.sweep_interval)
             self.tick += 1
-            if not idle_ticks:
-                continue
-            limit = self.tick - idle_ticks
-            for conn in [c for c in self.connections if c.rx_tick <= limit]:
+            self.sweep_once()
+
+    def sweep_once(self) -> None:
+        """Idle timeout, slow-consumer stall and close grace, judged in whole ticks: a
+        deadline of N ticks is met only after N full sweep intervals have passed."""
+        config = self.config
+        interval = config.sweep_interval
+
+        def ticks(seconds: float) -> int:
+            return math.ceil(seconds / interval)
+
+        tick = self.tick
+        idle_before = tick - ticks(config.idle_timeout) if config.idle_timeout else -1
+        stall_before = tick - ticks(config.slow_consumer_timeout)
+        grace_before = tick - ticks(config.close_grace)
+        for conn in list(self.connections):
+            if conn.closed:
+                if conn.closed_tick < grace_before:
+                    conn.transport.abort()
+            elif conn.write_paused and conn.write_paused_tick < stall_before:
                 conn.close_with(
-                    ErrorCode.IDLE_TIMEOUT,
-                    f"nothing received for {self.config.idle_timeout:g} s",
+                    ErrorCode.SLOW_CONSUMER,
+                    f"the client read nothing for {config.slow_consumer_timeout:g} s",
+                )
+            elif conn.rx_tick < idle_before:
+                conn.close_with(
+                    ErrorCode.IDLE_TIMEOUT, f"nothing received for {config.idle_timeout:g} s"
                 )
 
     # -- introspection ----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -30,6 +31,10 @@ def register(sub: Any) -> None:
 
 
 def load_app(spec: str) -> App:
+    # Like uvicorn's --app-dir default: modules in the working directory are importable
+    # even though the console script's sys.path does not include it.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     module_name, _, attr = spec.partition(":")
     module = importlib.import_module(module_name)
     app = getattr(module, attr or "app")

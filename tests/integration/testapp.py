@@ -60,4 +60,8 @@ def make_app() -> App:
         await app.gate.wait()  # type: ignore[attr-defined]
         return pb.SleepReply(tag=msg.tag)
 
+    @app.handler(pb.OwnTimeoutRequest)
+    async def own_timeout(ctx: Context, msg: pb.OwnTimeoutRequest) -> pb.SleepReply:
+        raise TimeoutError("the handler's own database call timed out")
+
     return app

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protocol.proto import options_pb2 as protocol_dot_proto_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tests/proto/testapp.proto\x12\x07testapp\x1a\x1cprotocol/proto/options.proto\".\n\x0cSleepRequest\x12\n\n\x02ms\x18\x01 \x01(\r\x12\x0b\n\x03tag\x18\x02 \x01(\r:\x05\x88\xb5\x18\xe8\x07\" \n\nSleepReply\x12\x0b\n\x03tag\x18\x01 \x01(\r:\x05\x88\xb5\x18\xe9\x07\")\n\x0b\x46\x61ilRequest\x12\x13\n\x0bnotify_only\x18\x01 \x01(\x08:\x05\x88\xb5\x18\xea\x07\"$\n\x0f\x42lockingRequest\x12\n\n\x02ms\x18\x01 \x01(\r:\x05\x88\xb5\x18\xeb\x07\"+\n\rBlockingReply\x12\x13\n\x0bthread_name\x18\x01 \x01(\t:\x05\x88\xb5\x18\xec\x07\"7\n\x15UnorderedSleepRequest\x12\n\n\x02ms\x18\x01 \x01(\r\x12\x0b\n\x03tag\x18\x02 \x01(\r:\x05\x88\xb5\x18\xed\x07\"&\n\x0f\x41ppErrorRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r:\x05\x88\xb5\x18\xee\x07\"\"\n\x0bNoteRequest\x12\x0c\n\x04text\x18\x01 \x01(\t:\x05\x88\xb5\x18\xef\x07\"!\n\nBigRequest\x12\x0c\n\x04size\x18\x01 \x01(\r:\x05\x88\xb5\x18\xf0\x07\"\x1f\n\x08\x42igReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c:\x05\x88\xb5\x18\xf1\x07\"!\n\x0bGateRequest\x12\x0b\n\x03tag\x18\x01 \x01(\r:\x05\x88\xb5\x18\xf2\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tests/proto/testapp.proto\x12\x07testapp\x1a\x1cprotocol/proto/options.proto\".\n\x0cSleepRequest\x12\n\n\x02ms\x18\x01 \x01(\r\x12\x0b\n\x03tag\x18\x02 \x01(\r:\x05\x88\xb5\x18\xe8\x07\" \n\nSleepReply\x12\x0b\n\x03tag\x18\x01 \x01(\r:\x05\x88\xb5\x18\xe9\x07\")\n\x0b\x46\x61ilRequest\x12\x13\n\x0bnotify_only\x18\x01 \x01(\x08:\x05\x88\xb5\x18\xea\x07\"$\n\x0f\x42lockingRequest\x12\n\n\x02ms\x18\x01 \x01(\r:\x05\x88\xb5\x18\xeb\x07\"+\n\rBlockingReply\x12\x13\n\x0bthread_name\x18\x01 \x01(\t:\x05\x88\xb5\x18\xec\x07\"7\n\x15UnorderedSleepRequest\x12\n\n\x02ms\x18\x01 \x01(\r\x12\x0b\n\x03tag\x18\x02 \x01(\r:\x05\x88\xb5\x18\xed\x07\"&\n\x0f\x41ppErrorRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r:\x05\x88\xb5\x18\xee\x07\"\"\n\x0bNoteRequest\x12\x0c\n\x04text\x18\x01 \x01(\t:\x05\x88\xb5\x18\xef\x07\"!\n\nBigRequest\x12\x0c\n\x04size\x18\x01 \x01(\r:\x05\x88\xb5\x18\xf0\x07\"\x1f\n\x08\x42igReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c:\x05\x88\xb5\x18\xf1\x07\"!\n\x0bGateRequest\x12\x0b\n\x03tag\x18\x01 \x01(\r:\x05\x88\xb5\x18\xf2\x07\"\x1a\n\x11OwnTimeoutRequest:\x05\x88\xb5\x18\xf3\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,6 +54,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BIGREPLY']._serialized_options = b'\210\265\030\361\007'
   _globals['_GATEREQUEST']._loaded_options = None
   _globals['_GATEREQUEST']._serialized_options = b'\210\265\030\362\007'
+  _globals['_OWNTIMEOUTREQUEST']._loaded_options = None
+  _globals['_OWNTIMEOUTREQUEST']._serialized_options = b'\210\265\030\363\007'
   _globals['_SLEEPREQUEST']._serialized_start=68
   _globals['_SLEEPREQUEST']._serialized_end=114
   _globals['_SLEEPREPLY']._serialized_start=116
@@ -76,4 +78,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BIGREPLY']._serialized_end=475
   _globals['_GATEREQUEST']._serialized_start=477
   _globals['_GATEREQUEST']._serialized_end=510
+  _globals['_OWNTIMEOUTREQUEST']._serialized_start=512
+  _globals['_OWNTIMEOUTREQUEST']._serialized_end=538
 # @@protoc_insertion_point(module_scope)

@@ -74,3 +74,7 @@ class GateRequest(_message.Message):
     TAG_FIELD_NUMBER: _ClassVar[int]
     tag: int
     def __init__(self, tag: _Optional[int] = ...) -> None: ...
+
+class OwnTimeoutRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,165 @@
+"""Putting a bench together: which servers to start, where to place them, in what order.
+
+`tools/bench_cmd.py` only turns arguments into `EchoOptions`/`IdleOptions` and prints;
+the decisions live here so that tests drive the same code the command does.
+
+Comparison rounds start a fresh server process for every run (baseline, tickwire,
+baseline, tickwire, ...). A fresh process costs about half a second per run and buys
+independent samples: no run inherits another's heap, caches or leftover connections, and
+a server that degrades over time cannot pass that off as noise. Interleaving puts each
+tickwire run next to a baseline run made moments before, so slow drift of the machine
+(other load, thermal state) hits both sides of a pair alike; the summary is the median of
+the per-round ratios.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+from rich.console import Console
+
+from bench.echo import EchoParams, compare, run_echo
+from bench.idle import IdleParams, run_idle
+from bench.proc import ServerProcess, available_cpus, pin_process, server_command
+from bench.report import comparison_table, echo_table, idle_table
+from bench.results import EchoReport, EchoRun, IdleReport
+from bench.workers import BenchError
+
+
+class Placement(msgspec.Struct, frozen=True):
+    """Where the server and the load generators run; None means wherever the OS likes."""
+
+    server_cpus: set[int] | None = None
+    client_cpus: list[int] | None = None
+
+
+def placement(cpu_pin: bool) -> Placement:
+    """Server on the first CPU, load generators on the rest.
+
+    Pinning only makes sense with at least two CPUs; asked for on one, it is refused
+    rather than silently putting both sides on the same core.
+    """
+    if not cpu_pin:
+        return Placement()
+    cpus = available_cpus()
+    if len(cpus) < 2:
+        raise BenchError(f"--cpu-pin needs at least 2 CPUs, this process may use {cpus}")
+    return Placement(server_cpus={cpus[0]}, client_cpus=cpus[1:])
+
+
+class EchoOptions(msgspec.Struct, frozen=True, kw_only=True):
+    params: EchoParams
+    host: str = "127.0.0.1"
+    #: An external server; None starts one (--spawn).
+    port: int | None = None
+    server_pid: int | None = None
+    target: str = "tickwire"
+    server_cmd: list[str] | None = None
+    compare_baseline: bool = False
+    rounds: int = 1
+    cpu_pin: bool = False
+
+
+def _spawned_run(
+    target: str,
+    cmd: list[str],
+    opts: EchoOptions,
+    where: Placement,
+    round_no: int,
+) -> EchoRun:
+    with ServerProcess(cmd) as server:
+        if where.server_cpus:
+            pin_process(server.pid, where.server_cpus)
+        run = run_echo(
+            opts.params,
+            host=server.host,
+            port=server.port,
+            server_pid=server.pid,
+            target=target,
+            round_no=round_no,
+            client_cpus=where.client_cpus,
+        )
+        if not server.alive():
+            raise BenchError(f"{target} server died during the run; its stderr:\n{server.tail()}")
+        return run
+
+
+def bench_echo(opts: EchoOptions, console: Console, log: Callable[[str], None]) -> EchoReport:
+    where = placement(opts.cpu_pin)
+    runs: list[EchoRun] = []
+    if opts.port is not None:
+        if opts.compare_baseline:
+            raise BenchError("--compare-baseline starts both servers itself; drop --port")
+        for round_no in range(1, opts.rounds + 1):
+            log(f"round {round_no}: {opts.host}:{opts.port}")
+            run = run_echo(
+                opts.params,
+                host=opts.host,
+                port=opts.port,
+                server_pid=opts.server_pid,
+                target="external",
+                round_no=round_no,
+                client_cpus=where.client_cpus,
+            )
+            runs.append(run)
+            console.print(echo_table([run], f"round {round_no}"))
+        return EchoReport(host=opts.host, runs=runs)
+
+    target_cmd = opts.server_cmd or server_command(opts.target, opts.host)
+    order: list[tuple[str, list[str]]] = [(opts.target, target_cmd)]
+    if opts.compare_baseline:
+        if opts.target == "baseline" and opts.server_cmd is None:
+            raise BenchError("--compare-baseline with --target baseline compares it to itself")
+        order = [("baseline", server_command("baseline", opts.host)), ("tickwire", target_cmd)]
+    for round_no in range(1, opts.rounds + 1):
+        this_round = []
+        for target, cmd in order:
+            log(f"round {round_no}/{opts.rounds}: {target} ({' '.join(cmd[1:])})")
+            this_round.append(_spawned_run(target, cmd, opts, where, round_no))
+        runs.extend(this_round)
+        console.print(echo_table(this_round, f"round {round_no}"))
+    comparison = compare(runs) if opts.compare_baseline else None
+    if comparison is not None:
+        console.print(comparison_table(comparison))
+    return EchoReport(host=opts.host, runs=runs, comparison=comparison)
+
+
+class IdleOptions(msgspec.Struct, frozen=True, kw_only=True):
+    params: IdleParams
+    host: str = "127.0.0.1"
+    port: int | None = None
+    server_pid: int | None = None
+    target: str = "tickwire"
+    server_cmd: list[str] | None = None
+    cpu_pin: bool = False
+
+
+def bench_idle(opts: IdleOptions, console: Console, log: Callable[[str], None]) -> IdleReport:
+    where = placement(opts.cpu_pin)
+    if opts.port is not None:
+        log(f"{opts.params.conns} idle connections to {opts.host}:{opts.port}")
+        report = run_idle(
+            opts.params,
+            host=opts.host,
+            port=opts.port,
+            server_pid=opts.server_pid,
+            target="external",
+            client_cpus=where.client_cpus,
+        )
+    else:
+        cmd = opts.server_cmd or server_command(opts.target, opts.host)
+        log(f"{opts.params.conns} idle connections to {opts.target} ({' '.join(cmd[1:])})")
+        with ServerProcess(cmd) as server:
+            if where.server_cpus:
+                pin_process(server.pid, where.server_cpus)
+            report = run_idle(
+                opts.params,
+                host=server.host,
+                port=server.port,
+                server_pid=server.pid,
+                target=opts.target,
+                client_cpus=where.client_cpus,
+            )
+    console.print(idle_table(report))
+    return report
