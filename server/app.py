@@ -45,14 +45,18 @@ class Kind(Enum):
 class Context:
     """What a handler knows about the frame it is handling."""
 
-    __slots__ = ("conn", "flags", "msg_id", "seq", "server")
+    __slots__ = ("conn", "flags", "msg_id", "seq")
 
     def __init__(self, conn: Connection, msg_id: int, flags: int, seq: int) -> None:
+        # One is built per frame: keep it to four stores.
         self.conn = conn
-        self.server: Server = conn.server
         self.msg_id = msg_id
         self.flags = flags
         self.seq = seq
+
+    @property
+    def server(self) -> Server:
+        return self.conn.server
 
     @property
     def peer(self) -> Any:
@@ -72,11 +76,18 @@ class Route:
         "msg_id",
         "name",
         "ordered",
+        "parse",
+        "reply_id",
+        "reply_type",
         "request",
     )
 
     def __init__(self, request: type[Message], handler: Handler, kind: Kind, ordered: bool) -> None:
         self.request = request
+        self.parse = request.FromString
+        #: The reply type this handler returned last, and its id: the dispatcher's fast path.
+        self.reply_type: type | None = None
+        self.reply_id = 0
         self.name: str = request.DESCRIPTOR.full_name
         self.msg_id = 0
         self.handler = handler

@@ -169,51 +169,27 @@ class Dispatcher:
         """
         mailbox = conn.mailbox
         assert mailbox is not None  # only scheduled connections run, and submit made it
+        queued = len(mailbox)
+        popleft = mailbox.popleft
         out = conn.out
-        routes = self.routes
-        stats = self.stats
+        append = out.append
+        get_route = self.routes.get
+        pack = _pack_header
+        not_runnable = _NOT_RUNNABLE
         work: AsyncWork | None = None
         out_bytes = 0
         while mailbox:
             if conn.write_paused or conn.closed:
                 break
-            msg_id, flags, seq, payload = mailbox.popleft()
-            self.pending -= 1
-            route = routes.get(msg_id)
-            if flags & _NOT_RUNNABLE:
-                if flags == _OVERLOADED:
-                    code, text = ErrorCode.OVERLOADED, "server is over its queue limit"
-                else:
-                    code, text = (
-                        ErrorCode.BAD_FLAGS,
-                        f"flags 0x{flags:02x} are reserved or not valid on a request",
-                    )
-                stats.count_error(code)
-                out.append(error_frame(code, text, msg_id, seq))
-                continue
-            if route is None:
-                stats.count_error(ErrorCode.UNKNOWN_MESSAGE)
-                out.append(
-                    error_frame(
-                        ErrorCode.UNKNOWN_MESSAGE,
-                        f"no handler for message id {msg_id}",
-                        msg_id,
-                        seq,
-                    )
-                )
+            msg_id, flags, seq, payload = popleft()
+            route = get_route(msg_id)
+            if route is None or flags & not_runnable:
+                append(self._refuse(msg_id, flags, seq))
                 continue
             try:
-                msg = route.request.FromString(payload)
+                msg = route.parse(payload)
             except DecodeError:
-                stats.count_error(ErrorCode.DECODE_ERROR)
-                out.append(
-                    error_frame(
-                        ErrorCode.DECODE_ERROR,
-                        f"payload of {len(payload)} bytes is not a valid {route.name}",
-                        msg_id,
-                        seq,
-                    )
-                )
+                append(self._undecodable(route, seq, payload))
                 continue
             ctx = Context(conn, msg_id, flags, seq)
             if route.awaited:
@@ -227,22 +203,25 @@ class Dispatcher:
                 reply = route.call(ctx, msg)
             except Exception as exc:  # a layer outside ErrorRecovery raised; keep the server
                 reply = self._layer_failed(route, ctx, exc)
-            if reply is not None:
-                data = (
-                    self.encode_reply(reply, seq, route)
-                    if seq
-                    else self.encode_error_notice(reply)
-                    if type(reply) is Error
-                    else None
-                )
-                if data is not None:
-                    out.append(data)
-                    out_bytes += len(data)
-                    if out_bytes >= FLUSH_BYTES:
-                        # Write in slices, so pause_writing can stop us before the
-                        # transport buffer grows by a whole mailbox of replies.
-                        conn.flush()
-                        out_bytes = 0
+            if type(reply) is route.reply_type and seq:
+                # The common case, inline: the route's usual reply type, id known.
+                body = reply.SerializeToString()
+                out_bytes += len(body)
+                append(pack(MIN_LENGTH + len(body), route.reply_id, _RESPONSE, seq) + body)
+            elif reply is not None:
+                data = self.encode_reply(reply, seq, route)
+                if data is None:
+                    continue
+                append(data)
+                out_bytes += len(data)
+            else:
+                continue
+            if out_bytes >= FLUSH_BYTES:
+                # Write in slices, so pause_writing can stop us before the transport
+                # buffer grows by a whole mailbox of replies.
+                conn.flush()
+                out_bytes = 0
+        self.pending -= queued - len(mailbox)
         if out:
             conn.flush()
         if work is None:
@@ -260,7 +239,30 @@ class Dispatcher:
         route.errors += 1
         return Error(code=ErrorCode.INTERNAL, message="internal error", request_msg_id=ctx.msg_id)
 
-    def encode_reply(self, reply: Message, seq: int, route: Route) -> bytes:
+    def _refuse(self, msg_id: int, flags: int, seq: int) -> bytes:
+        """The Error frame for a frame that cannot run: bad flags, OVERLOADED, no handler."""
+        if flags == _OVERLOADED:
+            code, text = ErrorCode.OVERLOADED, "server is over its queue limit"
+        elif flags & _REQUEST_BAD_FLAGS:
+            code = ErrorCode.BAD_FLAGS
+            text = f"flags 0x{flags:02x} are reserved or not valid on a request"
+        else:
+            code, text = ErrorCode.UNKNOWN_MESSAGE, f"no handler for message id {msg_id}"
+        self.stats.count_error(code)
+        return error_frame(code, text, msg_id, seq)
+
+    def _undecodable(self, route: Route, seq: int, payload: bytes) -> bytes:
+        self.stats.count_error(ErrorCode.DECODE_ERROR)
+        return error_frame(
+            ErrorCode.DECODE_ERROR,
+            f"payload of {len(payload)} bytes is not a valid {route.name}",
+            route.msg_id,
+            seq,
+        )
+
+    def encode_reply(self, reply: Message, seq: int, route: Route) -> bytes | None:
+        """The frame for a handler's return value: its reply, an Error (ERROR flag), or for a
+        notification (seq 0) nothing, unless it failed, then an unsolicited Error."""
         cls = type(reply)
         msg_id = self._id_of(cls)
         if msg_id is None:
@@ -272,19 +274,18 @@ class Dispatcher:
             route.errors += 1
             self.stats.count_error(ErrorCode.INTERNAL)
             return error_frame(ErrorCode.INTERNAL, "internal error", route.msg_id, seq)
-        payload = reply.SerializeToString()
         if msg_id == _ERROR_ID:
             self.stats.count_error(reply.code)  # type: ignore[attr-defined]
-            return (
-                _pack_header(MIN_LENGTH + len(payload), msg_id, _ERROR | _RESPONSE, seq) + payload
-            )
-        return _pack_header(MIN_LENGTH + len(payload), msg_id, _RESPONSE, seq) + payload
-
-    def encode_error_notice(self, error: Error) -> bytes:
-        """A failed notification (seq 0) still gets its Error, unsolicited, with seq 0."""
-        self.stats.count_error(error.code)
-        payload = error.SerializeToString()
-        return _pack_header(MIN_LENGTH + len(payload), _ERROR_ID, _ERROR, 0) + payload
+            flags = _ERROR | _RESPONSE if seq else _ERROR
+        elif not seq:
+            return None
+        else:
+            flags = _RESPONSE
+            # Learn the route's usual reply type, so the next one takes the inline path.
+            route.reply_type = cls
+            route.reply_id = msg_id
+        payload = reply.SerializeToString()
+        return _pack_header(MIN_LENGTH + len(payload), msg_id, flags, seq) + payload
 
     # -- consumer side ------------------------------------------------------------------
 
@@ -329,13 +330,11 @@ class Dispatcher:
             reply = self._layer_failed(route, ctx, exc)
         finally:
             self.busy -= 1
-        if conn.closed:
+        if conn.closed or reply is None:
             return
-        seq = ctx.seq
-        if reply is not None and seq:
-            conn.out.append(self.encode_reply(reply, seq, route))
-        elif reply is not None and type(reply) is Error:
-            conn.out.append(self.encode_error_notice(reply))
+        data = self.encode_reply(reply, ctx.seq, route)
+        if data is not None:
+            conn.out.append(data)
 
 
 def dispatcher_summary(d: Dispatcher) -> dict[str, Any]:
