@@ -199,6 +199,7 @@ class Dispatcher:
                 self._unordered.append((conn, (route, ctx, msg)))
                 self._wake()
                 continue
+            reply: Any
             try:
                 reply = route.call(ctx, msg)
             except Exception as exc:  # a layer outside ErrorRecovery raised; keep the server
