@@ -86,7 +86,7 @@ class Route:
         self.request = request
         self.parse = request.FromString
         #: The reply type this handler returned last, and its id: the dispatcher's fast path.
-        self.reply_type: type | None = None
+        self.reply_type: Any = None
         self.reply_id = 0
         self.name: str = request.DESCRIPTOR.full_name
         self.msg_id = 0
