@@ -73,12 +73,15 @@ class FrameDecoder:
     before it have been returned, and every later `feed` returns nothing.
     """
 
-    __slots__ = ("_buf", "_need", "error", "max_frame")
+    __slots__ = ("_buf", "_need", "error", "max_frame", "named")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, *, named: bool = True) -> None:
         if max_frame < MIN_LENGTH:
             raise LocalProtocolError(f"max_frame must be at least {MIN_LENGTH}, got {max_frame}")
         self.max_frame = max_frame
+        #: False: frames come as plain ``(msg_id, flags, seq, payload)`` tuples, which cost
+        #: less to build and unpack than Frame (the server's hot path); same fields, order.
+        self.named = named
         self.error: RemoteProtocolError | None = None
         self._buf = bytearray()
         #: Bytes `_buf` must hold before parsing is worth trying again: the whole pending
@@ -108,6 +111,7 @@ class FrameDecoder:
         append = frames.append
         unpack_header = HEADER.unpack_from
         new_frame = _tuple_new
+        named = self.named
         max_frame = self.max_frame
         end_of_data = len(data)
         pos = 0
@@ -120,7 +124,10 @@ class FrameDecoder:
             end = pos + 4 + length
             if end > end_of_data:
                 break
-            append(new_frame(Frame, (msg_id, flags, seq, data[pos + HEADER_SIZE : end])))
+            if named:
+                append(new_frame(Frame, (msg_id, flags, seq, data[pos + HEADER_SIZE : end])))
+            else:
+                append((msg_id, flags, seq, data[pos + HEADER_SIZE : end]))  # type: ignore[arg-type]
             pos = end
         rest = end_of_data - pos
         if rest:

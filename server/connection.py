@@ -20,6 +20,7 @@ from protocol.proto.system_pb2 import GoAway
 from server.dispatch import error_frame
 
 if TYPE_CHECKING:
+    from server.app import Context
     from server.server import Server
 
 log = logging.getLogger("tickwire.connection")
@@ -59,6 +60,7 @@ class Connection(asyncio.Protocol):
         "close_reason",
         "closed",
         "closed_tick",
+        "ctx",
         "decoder",
         "dispatcher",
         "fatal",
@@ -79,7 +81,7 @@ class Connection(asyncio.Protocol):
         self.dispatcher = server.dispatcher
         self.stats = server.stats
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.decoder = FrameDecoder(server.config.max_frame)
+        self.decoder = FrameDecoder(server.config.max_frame, named=False)
         self.mailbox: deque[Frame] | None = None
         self.out: list[bytes] = []
         self.scheduled = False
@@ -88,6 +90,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.close_reason: CloseReason | None = None
         self.fatal: RemoteProtocolError | None = None
+        #: The Context reused across this connection's sync handlers (see Dispatcher).
+        self.ctx: Context | None = None
         self.rx_tick = server.tick
         self.write_paused_tick = 0
         self.closed_tick = 0

@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from sys import getrefcount
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError, Message
@@ -55,6 +56,9 @@ _OVERLOADED = 0x100
 _NOT_RUNNABLE = _REQUEST_BAD_FLAGS | _OVERLOADED
 
 AsyncWork = tuple[Route, Context, Message]
+#: References to a reused Context while nobody else holds it: the local variable,
+#: Connection.ctx, and getrefcount's own argument.
+_UNKEPT = 3
 #: Replies gathered for one connection are written once they reach this size.
 FLUSH_BYTES = 256 * 1024
 
@@ -126,8 +130,9 @@ class Dispatcher:
         if self.pending + count > self.max_pending:
             room = max(0, self.max_pending - self.pending)
             self.stats.overloaded += count - room
+            # Answered in their place, not run: keep (msg_id, seq), drop the payload.
             frames = frames[:room] + [
-                Frame(f.msg_id, _OVERLOADED, f.seq, b"") for f in frames[room:]
+                Frame(msg_id, _OVERLOADED, seq, b"") for msg_id, _, seq, _ in frames[room:]
             ]
         mailbox.extend(frames)
         self.pending += count
@@ -191,19 +196,30 @@ class Dispatcher:
             except DecodeError:
                 append(self._undecodable(route, seq, payload))
                 continue
-            ctx = Context(conn, msg_id, flags, seq)
             if route.awaited:
+                own = Context(conn, msg_id, flags, seq)
                 if route.ordered:
-                    work = (route, ctx, msg)
+                    work = (route, own, msg)
                     break
-                self._unordered.append((conn, (route, ctx, msg)))
+                self._unordered.append((conn, (route, own, msg)))
                 self._wake()
                 continue
+            # A sync handler is done with its Context when it returns, unless it kept a
+            # reference; the refcount tells, and only an unkept one is reused.
+            ctx = conn.ctx
+            if ctx is None:
+                ctx = conn.ctx = Context(conn, msg_id, flags, seq)
+            else:
+                ctx.msg_id = msg_id
+                ctx.flags = flags
+                ctx.seq = seq
             reply: Any
             try:
                 reply = route.call(ctx, msg)
             except Exception as exc:  # a layer outside ErrorRecovery raised; keep the server
                 reply = self._layer_failed(route, ctx, exc)
+            if getrefcount(ctx) > _UNKEPT:
+                conn.ctx = None
             if type(reply) is route.reply_type and seq:
                 # The common case, inline: the route's usual reply type, id known.
                 body = reply.SerializeToString()

@@ -163,3 +163,49 @@ def test_app_rejects_messages_without_an_id() -> None:
 
     with pytest.raises(ValueError, match="declares no"):
         App().add_handler(MessageId, lambda ctx, msg: None)
+
+
+async def test_a_kept_context_is_never_reused(start_server: StartServer) -> None:
+    """Sync handlers share one Context per connection for speed, but only while nobody
+    keeps it: a handler that stores its ctx must find it unchanged later."""
+    app = App("keeper")
+    kept: list[tuple[object, int]] = []
+
+    @app.handler(pb.NoteRequest)
+    def note(ctx, msg):  # type: ignore[no-untyped-def]
+        if msg.text == "keep":
+            kept.append((ctx, ctx.seq))
+        return pb.SleepReply(tag=ctx.seq)
+
+    server = await start_server(app)
+    peer = await RawPeer.connect(server.address)
+    texts = ["a", "keep", "b", "c", "keep", "d"]
+    for seq, text in enumerate(texts, start=1):
+        peer.send_frame(1007, 0, seq, pb.NoteRequest(text=text).SerializeToString())
+    frames = await peer.read_frames(len(texts))
+    assert [pb.SleepReply.FromString(f.payload).tag for f in frames] == [1, 2, 3, 4, 5, 6]
+    assert [(ctx.seq, seq) for ctx, seq in kept] == [(2, 2), (5, 5)]  # type: ignore[attr-defined]
+    assert kept[0][0] is not kept[1][0]
+    await peer.close()
+
+
+async def test_unkept_context_is_reused_across_sync_requests(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.dispatch
+    from server.app import Context
+
+    made: list[int] = []
+
+    class CountingContext(Context):
+        __slots__ = ()
+
+        def __init__(self, *args: object) -> None:
+            made.append(1)
+            super().__init__(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server.dispatch, "Context", CountingContext)
+    srv = await start_server()
+    async with await AsyncClient.connect(*srv.address) as client:
+        await asyncio.gather(*(client.request(EchoRequest(data=b"n")) for _ in range(200)))
+    assert len(made) == 1
