@@ -181,6 +181,10 @@ class Dispatcher:
         get_route = self.routes.get
         pack = _pack_header
         not_runnable = _NOT_RUNNABLE
+        min_length = MIN_LENGTH
+        response = _RESPONSE
+        unkept = _UNKEPT
+        refcount = getrefcount
         work: AsyncWork | None = None
         out_bytes = 0
         while mailbox:
@@ -218,13 +222,14 @@ class Dispatcher:
                 reply = route.call(ctx, msg)
             except Exception as exc:  # a layer outside ErrorRecovery raised; keep the server
                 reply = self._layer_failed(route, ctx, exc)
-            if getrefcount(ctx) > _UNKEPT:
+            if refcount(ctx) > unkept:
                 conn.ctx = None
             if type(reply) is route.reply_type and seq:
                 # The common case, inline: the route's usual reply type, id known.
                 body = reply.SerializeToString()
-                out_bytes += len(body)
-                append(pack(MIN_LENGTH + len(body), route.reply_id, _RESPONSE, seq) + body)
+                size = len(body)
+                out_bytes += size
+                append(pack(min_length + size, route.reply_id, response, seq) + body)
             elif reply is not None:
                 data = self.encode_reply(reply, seq, route)
                 if data is None:
