@@ -139,22 +139,20 @@ class Dispatcher:
         if len(mailbox) >= self.mailbox_limit:
             conn.pause_reading()
         if not conn.scheduled:
-            conn.scheduled = True
-            self.ready.append(conn)
-            if not self._drain_scheduled:
-                self._drain_scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._drain)
+            self._schedule(conn)
 
     def reschedule(self, conn: Connection) -> None:
         """Put a connection back on the ready queue (its writes resumed, say)."""
         if conn.mailbox and not conn.scheduled:
-            conn.scheduled = True
-            self.ready.append(conn)
-            if not self._drain_scheduled:
-                self._drain_scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._drain)
+            self._schedule(conn)
+
+    def _schedule(self, conn: Connection) -> None:
+        conn.scheduled = True
+        self.ready.append(conn)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._drain)
 
     def _drain(self) -> None:
         self._drain_scheduled = False
