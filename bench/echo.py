@@ -28,18 +28,25 @@ import os
 import statistics
 import struct
 import time
-import traceback
 from collections import Counter, deque
 from multiprocessing.connection import Connection
-from typing import cast
 
 import msgspec
-import uvloop
 from hdrh.histogram import HdrHistogram
 
-from bench.proc import CpuSampler, MachineSampler, available_cpus, raise_nofile_limit
+from bench.proc import CpuSampler, Endpoint, MachineSampler, available_cpus
 from bench.results import Comparison, EchoRun, WorkerEchoResult
-from bench.workers import BenchError, Workers, open_connections, split
+from bench.workers import (
+    ERROR_SAMPLES,
+    BenchError,
+    ClientConnection,
+    LoadParams,
+    Share,
+    Workers,
+    first_samples,
+    open_connections,
+    run_worker,
+)
 from protocol.proto import system_pb2
 
 _HEADER = struct.Struct(">IHBI")
@@ -57,22 +64,11 @@ HIGHEST_US = 60_000_000
 SIGNIFICANT_DIGITS = 3
 
 _FLUSH_EVERY = 65_536
-_ERROR_SAMPLES = 5
 _WORKER_REPLY_TIMEOUT_S = 60.0
 
 
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
-
-
-class EchoWorkerConfig(msgspec.Struct, frozen=True):
-    host: str
-    port: int
-    conns: int
-    depth: int
-    size: int
-    connect_concurrency: int
-    cpus: list[int] | None = None
 
 
 # -- worker side -----------------------------------------------------------------------
@@ -106,7 +102,7 @@ class _Totals:
 
     def error(self, what: str) -> None:
         self.errors += 1
-        if len(self.error_samples) < _ERROR_SAMPLES:
+        if len(self.error_samples) < ERROR_SAMPLES:
             self.error_samples.append(what)
 
     def flush(self) -> None:
@@ -120,10 +116,9 @@ def _now_us() -> int:
     return time.monotonic_ns() // 1000
 
 
-class EchoConnection(asyncio.Protocol):
+class EchoConnection(ClientConnection):
     __slots__ = (
         "_buf",
-        "_closing",
         "_expect",
         "_next_seq",
         "_payload",
@@ -131,10 +126,10 @@ class EchoConnection(asyncio.Protocol):
         "_prefix",
         "_reply_length",
         "_totals",
-        "_transport",
     )
 
     def __init__(self, totals: _Totals, payload: bytes) -> None:
+        super().__init__()
         self._totals = totals
         self._payload = payload
         # length | msg_id | flags never change; only the seq is written per request.
@@ -144,12 +139,6 @@ class EchoConnection(asyncio.Protocol):
         self._expect = 1
         self._pending: deque[int] = deque()
         self._buf = b""
-        self._transport: asyncio.Transport | None = None
-        self._closing = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
 
     def send(self, count: int) -> None:
         transport = self._transport
@@ -224,37 +213,23 @@ class EchoConnection(asyncio.Protocol):
         if answered and totals.running:
             self.send(answered)
 
-    def close(self) -> None:
-        self._closing = True
-        if self._transport is not None:
-            self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        if not self._closing and self._totals.running:
+    def lost(self, exc: Exception | None) -> None:
+        if self._totals.running:
             self._totals.error(f"connection lost during the run: {exc or 'closed by server'}")
 
 
-async def _echo_worker(pipe: Connection, cfg: EchoWorkerConfig) -> WorkerEchoResult:
+async def _echo_worker(pipe: Connection, share: Share, params: EchoParams) -> WorkerEchoResult:
     loop = asyncio.get_running_loop()
     totals = _Totals()
-    payload = system_pb2.EchoRequest(data=os.urandom(cfg.size)).SerializeToString()
-    connect_errors = 0
+    payload = system_pb2.EchoRequest(data=os.urandom(params.size)).SerializeToString()
     samples: list[str] = []
 
     def connect_error(what: str) -> None:
-        nonlocal connect_errors
-        connect_errors += 1
-        if len(samples) < _ERROR_SAMPLES:
+        if len(samples) < ERROR_SAMPLES:
             samples.append(what)
 
     conns: list[EchoConnection] = await open_connections(
-        cfg.conns,
-        cfg.connect_concurrency,
-        lambda: EchoConnection(totals, payload),
-        cfg.host,
-        cfg.port,
-        connect_error,
+        share, lambda: EchoConnection(totals, payload), connect_error
     )
     pipe.send(("ready", len(conns)))
     command = await loop.run_in_executor(None, pipe.recv)
@@ -268,7 +243,7 @@ async def _echo_worker(pipe: Connection, cfg: EchoWorkerConfig) -> WorkerEchoRes
     await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
     totals.running = True
     for conn in conns:
-        conn.send(cfg.depth)
+        conn.send(params.depth)
     await asyncio.sleep(max(0.0, (measure_until_ns - time.monotonic_ns()) / 1e9))
     totals.running = False
     for conn in conns:
@@ -277,7 +252,7 @@ async def _echo_worker(pipe: Connection, cfg: EchoWorkerConfig) -> WorkerEchoRes
     await asyncio.sleep(0)
     return WorkerEchoResult(
         connections=len(conns),
-        connect_errors=connect_errors,
+        connect_errors=share.conns - len(conns),
         sent=totals.sent,
         replies=totals.replies,
         errors=totals.errors,
@@ -286,18 +261,9 @@ async def _echo_worker(pipe: Connection, cfg: EchoWorkerConfig) -> WorkerEchoRes
     )
 
 
-def echo_worker(pipe: Connection, cfg: EchoWorkerConfig) -> None:
+def echo_worker(pipe: Connection, share: Share, params: EchoParams) -> None:
     """Entry point of one load-generator process."""
-    try:
-        if cfg.cpus:
-            os.sched_setaffinity(0, cfg.cpus)
-        raise_nofile_limit()
-        result = uvloop.run(_echo_worker(pipe, cfg))
-        pipe.send(("result", msgspec.msgpack.encode(result)))
-    except BaseException:
-        pipe.send(("error", traceback.format_exc()))
-    finally:
-        pipe.close()
+    run_worker(pipe, share.cpus, lambda: _echo_worker(pipe, share, params))
 
 
 # -- parent side -----------------------------------------------------------------------
@@ -309,53 +275,34 @@ def _sleep_until(deadline_ns: int) -> None:
         time.sleep(delay)
 
 
-class EchoParams(msgspec.Struct, frozen=True, kw_only=True):
-    conns: int
+class EchoParams(LoadParams, frozen=True, kw_only=True):
     depth: int
     duration: float
     warmup: float
-    procs: int
     size: int
-    connect_concurrency: int = 100
 
 
 def run_echo(
     params: EchoParams,
+    server: Endpoint,
     *,
-    host: str,
-    port: int,
-    server_pid: int | None,
     target: str,
     round_no: int = 1,
     client_cpus: list[int] | None = None,
 ) -> EchoRun:
     """One measured run against a server that is already listening."""
-    shares = split(params.conns, params.procs)
-    per_proc_concurrency = max(1, params.connect_concurrency // len(shares))
-    configs = [
-        EchoWorkerConfig(
-            host=host,
-            port=port,
-            conns=share,
-            depth=params.depth,
-            size=params.size,
-            connect_concurrency=per_proc_concurrency,
-            cpus=client_cpus,
-        )
-        for share in shares
-    ]
-    workers = Workers(echo_worker, configs)
+    workers = Workers(echo_worker, params, server, cpus=client_cpus)
     try:
         ready = workers.recv_all("ready", timeout=60.0)
         if sum(r[1] for r in ready) == 0:
             workers.send_all(("abort",))
-            raise BenchError(f"no connection to {host}:{port} could be opened")
+            raise BenchError(f"no connection to {server.host}:{server.port} could be opened")
         # A little slack so every worker has its start command before the start time.
         start_ns = time.monotonic_ns() + 100_000_000
         measure_from_ns = start_ns + int(params.warmup * 1e9)
         measure_until_ns = measure_from_ns + int(params.duration * 1e9)
         workers.send_all(("start", start_ns, measure_from_ns, measure_until_ns))
-        server_cpu = CpuSampler([server_pid], tree=True) if server_pid else None
+        server_cpu = CpuSampler([server.pid], tree=True) if server.pid else None
         client_cpu = CpuSampler(workers.pids, tree=False)
         machine_cpu = MachineSampler()
         _sleep_until(measure_from_ns)
@@ -404,7 +351,7 @@ def summarize(
     for result in results:
         histogram.decode_and_add(result.histogram)
     replies = sum(r.replies for r in results)
-    samples = [s for r in results for s in r.error_samples][:_ERROR_SAMPLES]
+    samples = first_samples(results)
     count = histogram.get_total_count()
 
     def pct(p: float) -> int:

@@ -19,19 +19,25 @@ server refused is part of the answer.
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
 import time
-import traceback
 from multiprocessing.connection import Connection
-from typing import cast
 
 import msgspec
-import uvloop
 
-from bench.proc import raise_nofile_limit, rss_kib
+from bench.proc import Endpoint, rss_kib
 from bench.results import IdleReport, WorkerIdleResult
-from bench.workers import BenchError, Workers, open_connections, split
+from bench.workers import (
+    ERROR_SAMPLES,
+    BenchError,
+    ClientConnection,
+    LoadParams,
+    Share,
+    Workers,
+    first_samples,
+    open_connections,
+    run_worker,
+)
 from protocol.proto import system_pb2
 
 _HEADER = struct.Struct(">IHBI")
@@ -40,16 +46,6 @@ _MIN_LENGTH = 7
 _PING, _PONG = 1, 2
 _RESPONSE = 0x01
 _PING_SEQ = 1
-_ERROR_SAMPLES = 5
-
-
-class IdleWorkerConfig(msgspec.Struct, frozen=True):
-    host: str
-    port: int
-    conns: int
-    connect_concurrency: int
-    ping_timeout: float
-    cpus: list[int] | None = None
 
 
 class _IdleTotals:
@@ -66,7 +62,7 @@ class _IdleTotals:
         self.all_settled: asyncio.Future[None] | None = None
 
     def sample(self, what: str) -> None:
-        if len(self.error_samples) < _ERROR_SAMPLES:
+        if len(self.error_samples) < ERROR_SAMPLES:
             self.error_samples.append(what)
 
     def settle(self) -> None:
@@ -79,20 +75,15 @@ class _IdleTotals:
             waiter.set_result(None)
 
 
-class IdleConnection(asyncio.Protocol):
-    __slots__ = ("_buf", "_closing", "_totals", "_transport", "answered", "pinged")
+class IdleConnection(ClientConnection):
+    __slots__ = ("_buf", "_totals", "answered", "pinged")
 
     def __init__(self, totals: _IdleTotals) -> None:
+        super().__init__()
         self._totals = totals
         self._buf = b""
-        self._transport: asyncio.Transport | None = None
-        self._closing = False
         self.pinged = False
         self.answered = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
 
     @property
     def open(self) -> bool:
@@ -128,38 +119,20 @@ class IdleConnection(asyncio.Protocol):
                 self._totals.sample(f"unexpected frame msg_id={msg_id} flags={flags} seq={seq}")
         self._buf = data[pos:]
 
-    def close(self) -> None:
-        self._closing = True
-        if self._transport is not None:
-            self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        if not self._closing:
-            self._totals.dropped += 1
-            self._totals.sample(f"connection closed by server: {exc or 'EOF'}")
-            if self.pinged and not self.answered:
-                self._totals.settle()
+    def lost(self, exc: Exception | None) -> None:
+        self._totals.dropped += 1
+        self._totals.sample(f"connection closed by server: {exc or 'EOF'}")
+        if self.pinged and not self.answered:
+            self._totals.settle()
 
 
-async def _idle_worker(pipe: Connection, cfg: IdleWorkerConfig) -> WorkerIdleResult:
+async def _idle_worker(pipe: Connection, share: Share, params: IdleParams) -> WorkerIdleResult:
     loop = asyncio.get_running_loop()
     totals = _IdleTotals()
-    connect_errors = 0
-
-    def connect_error(what: str) -> None:
-        nonlocal connect_errors
-        connect_errors += 1
-        totals.sample(what)
-
     conns: list[IdleConnection] = await open_connections(
-        cfg.conns,
-        cfg.connect_concurrency,
-        lambda: IdleConnection(totals),
-        cfg.host,
-        cfg.port,
-        connect_error,
+        share, lambda: IdleConnection(totals), totals.sample
     )
+    connect_errors = share.conns - len(conns)
     pipe.send(("connected", len(conns), connect_errors))
     command = await loop.run_in_executor(None, pipe.recv)
     if command[0] == "ping":
@@ -171,11 +144,11 @@ async def _idle_worker(pipe: Connection, cfg: IdleWorkerConfig) -> WorkerIdleRes
                 totals.pinged += 1
         totals.check_done()
         try:
-            await asyncio.wait_for(asyncio.shield(totals.all_settled), cfg.ping_timeout)
+            await asyncio.wait_for(asyncio.shield(totals.all_settled), params.ping_timeout)
         except TimeoutError:
             totals.sample(
                 f"{totals.pinged - totals.settled} of {totals.pinged} pings unanswered after "
-                f"{cfg.ping_timeout:.0f} s"
+                f"{params.ping_timeout:.0f} s"
             )
         pipe.send(("pinged",))
         await loop.run_in_executor(None, pipe.recv)
@@ -192,58 +165,30 @@ async def _idle_worker(pipe: Connection, cfg: IdleWorkerConfig) -> WorkerIdleRes
     )
 
 
-def idle_worker(pipe: Connection, cfg: IdleWorkerConfig) -> None:
+def idle_worker(pipe: Connection, share: Share, params: IdleParams) -> None:
     """Entry point of one idle-connection process."""
-    try:
-        if cfg.cpus:
-            os.sched_setaffinity(0, cfg.cpus)
-        raise_nofile_limit()
-        result = uvloop.run(_idle_worker(pipe, cfg))
-        pipe.send(("result", msgspec.msgpack.encode(result)))
-    except BaseException:
-        pipe.send(("error", traceback.format_exc()))
-    finally:
-        pipe.close()
+    run_worker(pipe, share.cpus, lambda: _idle_worker(pipe, share, params))
 
 
-class IdleParams(msgspec.Struct, frozen=True, kw_only=True):
-    conns: int
-    procs: int
+class IdleParams(LoadParams, frozen=True, kw_only=True):
     settle: float = 2.0
     ping_timeout: float = 30.0
-    connect_concurrency: int = 100
 
 
 def run_idle(
     params: IdleParams,
+    server: Endpoint,
     *,
-    host: str,
-    port: int,
-    server_pid: int | None,
     target: str,
     client_cpus: list[int] | None = None,
 ) -> IdleReport:
-    shares = split(params.conns, params.procs)
-    per_proc_concurrency = max(1, params.connect_concurrency // len(shares))
-    configs = [
-        IdleWorkerConfig(
-            host=host,
-            port=port,
-            conns=share,
-            connect_concurrency=per_proc_concurrency,
-            ping_timeout=params.ping_timeout,
-            cpus=client_cpus,
-        )
-        for share in shares
-    ]
-
     def rss() -> int | None:
-        return rss_kib(server_pid) if server_pid else None
+        return rss_kib(server.pid) if server.pid else None
 
     rss_before = rss()
     rss_idle = rss_ping = None
     t0 = time.monotonic()
-    workers = Workers(idle_worker, configs)
+    workers = Workers(idle_worker, params, server, cpus=client_cpus)
     try:
         # Generous: 15000 handshakes at 100 in flight take seconds, not minutes, unless
         # the server stalls, and then the count of connect errors is the answer.
@@ -266,8 +211,8 @@ def run_idle(
         workers.close()
     opened = sum(r.opened for r in results)
     if opened == 0:
-        samples = [s for r in results for s in r.error_samples][:_ERROR_SAMPLES]
-        raise BenchError(f"no connection to {host}:{port} could be opened: {samples}")
+        samples = first_samples(results)
+        raise BenchError(f"no connection to {server.host}:{server.port} could be opened: {samples}")
 
     def per_conn(after: int | None) -> float | None:
         if after is None or rss_before is None:
@@ -289,5 +234,5 @@ def run_idle(
         pinged=sum(r.pinged for r in results),
         answered=sum(r.answered for r in results),
         dropped=sum(r.dropped for r in results),
-        error_samples=[s for r in results for s in r.error_samples][:_ERROR_SAMPLES],
+        error_samples=first_samples(results),
     )

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +53,14 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+class Endpoint(NamedTuple):
+    """A server to load: where it listens, and its pid when known (to read /proc)."""
+
+    host: str
+    port: int
+    pid: int | None
+
+
 class ServerStartError(RuntimeError):
     pass
 
@@ -78,6 +87,10 @@ class ServerProcess:
     def pid(self) -> int:
         assert self._proc is not None
         return self._proc.pid
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, self.pid)
 
     def tail(self) -> str:
         return "\n".join(self._tail)

@@ -9,20 +9,26 @@ from __future__ import annotations
 import msgspec
 
 
-class WorkerEchoResult(msgspec.Struct, frozen=True):
-    """What one load-generator process hands back to the parent.
+class WorkerResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What every load-generator process hands back to the parent: how many of its
+    connections could not be opened, and the first few errors it saw."""
+
+    connect_errors: int
+    error_samples: list[str] = []
+
+
+class WorkerEchoResult(WorkerResult, frozen=True, kw_only=True):
+    """What one echo load-generator process hands back to the parent.
 
     The histogram travels encoded (HdrHistogram's compressed V2 form) so that the parent
     merges exact distributions instead of averaging percentiles, which would be wrong.
     """
 
     connections: int
-    connect_errors: int
     sent: int
     replies: int
     errors: int
     histogram: bytes
-    error_samples: list[str] = []
 
 
 class EchoRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,13 +90,11 @@ class EchoReport(msgspec.Struct, frozen=True, kw_only=True):
     comparison: Comparison | None = None
 
 
-class WorkerIdleResult(msgspec.Struct, frozen=True):
+class WorkerIdleResult(WorkerResult, frozen=True, kw_only=True):
     opened: int
-    connect_errors: int
     pinged: int
     answered: int
     dropped: int
-    error_samples: list[str] = []
 
 
 class IdleReport(msgspec.Struct, frozen=True, kw_only=True):

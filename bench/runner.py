@@ -14,14 +14,15 @@ the per-round ratios.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import msgspec
 from rich.console import Console
 
 from bench.echo import EchoParams, compare, run_echo
 from bench.idle import IdleParams, run_idle
-from bench.proc import ServerProcess, available_cpus, pin_process, server_command
+from bench.proc import Endpoint, ServerProcess, available_cpus, pin_process, server_command
 from bench.report import comparison_table, echo_table, idle_table
 from bench.results import EchoReport, EchoRun, IdleReport
 from bench.workers import BenchError
@@ -48,17 +49,36 @@ def placement(cpu_pin: bool) -> Placement:
     return Placement(server_cpus={cpus[0]}, client_cpus=cpus[1:])
 
 
-class EchoOptions(msgspec.Struct, frozen=True, kw_only=True):
-    params: EchoParams
+class ServerOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """The server under test, and where it and the load generators run."""
+
     host: str = "127.0.0.1"
     #: An external server; None starts one (--spawn).
     port: int | None = None
     server_pid: int | None = None
     target: str = "tickwire"
     server_cmd: list[str] | None = None
+    cpu_pin: bool = False
+
+    def command(self) -> list[str]:
+        """The command that starts the server under test when the bench starts it."""
+        return self.server_cmd or server_command(self.target, self.host)
+
+
+class EchoOptions(msgspec.Struct, frozen=True, kw_only=True):
+    params: EchoParams
+    server: ServerOptions = msgspec.field(default_factory=ServerOptions)
     compare_baseline: bool = False
     rounds: int = 1
-    cpu_pin: bool = False
+
+
+@contextlib.contextmanager
+def _spawned(cmd: list[str], where: Placement) -> Iterator[ServerProcess]:
+    """A fresh server started by `cmd`, on the CPUs `where` gives it; stopped on exit."""
+    with ServerProcess(cmd) as server:
+        if where.server_cpus:
+            pin_process(server.pid, where.server_cpus)
+        yield server
 
 
 def _spawned_run(
@@ -68,14 +88,10 @@ def _spawned_run(
     where: Placement,
     round_no: int,
 ) -> EchoRun:
-    with ServerProcess(cmd) as server:
-        if where.server_cpus:
-            pin_process(server.pid, where.server_cpus)
+    with _spawned(cmd, where) as server:
         run = run_echo(
             opts.params,
-            host=server.host,
-            port=server.port,
-            server_pid=server.pid,
+            server.endpoint,
             target=target,
             round_no=round_no,
             client_cpus=where.client_cpus,
@@ -86,32 +102,32 @@ def _spawned_run(
 
 
 def bench_echo(opts: EchoOptions, console: Console, log: Callable[[str], None]) -> EchoReport:
-    where = placement(opts.cpu_pin)
+    server = opts.server
+    where = placement(server.cpu_pin)
     runs: list[EchoRun] = []
-    if opts.port is not None:
+    if server.port is not None:
         if opts.compare_baseline:
             raise BenchError("--compare-baseline starts both servers itself; drop --port")
+        external = Endpoint(server.host, server.port, server.server_pid)
         for round_no in range(1, opts.rounds + 1):
-            log(f"round {round_no}: {opts.host}:{opts.port}")
+            log(f"round {round_no}: {server.host}:{server.port}")
             run = run_echo(
                 opts.params,
-                host=opts.host,
-                port=opts.port,
-                server_pid=opts.server_pid,
+                external,
                 target="external",
                 round_no=round_no,
                 client_cpus=where.client_cpus,
             )
             runs.append(run)
             console.print(echo_table([run], f"round {round_no}"))
-        return EchoReport(host=opts.host, runs=runs)
+        return EchoReport(host=server.host, runs=runs)
 
-    target_cmd = opts.server_cmd or server_command(opts.target, opts.host)
-    order: list[tuple[str, list[str]]] = [(opts.target, target_cmd)]
+    target_cmd = server.command()
+    order: list[tuple[str, list[str]]] = [(server.target, target_cmd)]
     if opts.compare_baseline:
-        if opts.target == "baseline" and opts.server_cmd is None:
+        if server.target == "baseline" and server.server_cmd is None:
             raise BenchError("--compare-baseline with --target baseline compares it to itself")
-        order = [("baseline", server_command("baseline", opts.host)), ("tickwire", target_cmd)]
+        order = [("baseline", server_command("baseline", server.host)), ("tickwire", target_cmd)]
     for round_no in range(1, opts.rounds + 1):
         this_round = []
         for target, cmd in order:
@@ -122,44 +138,27 @@ def bench_echo(opts: EchoOptions, console: Console, log: Callable[[str], None]) 
     comparison = compare(runs) if opts.compare_baseline else None
     if comparison is not None:
         console.print(comparison_table(comparison))
-    return EchoReport(host=opts.host, runs=runs, comparison=comparison)
+    return EchoReport(host=server.host, runs=runs, comparison=comparison)
 
 
 class IdleOptions(msgspec.Struct, frozen=True, kw_only=True):
     params: IdleParams
-    host: str = "127.0.0.1"
-    port: int | None = None
-    server_pid: int | None = None
-    target: str = "tickwire"
-    server_cmd: list[str] | None = None
-    cpu_pin: bool = False
+    server: ServerOptions = msgspec.field(default_factory=ServerOptions)
 
 
 def bench_idle(opts: IdleOptions, console: Console, log: Callable[[str], None]) -> IdleReport:
-    where = placement(opts.cpu_pin)
-    if opts.port is not None:
-        log(f"{opts.params.conns} idle connections to {opts.host}:{opts.port}")
-        report = run_idle(
-            opts.params,
-            host=opts.host,
-            port=opts.port,
-            server_pid=opts.server_pid,
-            target="external",
-            client_cpus=where.client_cpus,
-        )
+    server = opts.server
+    where = placement(server.cpu_pin)
+    if server.port is not None:
+        log(f"{opts.params.conns} idle connections to {server.host}:{server.port}")
+        external = Endpoint(server.host, server.port, server.server_pid)
+        report = run_idle(opts.params, external, target="external", client_cpus=where.client_cpus)
     else:
-        cmd = opts.server_cmd or server_command(opts.target, opts.host)
-        log(f"{opts.params.conns} idle connections to {opts.target} ({' '.join(cmd[1:])})")
-        with ServerProcess(cmd) as server:
-            if where.server_cpus:
-                pin_process(server.pid, where.server_cpus)
+        cmd = server.command()
+        log(f"{opts.params.conns} idle connections to {server.target} ({' '.join(cmd[1:])})")
+        with _spawned(cmd, where) as process:
             report = run_idle(
-                opts.params,
-                host=server.host,
-                port=server.port,
-                server_pid=server.pid,
-                target=opts.target,
-                client_cpus=where.client_cpus,
+                opts.params, process.endpoint, target=server.target, client_cpus=where.client_cpus
             )
     console.print(idle_table(report))
     return report

@@ -10,48 +10,145 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Coroutine, Iterable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar, cast
+
+import msgspec
+import uvloop
+
+from bench.proc import Endpoint, raise_nofile_limit
+from bench.results import WorkerResult
 
 _CONNECT_TIMEOUT_S = 10.0
+
+#: Error messages a worker keeps, and a run reports: the first few say what went wrong.
+ERROR_SAMPLES = 5
 
 
 class BenchError(RuntimeError):
     """The bench itself could not run (a worker died, nothing connected, ...)."""
 
 
+class LoadParams(msgspec.Struct, frozen=True, kw_only=True):
+    """What every bench asks of its load generators: `conns` connections from `procs`
+    processes, with at most `connect_concurrency` handshakes in flight over them all."""
+
+    conns: int
+    procs: int
+    connect_concurrency: int = 100
+
+
+class Share(msgspec.Struct, frozen=True):
+    """One load-generator process's part of a run: its connections to host:port, the
+    handshakes it may have in flight, and the CPUs it may run on (None: any)."""
+
+    host: str
+    port: int
+    conns: int
+    connect_concurrency: int
+    cpus: list[int] | None = None
+
+
+def shares(params: LoadParams, server: Endpoint, cpus: list[int] | None) -> list[Share]:
+    """`params.conns` spread over `params.procs` processes, and the handshake budget with
+    them."""
+    parts = split(params.conns, params.procs)
+    per_proc_concurrency = max(1, params.connect_concurrency // len(parts))
+    return [Share(server.host, server.port, part, per_proc_concurrency, cpus) for part in parts]
+
+
 async def open_connections(
-    count: int,
-    concurrency: int,
+    share: Share,
     factory: Callable[[], asyncio.Protocol],
-    host: str,
-    port: int,
     on_error: Callable[[str], None],
 ) -> list[Any]:
-    """Open `count` connections, at most `concurrency` handshakes at a time.
+    """Open `share.conns` connections, at most `share.connect_concurrency` handshakes at a
+    time; each one that fails is passed to `on_error`, so the number of connect errors is
+    `share.conns` minus the number of connections returned.
 
     Bounded, because a burst of thousands of SYNs overruns the server's accept backlog
     and turns into retransmits and timeouts that say nothing about the server.
     """
     loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(max(1, concurrency))
+    gate = asyncio.Semaphore(max(1, share.connect_concurrency))
     opened: list[Any] = []
 
     async def one() -> None:
         async with gate:
             try:
                 _, protocol = await asyncio.wait_for(
-                    loop.create_connection(factory, host, port), _CONNECT_TIMEOUT_S
+                    loop.create_connection(factory, share.host, share.port), _CONNECT_TIMEOUT_S
                 )
             except (OSError, TimeoutError) as exc:
                 on_error(f"connect: {type(exc).__name__}: {exc}")
             else:
                 opened.append(protocol)
 
-    await asyncio.gather(*(one() for _ in range(count)))
+    await asyncio.gather(*(one() for _ in range(share.conns)))
     return opened
+
+
+class ClientConnection(asyncio.Protocol):
+    """A load generator's end of one connection.
+
+    Knows its transport while the connection is open and whether the close was ours;
+    subclasses hear of any other end of the connection through `lost`.
+    """
+
+    __slots__ = ("_closing", "_transport")
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if not self._closing:
+            self.lost(exc)
+
+    def lost(self, exc: Exception | None) -> None:
+        """The connection ended without `close` (the server closed it, or it broke)."""
+
+
+def run_worker(
+    pipe: Connection,
+    cpus: list[int] | None,
+    main: Callable[[], Coroutine[Any, Any, msgspec.Struct]],
+) -> None:
+    """The body of every load-generator process.
+
+    Pins it to `cpus` (if any), lifts its fd limit, runs `main()` on a uvloop loop and
+    sends the parent ``("result", msgpack of what main returned)``, or ``("error",
+    traceback)`` when anything failed; the pipe is closed either way.
+    """
+    try:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        raise_nofile_limit()
+        result = uvloop.run(main())
+        pipe.send(("result", msgspec.msgpack.encode(result)))
+    except BaseException:
+        pipe.send(("error", traceback.format_exc()))
+    finally:
+        pipe.close()
+
+
+def first_samples(results: Iterable[WorkerResult]) -> list[str]:
+    """The first `ERROR_SAMPLES` error messages of all the workers, in worker order."""
+    return [s for r in results for s in r.error_samples][:ERROR_SAMPLES]
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -61,16 +158,30 @@ def split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-class Workers:
-    """A set of spawned worker processes, each with a pipe to the parent."""
+_Params = TypeVar("_Params", bound=LoadParams)
 
-    def __init__(self, target: Callable[..., None], configs: list[Any]) -> None:
+
+class Workers:
+    """A set of spawned worker processes, each with a pipe to the parent.
+
+    One process per part of `shares(params, server, cpus)`, each running
+    ``target(pipe, share, params)``.
+    """
+
+    def __init__(
+        self,
+        target: Callable[[Connection, Share, _Params], None],
+        params: _Params,
+        server: Endpoint,
+        *,
+        cpus: list[int] | None,
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.pipes: list[Connection] = []
         self.procs: list[multiprocessing.process.BaseProcess] = []
-        for cfg in configs:
+        for share in shares(params, server, cpus):
             parent_end, child_end = ctx.Pipe()
-            proc = ctx.Process(target=target, args=(child_end, cfg), daemon=True)
+            proc = ctx.Process(target=target, args=(child_end, share, params), daemon=True)
             proc.start()
             child_end.close()
             self.pipes.append(parent_end)

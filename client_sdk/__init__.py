@@ -21,6 +21,7 @@ from client_sdk.errors import (
     SlowConsumer,
     TooManyConnections,
     Unauthenticated,
+    UnexpectedReply,
     UnknownMessage,
     server_error,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "SlowConsumer",
     "TooManyConnections",
     "Unauthenticated",
+    "UnexpectedReply",
     "UnknownMessage",
     "server_error",
 ]

@@ -15,16 +15,14 @@ from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 
-from client_sdk.errors import ConnectionClosed, ServerError, server_error
+from client_sdk.errors import ConnectionClosed, ServerError, UnexpectedReply, server_error
 from protocol.errors import RemoteProtocolError, closes_connection
 from protocol.frame import DEFAULT_MAX_FRAME, MAX_SEQ, Flags, Frame, FrameDecoder, encode_frame
 from protocol.proto.system_pb2 import (
     DescribeReply,
-    DescribeRequest,
     Error,
     GoAway,
     Ping,
-    Pong,
 )
 from protocol.registry import MessageRegistry, system_registry
 
@@ -34,6 +32,8 @@ _RESPONSE = int(Flags.RESPONSE)
 _ERROR = int(Flags.ERROR)
 _PUSH = int(Flags.PUSH)
 _GOAWAY_ID = 30
+_PING_ID = 1
+_DESCRIBE_ID = 20
 _ERROR_ID = 3
 
 
@@ -153,12 +153,22 @@ class AsyncClient:
 
     async def request(self, message: Message, *, timeout: float | None = 30.0) -> Message:
         """Send `message` and return the typed reply; an Error reply raises ServerError."""
+        msg_id = self.registry.id_of(message)
+        frame = await self.roundtrip(msg_id, message.SerializeToString(), timeout=timeout)
+        try:
+            return self.registry.decode(frame.msg_id, frame.payload)
+        except RemoteProtocolError as exc:
+            raise UnexpectedReply(f"reply to seq {frame.seq}: {exc.message}") from None
+
+    async def roundtrip(
+        self, msg_id: int, payload: bytes, *, timeout: float | None = 30.0
+    ) -> Frame:
+        """Send one request frame and return its reply frame undecoded (an Error reply
+        raises ServerError). For tools that work below the registry."""
         if self._closed is not None:
             raise self._closed
         if not self._writable.is_set():
             await self._writable.wait()
-        msg_id = self.registry.id_of(message)
-        payload = message.SerializeToString()
         seq = self._take_seq()
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._pending[seq] = future
@@ -171,7 +181,7 @@ class AsyncClient:
         if frame.flags & _ERROR:
             err = Error.FromString(frame.payload)
             raise server_error(err.code, err.message, err.request_msg_id)
-        return self.registry.decode(frame.msg_id, frame.payload)
+        return frame
 
     async def call(
         self, message: Message, reply_type: type[M], *, timeout: float | None = 30.0
@@ -199,14 +209,16 @@ class AsyncClient:
     async def ping(self, *, timeout: float | None = 10.0) -> float:
         """Round-trip time in seconds."""
         start = time.perf_counter_ns()
-        await self.call(Ping(client_time_ns=time.time_ns()), Pong, timeout=timeout)
+        ping = Ping(client_time_ns=time.time_ns()).SerializeToString()
+        await self.roundtrip(_PING_ID, ping, timeout=timeout)
         return (time.perf_counter_ns() - start) / 1e9
 
     async def describe(self, *, adopt: bool = False) -> MessageRegistry:
         """The server's schema as a registry of dynamic classes; `adopt` makes it this
         client's registry, so messages the client has no code for can be sent by name."""
-        reply = await self.call(DescribeRequest(), DescribeReply)
-        registry = MessageRegistry.from_describe(reply)
+        # By its fixed ID (PROTOCOL.md), so it works whatever this client's registry holds.
+        frame = await self.roundtrip(_DESCRIBE_ID, b"")
+        registry = MessageRegistry.from_describe(DescribeReply.FromString(frame.payload))
         if adopt:
             self.registry = registry
         return registry

@@ -114,6 +114,11 @@ def server_error(code: int, message: str, request_msg_id: int = 0) -> ServerErro
     return _BY_CODE.get(code, ServerError)(code, message, request_msg_id)
 
 
+class UnexpectedReply(ClientError):
+    """The server answered with a message type this client's registry does not know
+    (describe(adopt=True) learns the server's schema)."""
+
+
 class ConnectionClosed(ClientError):
     """The connection ended; `error` holds the server's closing Error or GoAway, if any."""
 

@@ -47,7 +47,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     close_grace: Annotated[float, Meta(gt=0)] = 5.0
     #: Connections from one IP address; one more gets TOO_MANY_CONNECTIONS. 0: no limit.
     max_connections_per_ip: Annotated[int, Meta(ge=0)] = 0
-    #: Period of the sweep that checks idle timeouts (one timer for all connections).
+    #: Period of the one sweep (for all connections) that applies idle_timeout,
+    #: slow_consumer_timeout and close_grace; each is judged in whole periods.
     sweep_interval: Annotated[float, Meta(gt=0)] = 1.0
     backlog: Positive = 2048
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -14,8 +14,10 @@ import msgspec
 import pytest
 
 from bench.echo import EchoParams, compare, new_histogram, summarize
+from bench.idle import IdleParams
+from bench.proc import Endpoint
 from bench.results import EchoReport, EchoRun, IdleReport, WorkerEchoResult
-from bench.workers import split
+from bench.workers import shares, split
 from tools import bench_cmd
 
 # A server that answers every request with the wrong seq: the bench must count errors.
@@ -168,6 +170,19 @@ def test_split_spreads_evenly_and_never_leaves_a_part_empty() -> None:
     assert split(10, 3) == [4, 3, 3]
     assert split(2, 4) == [1, 1]
     assert sum(split(15000, 7)) == 15000
+
+
+def test_shares_divide_connections_and_the_handshake_budget() -> None:
+    server = Endpoint("127.0.0.1", 7000, None)
+    parts = shares(IdleParams(conns=10, procs=3, connect_concurrency=100), server, [1])
+    assert [p.conns for p in parts] == [4, 3, 3]
+    assert {(p.host, p.port, p.connect_concurrency) for p in parts} == {("127.0.0.1", 7000, 33)}
+    assert all(p.cpus == [1] for p in parts)
+    # Never below one handshake per process, and no process without connections.
+    [one] = shares(IdleParams(conns=1, procs=4, connect_concurrency=1), server, None)
+    assert (one.conns, one.connect_concurrency) == (1, 1)
+    parts = shares(IdleParams(conns=8, procs=4, connect_concurrency=2), server, None)
+    assert [(p.conns, p.connect_concurrency) for p in parts] == [(2, 1)] * 4
 
 
 def _worker(values: list[int], errors: int = 0) -> WorkerEchoResult:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from rich.console import Console
@@ -27,12 +27,15 @@ from bench.echo import EchoParams
 from bench.idle import IdleParams
 from bench.proc import ServerStartError
 from bench.results import EchoReport, IdleReport
-from bench.runner import EchoOptions, IdleOptions, bench_echo, bench_idle
+from bench.runner import EchoOptions, IdleOptions, ServerOptions, bench_echo, bench_idle
 from bench.workers import BenchError
 
 #: Runs where other processes used more CPU than this (% of one core) get a warning:
 #: their numbers measure the neighbours as much as the server.
 BUSY_MACHINE_PCT = 25.0
+
+_Options = TypeVar("_Options", EchoOptions, IdleOptions)
+_Report = TypeVar("_Report", EchoReport, IdleReport)
 
 
 def _positive_int(text: str) -> int:
@@ -202,11 +205,51 @@ def _console(*, stderr: bool = False) -> Console:
     return console
 
 
-def _logger(console: Console) -> Any:
+def _logger(console: Console) -> Callable[[str], None]:
     def log(message: str) -> None:
         console.print(f"[dim]{message}[/dim]", highlight=False)
 
     return log
+
+
+def _refuse(err: Console, kind: str, problem: str) -> int:
+    err.print(f"[red]tickwire bench {kind}: {problem}[/red]")
+    return 2
+
+
+def _server_options(args: argparse.Namespace) -> ServerOptions:
+    """The server-under-test options (`_add_server_args`) that every bench shares."""
+    return ServerOptions(
+        host=args.host,
+        port=args.port,
+        server_pid=args.server_pid,
+        target=args.target,
+        server_cmd=shlex.split(args.server_cmd) if args.server_cmd else None,
+        cpu_pin=args.cpu_pin,
+    )
+
+
+def _run_bench(
+    kind: str,
+    bench: Callable[[_Options, Console, Callable[[str], None]], _Report],
+    options: _Options,
+    args: argparse.Namespace,
+    err: Console,
+) -> _Report | None:
+    """Run `bench` with its tables on stdout (stderr when --json writes to stdout) and its
+    progress on `err`, then write the report to --json.
+
+    None when the bench could not run; it has said why on `err` and the exit status is 2.
+    """
+    out = _console(stderr=args.json == "-")
+    try:
+        report = bench(options, out, _logger(err))
+    except (BenchError, ServerStartError) as exc:
+        err.print(f"[red]tickwire bench {kind}: {exc}[/red]", highlight=False)
+        return None
+    if args.json:
+        _write_json(args.json, report)
+    return report
 
 
 def run_echo_cmd(args: argparse.Namespace) -> int:
@@ -217,9 +260,7 @@ def run_echo_cmd(args: argparse.Namespace) -> int:
     if problem is None and args.compare_baseline and args.port is not None:
         problem = "--compare-baseline starts both servers itself; drop --port"
     if problem:
-        err.print(f"[red]tickwire bench echo: {problem}[/red]")
-        return 2
-    out = _console(stderr=args.json == "-")
+        return _refuse(err, "echo", problem)
     rounds = args.rounds or (3 if args.compare_baseline else 1)
     options = EchoOptions(
         params=EchoParams(
@@ -231,22 +272,13 @@ def run_echo_cmd(args: argparse.Namespace) -> int:
             size=args.size,
             connect_concurrency=args.connect_concurrency,
         ),
-        host=args.host,
-        port=args.port,
-        server_pid=args.server_pid,
-        target=args.target,
-        server_cmd=shlex.split(args.server_cmd) if args.server_cmd else None,
+        server=_server_options(args),
         compare_baseline=args.compare_baseline,
         rounds=rounds,
-        cpu_pin=args.cpu_pin,
     )
-    try:
-        report = bench_echo(options, out, _logger(err))
-    except (BenchError, ServerStartError) as exc:
-        err.print(f"[red]tickwire bench echo: {exc}[/red]", highlight=False)
+    report = _run_bench("echo", bench_echo, options, args, err)
+    if report is None:
         return 2
-    if args.json:
-        _write_json(args.json, report)
     for run in report.runs:
         if run.other_cpu_pct is not None and run.other_cpu_pct > BUSY_MACHINE_PCT:
             err.print(
@@ -271,9 +303,7 @@ def run_idle_cmd(args: argparse.Namespace) -> int:
     err = _console(stderr=True)
     problem = _check_server_args(args)
     if problem:
-        err.print(f"[red]tickwire bench idle: {problem}[/red]")
-        return 2
-    out = _console(stderr=args.json == "-")
+        return _refuse(err, "idle", problem)
     options = IdleOptions(
         params=IdleParams(
             conns=args.conns,
@@ -282,20 +312,11 @@ def run_idle_cmd(args: argparse.Namespace) -> int:
             ping_timeout=args.ping_timeout,
             connect_concurrency=args.connect_concurrency,
         ),
-        host=args.host,
-        port=args.port,
-        server_pid=args.server_pid,
-        target=args.target,
-        server_cmd=shlex.split(args.server_cmd) if args.server_cmd else None,
-        cpu_pin=args.cpu_pin,
+        server=_server_options(args),
     )
-    try:
-        report = bench_idle(options, out, _logger(err))
-    except (BenchError, ServerStartError) as exc:
-        err.print(f"[red]tickwire bench idle: {exc}[/red]", highlight=False)
+    report = _run_bench("idle", bench_idle, options, args, err)
+    if report is None:
         return 2
-    if args.json:
-        _write_json(args.json, report)
     clean = report.connect_errors == 0 and report.answered == report.opened
     if not clean:
         for sample in report.error_samples:

@@ -259,3 +259,18 @@ def test_blocking_client_wrapper() -> None:
         assert client.describe().table()[11] == "system.EchoReply"
     loop.call_soon_threadsafe(holder["stop"].set)  # type: ignore[attr-defined]
     thread.join(5)
+
+
+async def test_reply_of_unknown_type_raises_unexpected_reply(start_server: StartServer) -> None:
+    from client_sdk import UnexpectedReply
+    from protocol.registry import MessageRegistry
+
+    server = await start_server()
+    partial = MessageRegistry()
+    partial.register(EchoRequest)  # knows the request, not its reply
+    async with await AsyncClient.connect(*server.address, partial) as client:
+        with pytest.raises(UnexpectedReply, match="message id 11"):
+            await client.request(EchoRequest(data=b"x"))
+        remote = await client.describe(adopt=True)  # works with the partial registry too
+        reply = await client.request(remote.new("system.EchoRequest", data=b"y"))
+        assert reply.data == b"y"  # type: ignore[attr-defined]
