@@ -158,7 +158,12 @@ class Connection(asyncio.Protocol):
         self.stats.bytes_out += len(data)
         transport = self.transport
         transport.write(data)
-        if transport.get_write_buffer_size() > self.server.config.slow_consumer_bytes:
+        # The transport calls pause_writing from inside write() once its buffer passes the
+        # high-water mark, so only then can it also be past the slow-consumer limit.
+        if (
+            self.write_paused
+            and transport.get_write_buffer_size() > self.server.config.slow_consumer_bytes
+        ):
             self.close_with(
                 ErrorCode.SLOW_CONSUMER,
                 "the client reads too slowly; its pending bytes passed the limit",
