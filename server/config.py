@@ -1,80 +1,252 @@
 """The server's typed configuration: one flat msgspec Struct with defaults (as uvicorn's Config).
 
-A TOML file is decoded straight into `ServerConfig`; an unknown key, a wrong type or an
-out-of-range value fails at start with the key's path, never later at run time.
+Three sources, later ones winning: a TOML file, ``TICKWIRE_*`` environment variables
+(``TICKWIRE_MAX_FRAME=65536`` sets ``max_frame``), then command-line flags. An unknown key,
+a wrong type or an out-of-range value fails at start with the key's path (and the variable
+or file it came from) and the expected type, never later at run time.
+
+Each field's description lives in its ``Meta(description=...)``, so `tickwire config
+--example` prints a commented file that cannot drift from the code.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import msgspec
 from msgspec import Meta
 
 from protocol.frame import DEFAULT_MAX_FRAME, MIN_LENGTH
 
-Port = Annotated[int, Meta(ge=0, le=65535)]
-Positive = Annotated[int, Meta(ge=1)]
-Seconds = Annotated[float, Meta(ge=0)]
+ENV_PREFIX = "TICKWIRE_"
+
+
+def _doc(text: str, **constraints: Any) -> Meta:
+    return Meta(description=text, **constraints)
 
 
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    host: str = "127.0.0.1"
-    port: Port = 7000
-    #: Largest `length` a frame may announce (PROTOCOL.md); above it: FRAME_TOO_LARGE, close.
-    max_frame: Annotated[int, Meta(ge=MIN_LENGTH, le=0xFFFFFFFF)] = DEFAULT_MAX_FRAME
-    #: Long-lived consumer tasks that await async and blocking handlers (bounded concurrency).
-    consumers: Annotated[int, Meta(ge=1, le=100_000)] = 64
-    #: Threads for handlers declared blocking.
-    blocking_threads: Annotated[int, Meta(ge=1, le=1024)] = 16
-    #: Frames queued on one connection before the server stops reading it (pause_reading).
-    mailbox_limit: Positive = 512
-    #: Frames queued across the server before new ones are answered OVERLOADED.
-    max_pending: Positive = 200_000
-    #: Connections the server holds; one more gets TOO_MANY_CONNECTIONS and is closed.
-    max_connections: Positive = 100_000
-    #: Close a connection that sent nothing for this long (IDLE_TIMEOUT); 0 disables.
-    idle_timeout: Seconds = 300.0
-    #: Deadline for async and blocking handlers (TIMEOUT); 0 disables.
-    handler_timeout: Seconds = 30.0
-    #: Bytes waiting in a connection's send buffer before it is cut off (SLOW_CONSUMER).
-    slow_consumer_bytes: Positive = 8 * 1024 * 1024
-    #: A connection whose peer has not read what we sent for this long is cut off
-    #: (SLOW_CONSUMER), even if its buffered bytes stay under slow_consumer_bytes.
-    slow_consumer_timeout: Annotated[float, Meta(gt=0)] = 30.0
-    #: After a closing frame, how long a peer that reads nothing keeps its socket before abort.
-    close_grace: Annotated[float, Meta(gt=0)] = 5.0
-    #: Connections from one IP address; one more gets TOO_MANY_CONNECTIONS. 0: no limit.
-    max_connections_per_ip: Annotated[int, Meta(ge=0)] = 0
-    #: Period of the one sweep (for all connections) that applies idle_timeout,
-    #: slow_consumer_timeout and close_grace; each is judged in whole periods.
-    sweep_interval: Annotated[float, Meta(gt=0)] = 1.0
-    backlog: Positive = 2048
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    host: Annotated[str, _doc("Address to listen on.")] = "127.0.0.1"
+    port: Annotated[int, _doc("Port to listen on; 0 lets the OS pick one.", ge=0, le=65535)] = 7000
+    max_frame: Annotated[
+        int,
+        _doc(
+            "Largest `length` a frame may announce (PROTOCOL.md); above it the peer gets "
+            "FRAME_TOO_LARGE and is closed.",
+            ge=MIN_LENGTH,
+            le=0xFFFFFFFF,
+        ),
+    ] = DEFAULT_MAX_FRAME
+    consumers: Annotated[
+        int,
+        _doc(
+            "Long-lived consumer tasks that await async and blocking handlers: at most this "
+            "many handlers are awaited at once.",
+            ge=1,
+            le=100_000,
+        ),
+    ] = 64
+    blocking_threads: Annotated[
+        int, _doc("Threads for handlers declared blocking=True.", ge=1, le=1024)
+    ] = 16
+    mailbox_limit: Annotated[
+        int,
+        _doc("Frames queued on one connection before the server stops reading it.", ge=1),
+    ] = 512
+    max_pending: Annotated[
+        int,
+        _doc("Frames queued across the server before new ones are answered OVERLOADED.", ge=1),
+    ] = 200_000
+    max_connections: Annotated[
+        int,
+        _doc("Connections the server holds; one more gets TOO_MANY_CONNECTIONS.", ge=1),
+    ] = 100_000
+    max_connections_per_ip: Annotated[
+        int,
+        _doc(
+            "Connections from one IP address; one more gets TOO_MANY_CONNECTIONS. 0: no limit.",
+            ge=0,
+        ),
+    ] = 0
+    idle_timeout: Annotated[
+        float,
+        _doc("Close a connection that sent nothing for this many seconds; 0 disables.", ge=0),
+    ] = 300.0
+    handler_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds an async or blocking handler may run before its request gets TIMEOUT; "
+            "0 disables.",
+            ge=0,
+        ),
+    ] = 30.0
+    slow_consumer_bytes: Annotated[
+        int,
+        _doc(
+            "Bytes waiting in a connection's send buffer before it is cut off (SLOW_CONSUMER).",
+            ge=1,
+        ),
+    ] = 8 * 1024 * 1024
+    slow_consumer_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a peer may leave what we sent unread before it is cut off "
+            "(SLOW_CONSUMER), even under slow_consumer_bytes.",
+            gt=0,
+        ),
+    ] = 30.0
+    close_grace: Annotated[
+        float,
+        _doc(
+            "Seconds a closing connection whose peer reads nothing keeps its socket "
+            "before it is aborted.",
+            gt=0,
+        ),
+    ] = 5.0
+    sweep_interval: Annotated[
+        float,
+        _doc(
+            "Period of the one sweep (for all connections) that applies idle_timeout, "
+            "slow_consumer_timeout and close_grace; each is judged in whole periods.",
+            gt=0,
+        ),
+    ] = 1.0
+    drain_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a stop (SIGTERM/SIGINT) waits for in-flight handlers and replies "
+            "before it closes what is left.",
+            ge=0,
+        ),
+    ] = 10.0
+    backlog: Annotated[int, _doc("Listen backlog.", ge=1)] = 2048
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], _doc("Lowest level logged.")
+    ] = "info"
+    log_format: Annotated[
+        Literal["text", "json"],
+        _doc("Log lines as readable text or as one JSON object per line."),
+    ] = "text"
+    metrics: Annotated[
+        bool,
+        _doc(
+            "Serve Prometheus /metrics, /healthz and /readyz on metrics_host:metrics_port "
+            "(adds per-handler latency timing)."
+        ),
+    ] = False
+    metrics_host: Annotated[str, _doc("Address of the metrics and health endpoint.")] = "127.0.0.1"
+    metrics_port: Annotated[
+        int, _doc("Port of the metrics endpoint; 0 lets the OS pick one.", ge=0, le=65535)
+    ] = 9170
 
 
 class ConfigError(Exception):
     """A configuration value is wrong; the message names the key path and what was expected."""
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
-    """Decode a TOML file (if given) into a ServerConfig, then apply non-None overrides."""
+_FIELDS = {f.name: f for f in msgspec.structs.fields(ServerConfig)}
+
+
+def _from_file(path: str | Path) -> dict[str, Any]:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = msgspec.toml.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a TOML table at the top level")
+    try:
+        # Validate the file on its own first, so an error names the file it is in.
+        msgspec.convert(data, ServerConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return data
+
+
+def _coerce(key: str, text: str, source: str) -> Any:
+    """A string from the environment or a --set flag, parsed as the field's type."""
+    field = _FIELDS.get(key)
+    if field is None:
+        raise ConfigError(
+            f"{source}: unknown key `{key}`; known keys: {', '.join(sorted(_FIELDS))}"
+        )
+    try:
+        return msgspec.convert(text, field.type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}={text!r}: {exc} (key `$.{key}`)") from None
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        name[len(ENV_PREFIX) :].lower(): _coerce(name[len(ENV_PREFIX) :].lower(), text, name)
+        for name, text in env.items()
+        if name.startswith(ENV_PREFIX)
+    }
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` flags, typed like environment values."""
+    data: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        data[key.strip()] = _coerce(key.strip(), text, f"--set {key.strip()}")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> ServerConfig:
+    """The effective config: defaults < TOML file < TICKWIRE_* environment < `overrides`
+    (command-line flags; None means "not given")."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = Path(path).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        try:
-            data = msgspec.toml.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a TOML table at the top level")
+        data.update(_from_file(path))
+    data.update(_from_env(os.environ if env is None else env))
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return msgspec.convert(data, ServerConfig)
     except msgspec.ValidationError as exc:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{exc}") from None
+        raise ConfigError(str(exc)) from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()
+    return repr(value)
+
+
+def _description(annotation: Any) -> str:
+    for meta in getattr(annotation, "__metadata__", ()):
+        if isinstance(meta, Meta) and meta.description:
+            return meta.description
+    return ""
+
+
+def render_toml(config: ServerConfig, *, commented: bool = False) -> str:
+    """The config as TOML. `commented`: every key commented out under its description,
+    the way `tickwire config --example` shows the defaults."""
+    hints = get_type_hints(ServerConfig, include_extras=True)
+    lines: list[str] = []
+    for name in _FIELDS:
+        value = getattr(config, name)
+        if commented:
+            text = _description(hints[name])
+            lines.append(f"# {text}")
+            lines.append(f"# {name} = {_toml_value(value)}")
+            lines.append("")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines).rstrip() + "\n"

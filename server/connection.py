@@ -64,6 +64,7 @@ class Connection(asyncio.Protocol):
         "decoder",
         "dispatcher",
         "fatal",
+        "id",
         "mailbox",
         "out",
         "reading_paused",
@@ -93,6 +94,8 @@ class Connection(asyncio.Protocol):
         #: The Context reused across this connection's sync handlers (see Dispatcher).
         self.ctx: Context | None = None
         self.rx_tick = server.tick
+        #: Sequence number of this connection in the server's life: ties open and close lines.
+        self.id = 0
         self.write_paused_tick = 0
         self.closed_tick = 0
 
@@ -180,7 +183,8 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.reading_paused and not self.closed and self.fatal is None:
+        # Not while draining for a stop: what is unread stays unread.
+        if self.reading_paused and not self.closed and self.fatal is None and self.server.accepting:
             self.reading_paused = False
             self.stats.reads_resumed += 1
             self.transport.resume_reading()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import resource
 import signal
 import socket
@@ -25,6 +26,7 @@ from server.app import App, Context, Kind, Route, all_routes
 from server.config import ServerConfig
 from server.connection import CloseReason, Connection
 from server.dispatch import Dispatcher
+from server.metrics import MetricsEndpoint, Timing
 from server.middleware import Counters, Deadline, ErrorRecovery, Middleware, compose
 from server.stats import Stats
 from server.system_handlers import system_app
@@ -54,6 +56,12 @@ class Server:
         self.middleware: list[Middleware] = (
             middleware if middleware is not None else [ErrorRecovery(), Counters()]
         )
+        self.timing: Timing | None = None
+        self.metrics: MetricsEndpoint | None = None
+        if self.config.metrics:
+            self.timing = Timing()
+            self.middleware = [*self.middleware, self.timing]
+            self.metrics = MetricsEndpoint(self, self.timing)
         self.stats = Stats()
         id_by_class = self.registry._id_by_class
         self.dispatcher = Dispatcher(
@@ -75,6 +83,7 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.metrics_address: tuple[str, int] | None = None
         self.accepting = False
 
     # -- building chains --------------------------------------------------------------
@@ -122,6 +131,11 @@ class Server:
                 reuse_address=True,
             )
         self._listeners.append(listener)
+        if self.metrics is not None:
+            self.metrics_address = await self.metrics.start(
+                self.config.metrics_host, self.config.metrics_port
+            )
+            log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
         self.accepting = True
         self._sweeper = loop.create_task(self._sweep(), name="tickwire-sweep")
 
@@ -134,21 +148,32 @@ class Server:
     async def serve_forever(self) -> None:
         await self._stopped.wait()
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let queued frames and awaited handlers finish (bounded by
-        `timeout`), tell every connection GoAway SERVER_SHUTDOWN, and close.
+    async def stop(self, timeout: float = 5.0, *, reconnect_after_ms: int = 0) -> None:
+        """Drain and close, within `timeout`: stop accepting and stop reading (readiness goes
+        false), let queued frames and awaited handlers finish and their replies flush, tell
+        every connection GoAway SERVER_SHUTDOWN, then close; abort whatever is left.
+
+        Requests still unread in a socket get no reply: the client sees GoAway, and its
+        unanswered requests fail with ConnectionClosed, so it knows to retry elsewhere.
         """
         if self._stopped.is_set():
             return
         self.accepting = False
         for listener in self._listeners:
             listener.close()
+        for conn in self.connections:
+            conn.pause_reading()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._work_can_progress() and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
-            conn.close_with(ErrorCode.SERVER_SHUTDOWN, "server is shutting down", goaway=True)
+            conn.close_with(
+                ErrorCode.SERVER_SHUTDOWN,
+                "server is shutting down",
+                goaway=True,
+                reconnect_after_ms=reconnect_after_ms,
+            )
         # Give peers the rest of the timeout to read their GoAway, then abort the rest.
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
@@ -156,6 +181,8 @@ class Server:
             conn.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.dispatcher.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
@@ -173,7 +200,9 @@ class Server:
     def attach(self, conn: Connection) -> None:
         """Admit a new connection, or refuse it with TOO_MANY_CONNECTIONS."""
         self.stats.connections_opened += 1
+        conn.id = self.stats.connections_opened
         self.connections.add(conn)
+        log.info("connection open", extra={"conn": conn.id, "peer": _address(conn.peer)})
         limit = self.config.max_connections_per_ip
         if limit:
             ip = conn.peer_ip
@@ -191,8 +220,6 @@ class Server:
                 f"server is at its limit of {self.config.max_connections} connections",
             )
             return
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("open %s", conn.peer)
 
     def detach(self, conn: Connection) -> None:
         if conn not in self.connections:
@@ -208,8 +235,10 @@ class Server:
         self.stats.connections_closed += 1
         reason = conn.close_reason or CloseReason.CONNECTION_LOST
         self.stats.close_reasons[reason] += 1
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("close %s reason=%s", conn.peer, reason)
+        log.info(
+            "connection closed",
+            extra={"conn": conn.id, "peer": _address(conn.peer), "reason": str(reason)},
+        )
 
     async def _sweep(self) -> None:
         """One timer for every connection's timeouts, instead of a call_later each."""
@@ -251,6 +280,10 @@ class Server:
         return {r.name: {"calls": r.calls, "errors": r.errors} for r in self.routes.values()}
 
 
+def _address(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
 def raise_open_file_limit() -> None:
     """Lift the soft RLIMIT_NOFILE to the hard one: each connection is a descriptor."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -276,15 +309,27 @@ def run(
         host, port = server.address
         log.info("tickwire listening on %s:%d", host, port)
         stop = asyncio.Event()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stop.is_set() and sig == signal.SIGINT:
+                # A second Ctrl-C: the operator does not want to wait for the drain.
+                log.warning("second SIGINT: exiting without finishing the drain")
+                os._exit(130)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         if on_started is not None:
             result = on_started(server)
             if result is not None:
                 await result
         await stop.wait()
-        log.info("stopping: %d connections", len(server.connections))
-        await server.stop()
+        log.info(
+            "stopping: draining %d connections (up to %g s)",
+            len(server.connections),
+            config.drain_timeout,
+        )
+        await server.stop(timeout=config.drain_timeout)
         log.info("stopped")
         return 0
 

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from typing import Any
 
 from server.app import App
-from server.config import ConfigError, load_config
+from server.config import ConfigError, ServerConfig, load_config, parse_assignments
+from server.logs import configure_logging
 from server.server import run
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("serve", help="run a tickwire server")
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to listen on, 0 for any free one (default 7000)")
-    p.add_argument("--config", help="TOML config file (keys of server.config.ServerConfig)")
+    add_config_args(p)
     p.add_argument(
         "--app",
         action="append",
@@ -26,8 +24,37 @@ def register(sub: Any) -> None:
         metavar="MODULE:ATTR",
         help="an App to serve besides the system handlers (repeatable)",
     )
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=serve)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The config flags `serve` and `config` share, so both resolve the same config."""
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on, 0 for any free one (default 7000)")
+    p.add_argument("--config", help="TOML config file (keys of server.config.ServerConfig)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key (see `tickwire config --example`); repeatable; wins over all",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """File < environment < the named flags < --set, as the docs promise."""
+    return load_config(
+        args.config,
+        **{
+            "host": args.host,
+            "port": args.port,
+            "log_level": args.log_level,
+            "log_format": args.log_format,
+            **parse_assignments(args.set),
+        },
+    )
 
 
 def load_app(spec: str) -> App:
@@ -47,15 +74,11 @@ def load_app(spec: str) -> App:
 
 def serve(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, host=args.host, port=args.port, log_level=args.log_level)
+        config = config_from_args(args)
     except ConfigError as exc:
         print(f"tickwire serve: bad config: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     try:
         apps = [load_app(spec) for spec in args.app]
     except Exception as exc:

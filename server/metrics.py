@@ -1,0 +1,280 @@
+"""Prometheus metrics, /healthz and /readyz on their own port.
+
+The hot path keeps plain integers (Stats, Route.calls/errors); this module turns them into
+metric families only when Prometheus scrapes, through a custom collector. The one thing it
+adds to the hot path is the `Timing` layer for handler latency histograms, and only when
+the endpoint is enabled (``metrics_port``): a bisect and three integer updates per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from protocol.errors import code_name
+
+if TYPE_CHECKING:
+    from server.app import Context, Route
+    from server.middleware import Call
+    from server.server import Server
+
+log = logging.getLogger("tickwire.metrics")
+
+#: Upper bounds (seconds) of the handler latency buckets: 10 µs to 10 s.
+LATENCY_BUCKETS = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class LatencyHistogram:
+    """Bucket counts in a plain list: cheap to update on the hot path, read at scrape."""
+
+    __slots__ = ("counts", "sum", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+        self.total = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.total += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(LATENCY_BUCKETS, self.counts, strict=False):
+            running += count
+            out.append((repr(bound), running))
+        out.append(("+Inf", self.total))
+        return out
+
+
+class Timing:
+    """Middleware: the time each handler takes, per message type."""
+
+    def __init__(self) -> None:
+        self.histograms: dict[str, LatencyHistogram] = {}
+
+    def wrap(self, route: Route, call_next: Call) -> Call:
+        histogram = self.histograms.setdefault(route.name, LatencyHistogram())
+        observe = histogram.observe
+        clock = time.perf_counter
+        if route.awaited:
+
+            async def timed_async(ctx: Context, msg: Any) -> Message | None:
+                start = clock()
+                try:
+                    result: Message | None = await call_next(ctx, msg)
+                    return result
+                finally:
+                    observe(clock() - start)
+
+            return timed_async
+
+        def timed(ctx: Context, msg: Any) -> Message | None:
+            start = clock()
+            try:
+                result: Message | None = call_next(ctx, msg)
+                return result
+            finally:
+                observe(clock() - start)
+
+        return timed
+
+
+class ServerCollector:
+    """Reads the server's counters at scrape time."""
+
+    def __init__(self, server: Server, timing: Timing, loop_lag: LoopLag) -> None:
+        self.server = server
+        self.timing = timing
+        self.loop_lag = loop_lag
+
+    def describe(self) -> list[Metric]:
+        return []  # collected on demand; nothing to register up front
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        stats = server.stats
+        yield GaugeMetricFamily(
+            "tickwire_connections", "Open connections.", value=len(server.connections)
+        )
+        yield CounterMetricFamily(
+            "tickwire_connections_opened",
+            "Connections accepted.",
+            value=stats.connections_opened,
+        )
+        closed = CounterMetricFamily(
+            "tickwire_connections_closed", "Connections closed, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(stats.close_reasons.items()):
+            closed.add_metric([str(reason)], count)
+        yield closed
+        yield CounterMetricFamily("tickwire_frames_in", "Frames received.", value=stats.frames_in)
+        yield CounterMetricFamily("tickwire_bytes_in", "Bytes received.", value=stats.bytes_in)
+        yield CounterMetricFamily("tickwire_bytes_out", "Bytes written.", value=stats.bytes_out)
+        requests = CounterMetricFamily(
+            "tickwire_requests", "Frames handled, by message type.", labels=["message"]
+        )
+        failures = CounterMetricFamily(
+            "tickwire_handler_errors",
+            "Handlers that raised or timed out, by message type.",
+            labels=["message"],
+        )
+        for route in server.routes.values():
+            requests.add_metric([route.name], route.calls)
+            failures.add_metric([route.name], route.errors)
+        yield requests
+        yield failures
+        errors = CounterMetricFamily(
+            "tickwire_errors_sent", "Error frames sent, by code.", labels=["code"]
+        )
+        for code, count in sorted(stats.errors.items()):
+            errors.add_metric([code_name(code)], count)
+        yield errors
+        yield CounterMetricFamily(
+            "tickwire_overloaded", "Frames answered OVERLOADED.", value=stats.overloaded
+        )
+        yield CounterMetricFamily(
+            "tickwire_slow_consumers",
+            "Connections cut off as slow consumers.",
+            value=stats.close_reasons.get("slow_consumer", 0),
+        )
+        yield CounterMetricFamily(
+            "tickwire_reads_paused",
+            "Times a full mailbox paused reading.",
+            value=stats.reads_paused,
+        )
+        yield CounterMetricFamily(
+            "tickwire_writes_paused",
+            "Times a peer's unread bytes paused writing.",
+            value=stats.writes_paused,
+        )
+        yield GaugeMetricFamily(
+            "tickwire_mailbox_frames",
+            "Frames queued in connection mailboxes.",
+            value=server.dispatcher.pending,
+        )
+        yield GaugeMetricFamily(
+            "tickwire_handlers_busy",
+            "Awaited handlers running now.",
+            value=server.dispatcher.busy,
+        )
+        yield GaugeMetricFamily(
+            "tickwire_event_loop_lag_seconds",
+            "How late the loop ran a timer, at the last probe.",
+            value=self.loop_lag.last,
+        )
+        yield GaugeMetricFamily(
+            "tickwire_event_loop_lag_max_seconds",
+            "The worst lag since the previous scrape.",
+            value=self.loop_lag.take_max(),
+        )
+        latency = HistogramMetricFamily(
+            "tickwire_handler_seconds", "Handler time, by message type.", labels=["message"]
+        )
+        for name, histogram in sorted(self.timing.histograms.items()):
+            latency.add_metric([name], histogram.buckets(), sum_value=histogram.sum)
+        yield latency
+
+
+class LoopLag:
+    """Probes the event loop: a sleep of `interval` that wakes late measures the lag."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.last = 0.0
+        self.max = 0.0
+
+    def take_max(self) -> float:
+        value, self.max = self.max, self.last
+        return value
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.interval)
+            self.last = max(0.0, loop.time() - start - self.interval)
+            self.max = max(self.max, self.last)
+
+
+class MetricsEndpoint:
+    """A minimal HTTP/1.0 responder on the server's own loop: /metrics, /healthz, /readyz.
+
+    Readiness is false while the server is draining (not accepting), so a load balancer
+    stops sending new players before the listener closes.
+    """
+
+    def __init__(self, server: Server, timing: Timing) -> None:
+        self.server = server
+        self.loop_lag = LoopLag()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ServerCollector(server, timing, self.loop_lag))
+        self._listener: asyncio.Server | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._listener = await asyncio.start_server(self._handle, host, port)
+        self._lag_task = asyncio.get_running_loop().create_task(self.loop_lag.run())
+        bound = self._listener.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+    async def stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+        if self._listener is not None:
+            self._listener.close()
+
+    def respond(self, path: str) -> tuple[int, bytes, str]:
+        if path == "/metrics":
+            return 200, generate_latest(self.registry), "text/plain; version=0.0.4"
+        if path == "/healthz":
+            return 200, b"ok\n", "text/plain"
+        if path == "/readyz":
+            if self.server.accepting:
+                return 200, b"ready\n", "text/plain"
+            return 503, b"draining\n", "text/plain"
+        return 404, b"not found\n", "text/plain"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                request_line = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass  # headers: nothing here needs them
+            parts = request_line.decode("latin-1").split()
+            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+                status, body, ctype = 400, b"bad request\n", "text/plain"
+            else:
+                status, body, ctype = self.respond(parts[1].split("?", 1)[0])
+            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Unavailable"}
+            head = (
+                f"HTTP/1.0 {status} {reason[status]}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            writer.write(head if parts and parts[0] == "HEAD" else head + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, UnicodeDecodeError) as exc:
+            log.debug("metrics request failed: %s", exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
