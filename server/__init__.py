@@ -4,8 +4,9 @@ from server.app import App, Context, Kind, Route
 from server.config import ConfigError, ServerConfig, load_config
 from server.connection import CloseReason, Connection
 from server.errors import HandlerError
+from server.lifecycle import run
 from server.middleware import Counters, Deadline, ErrorRecovery, Middleware
-from server.server import Server, run
+from server.server import Server
 
 __all__ = [
     "App",

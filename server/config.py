@@ -123,6 +123,13 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ),
     ] = 10.0
     backlog: Annotated[int, _doc("Listen backlog.", ge=1)] = 2048
+    pid_file: Annotated[
+        str,
+        _doc(
+            "Write the serving process's pid here (`tickwire restart --pid-file` reads it); "
+            "a restarted successor rewrites it once it serves. Empty: none."
+        ),
+    ] = ""
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], _doc("Lowest level logged.")
     ] = "info"

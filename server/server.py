@@ -10,11 +10,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import resource
-import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -138,6 +136,10 @@ class Server:
             log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
         self.accepting = True
         self._sweeper = loop.create_task(self._sweep(), name="tickwire-sweep")
+
+    def listening_socket(self) -> Any:
+        """The listening socket (what a restart hands to the successor)."""
+        return self._listeners[0].sockets[0]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -290,47 +292,3 @@ def raise_open_file_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def run(
-    *apps: App,
-    config: ServerConfig | None = None,
-    on_started: Callable[[Server], Awaitable[None] | None] | None = None,
-) -> int:
-    """Run a server in the foreground on uvloop until SIGINT or SIGTERM; returns the exit code."""
-    import uvloop
-
-    config = config or ServerConfig()
-
-    async def main() -> int:
-        loop = asyncio.get_running_loop()
-        server = Server(*apps, config=config)
-        await server.start()
-        host, port = server.address
-        log.info("tickwire listening on %s:%d", host, port)
-        stop = asyncio.Event()
-
-        def on_signal(sig: signal.Signals) -> None:
-            if stop.is_set() and sig == signal.SIGINT:
-                # A second Ctrl-C: the operator does not want to wait for the drain.
-                log.warning("second SIGINT: exiting without finishing the drain")
-                os._exit(130)
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-        if on_started is not None:
-            result = on_started(server)
-            if result is not None:
-                await result
-        await stop.wait()
-        log.info(
-            "stopping: draining %d connections (up to %g s)",
-            len(server.connections),
-            config.drain_timeout,
-        )
-        await server.stop(timeout=config.drain_timeout)
-        log.info("stopped")
-        return 0
-
-    return uvloop.run(main())

@@ -10,8 +10,8 @@ from typing import Any
 
 from server.app import App
 from server.config import ConfigError, ServerConfig, load_config, parse_assignments
+from server.lifecycle import run
 from server.logs import configure_logging
-from server.server import run
 
 
 def register(sub: Any) -> None:
@@ -34,6 +34,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (keys of server.config.ServerConfig)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--pid-file", help="write the serving process's pid here")
     p.add_argument(
         "--set",
         action="append",
@@ -52,6 +53,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             "port": args.port,
             "log_level": args.log_level,
             "log_format": args.log_format,
+            "pid_file": args.pid_file,
             **parse_assignments(args.set),
         },
     )
@@ -84,4 +86,4 @@ def serve(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"tickwire serve: cannot load app: {exc}", file=sys.stderr)
         return 2
-    return run(*apps, config=config)
+    return run(*apps, config=config, argv=getattr(args, "argv", None))

@@ -13,7 +13,7 @@ from client_sdk import AsyncClient, ConnectionClosed
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import EchoReply, EchoRequest
 from tests.conftest import StartServer
-from tests.integration.test_serve_process import spawn_serve
+from tests.integration.test_serve_process import server_log, spawn_serve
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
 
@@ -135,8 +135,7 @@ async def test_json_logs_carry_open_and_close_with_reason() -> None:
     await asyncio.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     await asyncio.wait_for(proc.wait(), 10)
-    assert proc.stderr is not None
-    lines = [json.loads(line) for line in (await proc.stderr.read()).decode().splitlines()]
+    lines = [json.loads(line) for line in (await server_log(proc)).splitlines()]
     opened = [e for e in lines if e["msg"] == "connection open"]
     closed = [e for e in lines if e["msg"] == "connection closed"]
     assert len(opened) == 1 and len(closed) == 1

@@ -1,0 +1,112 @@
+"""Zero-downtime restart with real processes and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from client_sdk import AsyncClient, ConnectionClosed
+from protocol.errors import ErrorCode
+from protocol.proto.system_pb2 import EchoReply, EchoRequest
+from tests.integration.test_serve_process import server_log, spawn_serve
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def wait_pid_change(path: Path, old: int, timeout: float) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        new = read_pid(path)
+        if new is not None and new != old:
+            return new
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"pid file still says {old} after {timeout} s")
+
+
+async def test_restart_under_a_connect_loop_refuses_nothing(tmp_path: Path) -> None:
+    pid_file = tmp_path / "tickwire.pid"
+    proc, address = await spawn_serve("--pid-file", str(pid_file))
+    old_pid = read_pid(pid_file)
+    assert old_pid == proc.pid
+    refused: list[BaseException] = []
+    replies = 0
+    goaways = 0
+    stop = asyncio.Event()
+
+    async def connect_loop() -> None:
+        nonlocal replies, goaways
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                client = await AsyncClient.connect(*address, timeout=5)
+            except OSError as exc:  # refused or reset on connect: what must never happen
+                refused.append(exc)
+                continue
+            try:
+                reply = await client.call(EchoRequest(data=str(i).encode()), EchoReply)
+                assert reply.data == str(i).encode()
+                replies += 1
+            except ConnectionClosed as exc:
+                # The old process drained before reading this request: told to go away,
+                # not refused. A real client reconnects (the next iteration does).
+                assert exc.code == ErrorCode.SERVER_SHUTDOWN, exc
+                goaways += 1
+            finally:
+                await client.close()
+
+    loops = [asyncio.ensure_future(connect_loop()) for _ in range(4)]
+    await asyncio.sleep(0.3)
+    before = replies
+    proc.send_signal(signal.SIGHUP)
+    new_pid = await wait_pid_change(pid_file, proc.pid, timeout=30)
+    assert await asyncio.wait_for(proc.wait(), 20) == 0  # the old one drained and exited
+    after_switch = replies
+    await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.gather(*loops)
+    try:
+        assert refused == []
+        assert before > 0 and replies > after_switch  # served before, and by the successor
+        os.kill(new_pid, 0)  # the successor is alive and serving
+    finally:
+        os.kill(new_pid, signal.SIGTERM)
+    _ = goaways
+
+
+async def test_broken_successor_leaves_the_old_server_serving(tmp_path: Path) -> None:
+    config = tmp_path / "tickwire.toml"
+    config.write_text("idle_timeout = 60\n")
+    pid_file = tmp_path / "tickwire.pid"
+    proc, address = await spawn_serve("--config", str(config), "--pid-file", str(pid_file))
+    config.write_text("idle_timeout = -5\n")  # the operator broke the file before SIGHUP
+    restart = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tools.cli",
+        "restart",
+        "--pid-file",
+        str(pid_file),
+        "--timeout",
+        "3",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(restart.communicate(), 20)
+    assert restart.returncode == 1 and b"keeps serving" in err
+    assert proc.returncode is None and read_pid(pid_file) == proc.pid
+    async with await AsyncClient.connect(*address) as client:
+        assert (await client.call(EchoRequest(data=b"alive"), EchoReply)).data == b"alive"
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    log = await server_log(proc)
+    assert "idle_timeout" in log  # the successor said what was wrong
+    assert "successor" in log and "failed" in log and "still serving" in log
