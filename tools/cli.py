@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tools import bench_cmd, config_cmd, ids_cmd, serve_cmd
+    from tools import bench_cmd, config_cmd, ids_cmd, restart_cmd, serve_cmd
 
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -16,11 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.register(sub)
     ids_cmd.register(sub)
     config_cmd.register(sub)
+    restart_cmd.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # What a restarted successor runs with: the same command line.
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     code: int = args.func(args)
     return code
 
