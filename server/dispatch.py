@@ -122,6 +122,9 @@ class Dispatcher:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def set_registry(self, id_by_class: Callable[[type[Message]], int | None]) -> None:
+        self._id_of = id_by_class
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._consumers = [

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from server.app import App
 from server.config import ServerConfig
+from server.reload import AppLoader, reload_into, watch
 from server.server import Server
 
 log = logging.getLogger("tickwire.lifecycle")
@@ -153,11 +154,14 @@ def run(
     *apps: App,
     config: ServerConfig | None = None,
     argv: list[str] | None = None,
+    loader: AppLoader | None = None,
+    autoreload: bool = False,
     on_started: Callable[[Server], Awaitable[None] | None] | None = None,
 ) -> int:
     """Run a server in the foreground on uvloop until SIGINT or SIGTERM; returns the exit
     code. `argv` (the command line after the program name) is what SIGHUP restarts with;
-    without it, SIGHUP is ignored with a warning."""
+    without it, SIGHUP is ignored with a warning. With a `loader` (the apps' sources),
+    SIGUSR1 reloads the handlers, and `autoreload` also reloads when their files change."""
     import uvloop
 
     config = config or ServerConfig()
@@ -200,6 +204,10 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        if loader is not None:
+            loop.add_signal_handler(signal.SIGUSR1, reload_into, server, loader)
+            if autoreload:
+                tasks.add(loop.create_task(watch(server, loader)))
         if on_started is not None:
             result = on_started(server)
             if result is not None:
@@ -210,6 +218,8 @@ def run(
             len(server.connections),
             config.drain_timeout,
         )
+        for task in tasks:
+            task.cancel()
         await server.stop(timeout=config.drain_timeout, reconnect_after_ms=reconnect_after_ms)
         remove_pid_file(config.pid_file)
         log.info("stopped")

@@ -40,16 +40,12 @@ class Server:
         middleware: list[Middleware] | None = None,
     ) -> None:
         self.config = config or ServerConfig()
-        self.apps = [system_app(), *apps]
+        self.apps: list[App] = []
         self.registry = system_registry()
-        for app in self.apps:
-            app.register_messages(self.registry)
         self.routes: dict[int, Route] = {}
-        self._app_routes = all_routes(self.apps)
-        for _, route in self._app_routes:
-            route.msg_id = self.registry.id_of(route.request)
-            self.routes[route.msg_id] = route
+        self._app_routes: list[tuple[App, Route]] = []
         self.describe_reply = self.registry.describe()
+        self._set_apps(apps)
         #: Outermost first; app layers go inside these, the deadline innermost.
         self.middleware: list[Middleware] = (
             middleware if middleware is not None else [ErrorRecovery(), Counters()]
@@ -85,6 +81,43 @@ class Server:
         self.accepting = False
 
     # -- building chains --------------------------------------------------------------
+
+    def _set_apps(self, apps: tuple[App, ...] | list[App]) -> None:
+        """Build the registry and routes of `apps` (plus the system app); raises, changing
+        nothing, when they do not fit together (duplicate IDs, two handlers for a type)."""
+        all_apps = [system_app(), *apps]
+        registry = system_registry()
+        for app in all_apps:
+            app.register_messages(registry)
+        app_routes = all_routes(all_apps)
+        routes: dict[int, Route] = {}
+        for _, route in app_routes:
+            route.msg_id = registry.id_of(route.request)
+            routes[route.msg_id] = route
+        self.apps, self.registry, self._app_routes, self.routes = (
+            all_apps,
+            registry,
+            app_routes,
+            routes,
+        )
+        self.describe_reply = registry.describe()
+
+    def swap_apps(self, *apps: App) -> None:
+        """Serve `apps` from now on, without touching a connection (handler reload).
+
+        Frames already being awaited finish on their old handlers; the next frame of every
+        connection meets the new ones. Counters carry over per message type. On any error
+        the old apps stay in place and the error propagates.
+        """
+        old = {route.name: route for route in self.routes.values()}
+        self._set_apps(apps)
+        self._build_chains()
+        for route in self.routes.values():
+            before = old.get(route.name)
+            if before is not None:
+                route.calls, route.errors = before.calls, before.errors
+        self.dispatcher.routes = self.routes
+        self.dispatcher.set_registry(self.registry._id_by_class.get)
 
     def _build_chains(self) -> None:
         deadline = Deadline(self.config.handler_timeout)

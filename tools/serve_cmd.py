@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 from typing import Any
 
-from server.app import App
 from server.config import ConfigError, ServerConfig, load_config, parse_assignments
 from server.lifecycle import run
 from server.logs import configure_logging
+from server.reload import AppLoader
 
 
 def register(sub: Any) -> None:
@@ -23,6 +21,12 @@ def register(sub: Any) -> None:
         default=[],
         metavar="MODULE:ATTR",
         help="an App to serve besides the system handlers (repeatable)",
+    )
+    p.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: re-import edited handler modules and swap them in (SIGUSR1 "
+        "does the same once)",
     )
     p.set_defaults(func=serve)
 
@@ -59,21 +63,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def load_app(spec: str) -> App:
-    # Like uvicorn's --app-dir default: modules in the working directory are importable
-    # even though the console script's sys.path does not include it.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    app = getattr(module, attr or "app")
-    if callable(app) and not isinstance(app, App):
-        app = app()
-    if not isinstance(app, App):
-        raise TypeError(f"{spec} is not a tickwire App")
-    return app
-
-
 def serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
@@ -81,9 +70,16 @@ def serve(args: argparse.Namespace) -> int:
         print(f"tickwire serve: bad config: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    loader = AppLoader(args.app)
     try:
-        apps = [load_app(spec) for spec in args.app]
+        apps = loader.load()
     except Exception as exc:
-        print(f"tickwire serve: cannot load app: {exc}", file=sys.stderr)
+        print(f"tickwire serve: cannot load app: {exc!r}", file=sys.stderr)
         return 2
-    return run(*apps, config=config, argv=getattr(args, "argv", None))
+    return run(
+        *apps,
+        config=config,
+        argv=getattr(args, "argv", None),
+        loader=loader,
+        autoreload=args.reload,
+    )

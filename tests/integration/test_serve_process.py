@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +16,16 @@ from client_sdk import AsyncClient
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import EchoReply, EchoRequest
 
+ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(rb"listening on ([\d.]+):(\d+)")
 
 
-async def spawn_serve(*args: str) -> tuple[asyncio.subprocess.Process, tuple[str, int]]:
+async def spawn_serve(
+    *args: str, cwd: str | None = None
+) -> tuple[asyncio.subprocess.Process, tuple[str, int]]:
+    env = dict(os.environ)
+    if cwd is not None:  # the project stays importable from elsewhere
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -29,6 +37,8 @@ async def spawn_serve(*args: str) -> tuple[asyncio.subprocess.Process, tuple[str
         "0",
         *args,
         stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env=env,
     )
     assert proc.stderr is not None
     async with asyncio.timeout(20):
@@ -88,7 +98,6 @@ async def test_signal_stops_cleanly_with_goaway(
 
 
 async def test_bad_config_fails_at_start_with_the_key(tmp_path: object) -> None:
-    from pathlib import Path
 
     config = Path(str(tmp_path)) / "bad.toml"
     config.write_text("max_frame = 3\n")
