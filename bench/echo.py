@@ -1,49 +1,63 @@
-"""The echo load generator: closed-loop EchoRequest/EchoReply over many connections.
+"""The echo load generator: EchoRequest/EchoReply over many connections, closed or open loop.
 
 Shape of a run, and why:
 
 - N load-generator processes (spawn context), each one uvloop loop with its share of the
   connections. One Python process cannot out-run one Python server, so the generator
   needs more than one core's worth of itself or it becomes the thing being measured.
-- Every connection keeps `depth` requests in flight: each reply sends one new request
-  (closed loop). Requests are pre-encoded; only the 4-byte seq changes per request, so
-  the generator spends its time on the socket and not on protobuf.
+- Closed loop (the default): every connection keeps `depth` requests in flight; each
+  reply sends one new request. Throughput follows the server; latency is measured from
+  the moment a request was written.
+- Open loop (`rate`): requests go out on a fixed schedule, `rate` per second over all
+  processes and connections (each process takes its share by its connections, and sends
+  round-robin over them), whether or not replies come back. Request k of a process is due
+  at start + k / rate, and its latency is measured from that *intended* time, not from
+  when it was written: a server (or generator) that stalls makes every request due in
+  the stall late, and they all say so. Measuring from the actual write would hide the
+  stall behind the few requests that were sent (coordinated omission). The generator
+  wakes for its schedule on a timerfd (`bench.pacer`), and reports how late its sends
+  were, since that lateness is part of every latency it measures.
+- Requests are pre-encoded; only the 4-byte seq changes per request, so the generator
+  spends its time on the socket and not on protobuf.
 - Replies are matched FIFO per connection (PROTOCOL.md: answers come in request order)
   and checked by header only: msg_id 11, RESPONSE flag, the expected seq, and the length
   of an EchoReply carrying the same bytes. Anything else is an error, counted and sampled.
-- All processes share one clock (CLOCK_MONOTONIC is system-wide on Linux), so the parent
-  hands every worker the same absolute start, end-of-warm-up and end times. A reply
-  counts when it is received inside the measured window; warm-up replies are only
-  checked. Latency = receive time - send time, in µs, into an HdrHistogram whose encoded
-  form goes back to the parent to be merged: percentiles cannot be averaged.
-- Latencies are buffered and folded into the histogram in batches with a Counter,
-  because hdrh's `record_value` is pure Python (~0.6 µs) and would otherwise cost the
-  generator a sizeable share of its throughput.
+- The window, --requests, the histograms and throughput over time: `bench.load`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import struct
 import time
-from collections import Counter, deque
+from collections import deque
 from multiprocessing.connection import Connection
 
-import msgspec
-from hdrh.histogram import HdrHistogram
-
-from bench.proc import CpuSampler, Endpoint, MachineSampler, available_cpus
+from bench.load import (
+    Driven,
+    LoadTotals,
+    RunParams,
+    drive,
+    new_histogram,
+    now_us,
+    quota_of,
+    report_progress,
+    sleep_until,
+    summarize,
+    wait_for_start,
+)
+from bench.pacer import Pacer
+from bench.proc import Endpoint
+from bench.progress import ProgressSink
 from bench.results import Comparison, EchoRun, WorkerEchoResult
 from bench.workers import (
     ERROR_SAMPLES,
     BenchError,
     ClientConnection,
-    LoadParams,
     Share,
-    Workers,
-    first_samples,
     open_connections,
     run_worker,
 )
@@ -58,67 +72,26 @@ _ECHO_REPLY = 11
 _RESPONSE = 0x01
 _MAX_SEQ = 0xFFFFFFFF
 
-#: Histogram range and precision: 1 µs .. 60 s at 3 significant digits.
-LOWEST_US = 1
-HIGHEST_US = 60_000_000
-SIGNIFICANT_DIGITS = 3
-
-_FLUSH_EVERY = 65_536
-_WORKER_REPLY_TIMEOUT_S = 60.0
+#: Open loop: the generator wakes at most this often and sends every request due by
+#: then, each still measured from its own scheduled time. At high rates a wake-up per
+#: request would cost more than the requests.
+_MIN_TICK_NS = 100_000
 
 
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+class EchoParams(RunParams, frozen=True, kw_only=True):
+    depth: int = 1
+    size: int = 64
+    #: Open loop: requests/s over all processes and connections; None: closed loop.
+    rate: float | None = None
 
 
 # -- worker side -----------------------------------------------------------------------
 
 
-class _Totals:
-    """Counters shared by every connection of one worker; plain attributes for speed."""
-
-    __slots__ = (
-        "error_samples",
-        "errors",
-        "histogram",
-        "latencies",
-        "measure_from_us",
-        "measure_until_us",
-        "replies",
-        "running",
-        "sent",
-    )
-
-    def __init__(self) -> None:
-        self.replies = 0
-        self.errors = 0
-        self.sent = 0
-        self.running = False
-        self.measure_from_us = 0
-        self.measure_until_us = 0
-        self.latencies: list[int] = []
-        self.histogram = new_histogram()
-        self.error_samples: list[str] = []
-
-    def error(self, what: str) -> None:
-        self.errors += 1
-        if len(self.error_samples) < ERROR_SAMPLES:
-            self.error_samples.append(what)
-
-    def flush(self) -> None:
-        record = self.histogram.record_value
-        for value, count in Counter(self.latencies).items():
-            record(value if value < HIGHEST_US else HIGHEST_US, count)
-        self.latencies.clear()
-
-
-def _now_us() -> int:
-    return time.monotonic_ns() // 1000
-
-
 class EchoConnection(ClientConnection):
     __slots__ = (
         "_buf",
+        "_closed_loop",
         "_expect",
         "_next_seq",
         "_payload",
@@ -128,22 +101,24 @@ class EchoConnection(ClientConnection):
         "_totals",
     )
 
-    def __init__(self, totals: _Totals, payload: bytes) -> None:
+    def __init__(self, totals: LoadTotals, payload: bytes, *, closed_loop: bool = True) -> None:
         super().__init__()
         self._totals = totals
         self._payload = payload
+        self._closed_loop = closed_loop
         # length | msg_id | flags never change; only the seq is written per request.
         self._prefix = struct.pack(">IHB", _MIN_LENGTH + len(payload), _ECHO_REQUEST, 0)
         self._reply_length = _MIN_LENGTH + len(payload)
         self._next_seq = 1
         self._expect = 1
+        #: Per request in flight, oldest first: the µs its latency is measured from.
         self._pending: deque[int] = deque()
         self._buf = b""
 
-    def send(self, count: int) -> None:
+    def _write(self, count: int) -> bool:
         transport = self._transport
         if transport is None or self._closing:
-            return
+            return False
         prefix = self._prefix
         payload = self._payload
         parts = []
@@ -154,13 +129,23 @@ class EchoConnection(ClientConnection):
             parts.append(payload)
             seq = seq + 1 if seq < _MAX_SEQ else 1
         self._next_seq = seq
-        sent_at = _now_us()
-        self._pending.extend([sent_at] * count)
         self._totals.sent += count
         transport.write(b"".join(parts))
+        return True
+
+    def send(self, count: int) -> None:
+        """Closed loop: `count` requests now, their latency measured from now."""
+        sent_at = now_us()
+        if self._write(count):
+            self._pending.extend([sent_at] * count)
+
+    def send_at(self, intended_us: list[int]) -> None:
+        """Open loop: one request per scheduled time, each measured from its own."""
+        if self._write(len(intended_us)):
+            self._pending.extend(intended_us)
 
     def data_received(self, data: bytes) -> None:
-        now = _now_us()
+        now = now_us()
         totals = self._totals
         if self._buf:
             data = self._buf + data
@@ -206,11 +191,10 @@ class EchoConnection(ClientConnection):
                 good += 1
         self._expect = expect
         self._buf = data[pos:] if pos < end_of_data else b""
+        totals.answered += answered
         if good:
-            totals.replies += good
-            if len(latencies) >= _FLUSH_EVERY:
-                totals.flush()
-        if answered and totals.running:
+            totals.count(now, good)
+        if answered and totals.running and self._closed_loop:
             self.send(answered)
 
     def lost(self, exc: Exception | None) -> None:
@@ -218,9 +202,58 @@ class EchoConnection(ClientConnection):
             self._totals.error(f"connection lost during the run: {exc or 'closed by server'}")
 
 
+class OpenLoop:
+    """Sends one process's share of an open-loop rate, round-robin over its connections.
+
+    Request k is due at `first_ns + k * interval`; every wake-up sends all requests due by
+    then (normally one) and arms the pacer for the next. The lateness of each batch (now -
+    due time of its oldest request) goes into `lag`.
+    """
+
+    def __init__(
+        self, conns: list[EchoConnection], totals: LoadTotals, rate: float, first_ns: int
+    ) -> None:
+        self._conns = conns
+        self._totals = totals
+        self._interval_ns = 1e9 / rate
+        self._first_ns = first_ns
+        self._next = 0
+        self.lag = new_histogram()
+        self._pacer = Pacer(asyncio.get_running_loop(), self._tick)
+
+    def start(self) -> None:
+        self._pacer.arm_at(self._first_ns)
+
+    def stop(self) -> None:
+        self._pacer.close()
+
+    def _due(self, k: int) -> int:
+        return self._first_ns + int(k * self._interval_ns)
+
+    def _tick(self) -> None:
+        if not self._totals.running:
+            return
+        now = time.monotonic_ns()
+        if now < self._first_ns:
+            self._pacer.arm_at(self._first_ns)
+            return
+        due = int((now - self._first_ns) / self._interval_ns) + 1
+        k = self._next
+        if due > k:
+            self.lag.record_value(max(1, (now - self._due(k)) // 1000))
+            conns = self._conns
+            n = len(conns)
+            batches: dict[int, list[int]] = {}
+            for j in range(k, due):
+                batches.setdefault(j % n, []).append(self._due(j) // 1000)
+            for c, intended in batches.items():
+                conns[c].send_at(intended)
+            self._next = due
+        self._pacer.arm_at(max(self._due(self._next), now + _MIN_TICK_NS))
+
+
 async def _echo_worker(pipe: Connection, share: Share, params: EchoParams) -> WorkerEchoResult:
-    loop = asyncio.get_running_loop()
-    totals = _Totals()
+    totals = LoadTotals(quota_of(params, share))
     payload = system_pb2.EchoRequest(data=os.urandom(params.size)).SerializeToString()
     samples: list[str] = []
 
@@ -228,36 +261,45 @@ async def _echo_worker(pipe: Connection, share: Share, params: EchoParams) -> Wo
         if len(samples) < ERROR_SAMPLES:
             samples.append(what)
 
+    closed_loop = params.rate is None
     conns: list[EchoConnection] = await open_connections(
-        share, lambda: EchoConnection(totals, payload), connect_error
+        share, lambda: EchoConnection(totals, payload, closed_loop=closed_loop), connect_error
     )
     pipe.send(("ready", len(conns)))
-    command = await loop.run_in_executor(None, pipe.recv)
-    if command[0] != "start":
+    window = await wait_for_start(pipe)
+    if window is None:
         for conn in conns:
             conn.close()
-        raise BenchError(f"parent sent {command[0]!r} instead of start")
-    start_ns, measure_from_ns, measure_until_ns = command[1:]
-    totals.measure_from_us = measure_from_ns // 1000
-    totals.measure_until_us = measure_until_ns // 1000
-    await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
+        raise BenchError("parent aborted the run")
+    totals.open_window(window)
+    sender: OpenLoop | None = None
+    if params.rate is not None and conns:
+        rate = params.rate * share.conns / params.conns
+        # Processes interleave: process i starts i / rate later than process 0.
+        first_ns = window.start_ns + int(share.index * 1e9 / params.rate)
+        sender = OpenLoop(conns, totals, rate, first_ns)
+    await sleep_until(window.start_ns)
+    reporter = asyncio.create_task(report_progress(pipe, totals))
     totals.running = True
-    for conn in conns:
-        conn.send(params.depth)
-    await asyncio.sleep(max(0.0, (measure_until_ns - time.monotonic_ns()) / 1e9))
-    totals.running = False
+    if sender is not None:
+        sender.start()
+    else:
+        for conn in conns:
+            conn.send(params.depth)
+    await totals.hold(window)
+    if sender is not None:
+        sender.stop()
+    reporter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reporter
     for conn in conns:
         conn.close()
-    totals.flush()
     await asyncio.sleep(0)
-    return WorkerEchoResult(
+    return totals.result(
         connections=len(conns),
         connect_errors=share.conns - len(conns),
-        sent=totals.sent,
-        replies=totals.replies,
-        errors=totals.errors,
-        histogram=totals.histogram.encode(),
-        error_samples=samples + totals.error_samples,
+        connect_samples=samples,
+        send_lag=sender.lag if sender is not None else None,
     )
 
 
@@ -269,19 +311,6 @@ def echo_worker(pipe: Connection, share: Share, params: EchoParams) -> None:
 # -- parent side -----------------------------------------------------------------------
 
 
-def _sleep_until(deadline_ns: int) -> None:
-    delay = (deadline_ns - time.monotonic_ns()) / 1e9
-    if delay > 0:
-        time.sleep(delay)
-
-
-class EchoParams(LoadParams, frozen=True, kw_only=True):
-    depth: int
-    duration: float
-    warmup: float
-    size: int
-
-
 def run_echo(
     params: EchoParams,
     server: Endpoint,
@@ -289,100 +318,27 @@ def run_echo(
     target: str,
     round_no: int = 1,
     client_cpus: list[int] | None = None,
+    progress: ProgressSink | None = None,
 ) -> EchoRun:
     """One measured run against a server that is already listening."""
-    workers = Workers(echo_worker, params, server, cpus=client_cpus)
-    try:
-        ready = workers.recv_all("ready", timeout=60.0)
-        if sum(r[1] for r in ready) == 0:
-            workers.send_all(("abort",))
-            raise BenchError(f"no connection to {server.host}:{server.port} could be opened")
-        # A little slack so every worker has its start command before the start time.
-        start_ns = time.monotonic_ns() + 100_000_000
-        measure_from_ns = start_ns + int(params.warmup * 1e9)
-        measure_until_ns = measure_from_ns + int(params.duration * 1e9)
-        workers.send_all(("start", start_ns, measure_from_ns, measure_until_ns))
-        server_cpu = CpuSampler([server.pid], tree=True) if server.pid else None
-        client_cpu = CpuSampler(workers.pids, tree=False)
-        machine_cpu = MachineSampler()
-        _sleep_until(measure_from_ns)
-        machine_cpu.start()
-        if server_cpu:
-            server_cpu.start()
-        client_cpu.start()
-        _sleep_until(measure_until_ns)
-        server_pct = server_cpu.stop() if server_cpu else None
-        client_pct = client_cpu.stop()
-        machine_pct = machine_cpu.stop()
-        results = [
-            msgspec.msgpack.decode(r[1], type=WorkerEchoResult)
-            for r in workers.recv_all("result", timeout=_WORKER_REPLY_TIMEOUT_S)
-        ]
-    finally:
-        workers.close()
+    label = f"echo {target}" + (f" round {round_no}" if round_no > 1 else "")
+    driven: Driven = drive(
+        echo_worker, params, server, client_cpus=client_cpus, progress=progress, label=label
+    )
     return summarize(
-        results,
+        driven.results,
         params=params,
         target=target,
         round_no=round_no,
         cpu_pin=client_cpus is not None,
-        server_cpu_pct=server_pct,
-        client_cpu_pct=client_pct or 0.0,
-        other_cpu_pct=(
-            max(0.0, machine_pct - server_pct - (client_pct or 0.0))
-            if machine_pct is not None and server_pct is not None
-            else None
-        ),
-    )
-
-
-def summarize(
-    results: list[WorkerEchoResult],
-    *,
-    params: EchoParams,
-    target: str,
-    round_no: int,
-    cpu_pin: bool,
-    server_cpu_pct: float | None,
-    client_cpu_pct: float,
-    other_cpu_pct: float | None = None,
-) -> EchoRun:
-    histogram = new_histogram()
-    for result in results:
-        histogram.decode_and_add(result.histogram)
-    replies = sum(r.replies for r in results)
-    samples = first_samples(results)
-    count = histogram.get_total_count()
-
-    def pct(p: float) -> int:
-        return int(histogram.get_value_at_percentile(p)) if count else 0
-
-    return EchoRun(
-        target=target,
-        round=round_no,
-        conns=params.conns,
-        depth=params.depth,
-        procs=len(results),
+        server_cpu_pct=driven.server_cpu_pct,
+        client_cpu_pct=driven.client_cpu_pct,
+        other_cpu_pct=driven.other_cpu_pct,
+        measure_from_ns=driven.window.measure_from_ns,
+        depth=params.depth if params.rate is None else 0,
         size=params.size,
-        warmup_s=params.warmup,
-        duration_s=params.duration,
-        cpu_pin=cpu_pin,
-        connections=sum(r.connections for r in results),
-        connect_errors=sum(r.connect_errors for r in results),
-        replies=replies,
-        replies_per_s=replies / params.duration,
-        errors=sum(r.errors for r in results),
-        p50_us=pct(50),
-        p90_us=pct(90),
-        p99_us=pct(99),
-        p999_us=pct(99.9),
-        max_us=int(histogram.get_max_value()) if count else 0,
-        mean_us=float(histogram.get_mean_value()) if count else 0.0,
-        server_cpu_pct=server_cpu_pct,
-        client_cpu_pct=client_cpu_pct,
-        other_cpu_pct=other_cpu_pct,
-        machine_cpus=len(available_cpus()),
-        error_samples=samples,
+        mode="closed" if params.rate is None else "open",
+        rate=params.rate,
     )
 
 

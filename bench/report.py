@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
+from bench.diff import TargetDiff
 from bench.results import Comparison, EchoRun, IdleReport
 
 
@@ -15,10 +17,21 @@ def _int(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def load_shape(run: EchoRun) -> str:
+    """How the load was made: "50 x 8" (closed loop: conns x depth), "50 @ 500/s" (open
+    loop: conns at a total rate), "50 conns" (scenario)."""
+    if run.scenario is not None:
+        return f"{run.conns} conns"
+    if run.mode == "open":
+        return f"{run.conns} @ {run.rate or 0:,.0f}/s"
+    return f"{run.conns} x {run.depth}"
+
+
 def echo_table(runs: list[EchoRun], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("target")
-    table.add_column("conns x depth", justify="right")
+    table.add_column("load", justify="right")
+    table.add_column("replies", justify="right")
     table.add_column("replies/s", justify="right")
     table.add_column("p50 µs", justify="right")
     table.add_column("p99 µs", justify="right")
@@ -30,9 +43,13 @@ def echo_table(runs: list[EchoRun], title: str) -> Table:
     table.add_column("other CPU", justify="right")
     for run in runs:
         errors = run.errors + run.connect_errors
+        replies = f"{run.replies:,}"
+        if run.requests is not None and run.replies < run.requests:
+            replies = f"[red]{replies} of {run.requests:,}[/red]"
         table.add_row(
             run.target,
-            f"{run.conns} x {run.depth}",
+            load_shape(run),
+            replies,
             _int(run.replies_per_s),
             _int(run.p50_us),
             _int(run.p99_us),
@@ -44,6 +61,32 @@ def echo_table(runs: list[EchoRun], title: str) -> Table:
             _pct(run.other_cpu_pct),
         )
     return table
+
+
+def run_notes(run: EchoRun) -> list[str]:
+    """Lines to print under a run's table: the window, and for open loop the rate held
+    and how late the generator was."""
+    notes = []
+    if run.requests is not None:
+        notes.append(
+            f"{run.replies:,} of {run.requests:,} requests in {run.elapsed_s:.2f} s "
+            f"(after {run.warmup_s:g} s warm-up)"
+        )
+    if run.mode == "open" and run.rate:
+        held = run.replies_per_s / run.rate
+        style = "" if 0.95 <= held <= 1.05 else "yellow"
+        line = (
+            f"open loop: asked {run.rate:,.0f} req/s, got {run.replies_per_s:,.1f} replies/s "
+            f"({100 * held:.1f}%)"
+        )
+        if run.send_lag_p50_us is not None:
+            line += (
+                f"; sends late by p50 {run.send_lag_p50_us:,} µs, p99 "
+                f"{run.send_lag_p99_us or 0:,} µs, max {run.send_lag_max_us or 0:,} µs "
+                "(included in latency)"
+            )
+        notes.append(f"[{style}]{line}[/{style}]" if style else line)
+    return notes
 
 
 def comparison_table(comparison: Comparison) -> Table:
@@ -92,4 +135,42 @@ def idle_table(report: IdleReport) -> Table:
         answered = f"[red]{answered}[/red]"
     table.add_row("pings answered", answered)
     table.add_row("dropped by server", str(report.dropped))
+    return table
+
+
+def _num(value: float, name: str) -> str:
+    return f"{value:,.1f}" if name == "replies/s" and value < 100 else f"{value:,.0f}"
+
+
+def diff_table(diff: TargetDiff) -> Table:
+    """One table per target: A, B, B/A and the change in %, green where B is better."""
+    runs = ""
+    if diff.runs_a > 1 or diff.runs_b > 1:
+        runs = f" (median of {diff.runs_a} / {diff.runs_b} runs)"
+    table = Table(title=f"{diff.label}{runs}", title_justify="left")
+    table.add_column("")
+    table.add_column("A", justify="right")
+    table.add_column("B", justify="right")
+    table.add_column("B / A", justify="right")
+    table.add_column("change", justify="right")
+    for metric in diff.metrics:
+        ratio, change = metric.ratio, metric.change_pct
+        style = {True: "green", False: "red", None: ""}[metric.better]
+        if metric.higher_is_better is None:
+            style = "dim"
+        if change is not None and abs(change) < 1.0:
+            style = ""
+        if ratio is None:
+            ratio_text = "-" if metric.b == 0 else "new"
+            change_text = ratio_text
+        else:
+            ratio_text = f"{ratio:.3f}"
+            change_text = f"{change:+.1f}%"
+        table.add_row(
+            metric.name,
+            _num(metric.a, metric.name),
+            _num(metric.b, metric.name),
+            Text(ratio_text, style=style),
+            Text(change_text, style=style),
+        )
     return table

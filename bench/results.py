@@ -18,9 +18,9 @@ class WorkerResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkerEchoResult(WorkerResult, frozen=True, kw_only=True):
-    """What one echo load-generator process hands back to the parent.
+    """What one request/reply load-generator process (echo or scenario) hands back.
 
-    The histogram travels encoded (HdrHistogram's compressed V2 form) so that the parent
+    The histograms travel encoded (HdrHistogram's compressed V2 form) so that the parent
     merges exact distributions instead of averaging percentiles, which would be wrong.
     """
 
@@ -29,10 +29,18 @@ class WorkerEchoResult(WorkerResult, frozen=True, kw_only=True):
     replies: int
     errors: int
     histogram: bytes
+    #: Replies counted in each second of the measured window (index 0: the first second).
+    throughput: list[int] = []
+    #: CLOCK_MONOTONIC ns at which this process stopped counting: the end of the window,
+    #: or the moment its share of --requests was reached. 0: unknown (the window's end).
+    finished_ns: int = 0
+    #: Open loop only: how late each batch of sends went out after its scheduled time (µs).
+    send_lag_histogram: bytes = b""
 
 
 class EchoRun(msgspec.Struct, frozen=True, kw_only=True):
-    """One measured run against one server."""
+    """One measured request/reply run against one server: echo (closed or open loop), or a
+    scenario (`scenario` set; `depth` is then 1 and `size` 0)."""
 
     target: str
     round: int
@@ -41,6 +49,7 @@ class EchoRun(msgspec.Struct, frozen=True, kw_only=True):
     procs: int
     size: int
     warmup_s: float
+    #: The measured seconds asked for: --duration, or with --requests the --time-limit.
     duration_s: float
     cpu_pin: bool
     connections: int
@@ -66,6 +75,37 @@ class EchoRun(msgspec.Struct, frozen=True, kw_only=True):
     #: CPUs this process may run on: 100% x machine_cpus is a saturated machine.
     machine_cpus: int = 0
     error_samples: list[str] = []
+    #: "closed": `depth` requests in flight per connection, a new one per reply.
+    #: "open": requests sent on a fixed schedule at `rate`, whatever the replies.
+    mode: str = "closed"
+    #: Open loop: the requests/s asked for, over all processes and connections.
+    rate: float | None = None
+    #: --requests N: the run stopped counting after N replies (None: it ran `duration_s`).
+    requests: int | None = None
+    #: MODULE:FUNC of a scenario run; None for echo.
+    scenario: str | None = None
+    #: Seconds the measured window really lasted: `duration_s`, or until N replies came.
+    #: `replies_per_s` is `replies / elapsed_s`.
+    elapsed_s: float = 0.0
+    #: Requests sent over the whole run (warm-up included; scenario: iterations started).
+    sent: int = 0
+    #: Open loop: how late the generator sent its requests after their scheduled time
+    #: (per send batch, the oldest request in it), µs. Latency includes this lag.
+    send_lag_p50_us: int | None = None
+    send_lag_p99_us: int | None = None
+    send_lag_max_us: int | None = None
+    #: Replies per `throughput_interval_s` of the measured window, all processes summed;
+    #: the last interval may be shorter (elapsed_s - its start).
+    throughput_interval_s: float = 1.0
+    throughput: list[int] = []
+    #: The same per load-generator process, in process order.
+    throughput_by_proc: list[list[int]] = []
+    #: (percentile, latency µs) points of the merged histogram, spaced evenly on the
+    #: log(1 / (1 - percentile)) axis of HdrHistogram plots, ending at 100 (the max).
+    latency_curve: list[tuple[float, int]] = []
+    #: The merged latency histogram, HdrHistogram's base64 compressed form
+    #: (`HdrHistogram.decode(...)`), to merge or re-plot later.
+    histogram: str = ""
 
 
 class Comparison(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,6 +124,7 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EchoReport(msgspec.Struct, frozen=True, kw_only=True):
+    #: "echo" or "scenario" (the same record; scenario runs carry their MODULE:FUNC).
     kind: str = "echo"
     host: str
     runs: list[EchoRun]

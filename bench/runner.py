@@ -23,9 +23,14 @@ from rich.console import Console
 from bench.echo import EchoParams, compare, run_echo
 from bench.idle import IdleParams, run_idle
 from bench.proc import Endpoint, ServerProcess, available_cpus, pin_process, server_command
-from bench.report import comparison_table, echo_table, idle_table
+from bench.progress import ProgressSink
+from bench.report import comparison_table, echo_table, idle_table, run_notes
 from bench.results import EchoReport, EchoRun, IdleReport
+from bench.scenario import ScenarioParams, run_scenario
 from bench.workers import BenchError
+
+#: One measured run: (server, target name, round number) -> the run.
+RunOne = Callable[[Endpoint, str, int], EchoRun]
 
 
 class Placement(msgspec.Struct, frozen=True):
@@ -82,63 +87,114 @@ def _spawned(cmd: list[str], where: Placement) -> Iterator[ServerProcess]:
 
 
 def _spawned_run(
-    target: str,
-    cmd: list[str],
-    opts: EchoOptions,
-    where: Placement,
-    round_no: int,
+    target: str, cmd: list[str], where: Placement, round_no: int, run_one: RunOne
 ) -> EchoRun:
     with _spawned(cmd, where) as server:
-        run = run_echo(
-            opts.params,
-            server.endpoint,
-            target=target,
-            round_no=round_no,
-            client_cpus=where.client_cpus,
-        )
+        run = run_one(server.endpoint, target, round_no)
         if not server.alive():
             raise BenchError(f"{target} server died during the run; its stderr:\n{server.tail()}")
         return run
 
 
-def bench_echo(opts: EchoOptions, console: Console, log: Callable[[str], None]) -> EchoReport:
-    server = opts.server
+def _print_runs(console: Console, runs: list[EchoRun], title: str) -> None:
+    console.print(echo_table(runs, title))
+    for run in runs:
+        for note in run_notes(run):
+            console.print(note, highlight=False)
+
+
+def _rounds(
+    server: ServerOptions,
+    order: list[tuple[str, list[str]]],
+    rounds: int,
+    run_one: RunOne,
+    console: Console,
+    log: Callable[[str], None],
+) -> list[EchoRun]:
+    """`rounds` rounds of one run per (target, command) of `order`, each against a fresh
+    server; or against the external server at --port, when there is one."""
     where = placement(server.cpu_pin)
     runs: list[EchoRun] = []
     if server.port is not None:
-        if opts.compare_baseline:
-            raise BenchError("--compare-baseline starts both servers itself; drop --port")
         external = Endpoint(server.host, server.port, server.server_pid)
-        for round_no in range(1, opts.rounds + 1):
+        for round_no in range(1, rounds + 1):
             log(f"round {round_no}: {server.host}:{server.port}")
-            run = run_echo(
-                opts.params,
-                external,
-                target="external",
-                round_no=round_no,
-                client_cpus=where.client_cpus,
-            )
+            run = run_one(external, "external", round_no)
             runs.append(run)
-            console.print(echo_table([run], f"round {round_no}"))
-        return EchoReport(host=server.host, runs=runs)
+            _print_runs(console, [run], f"round {round_no}")
+        return runs
+    for round_no in range(1, rounds + 1):
+        this_round = []
+        for target, cmd in order:
+            log(f"round {round_no}/{rounds}: {target} ({' '.join(cmd[1:])})")
+            this_round.append(_spawned_run(target, cmd, where, round_no, run_one))
+        runs.extend(this_round)
+        _print_runs(console, this_round, f"round {round_no}")
+    return runs
 
+
+def bench_echo(
+    opts: EchoOptions,
+    console: Console,
+    log: Callable[[str], None],
+    progress: ProgressSink | None = None,
+) -> EchoReport:
+    server = opts.server
+    where = placement(server.cpu_pin)
+
+    def run_one(endpoint: Endpoint, target: str, round_no: int) -> EchoRun:
+        return run_echo(
+            opts.params,
+            endpoint,
+            target=target,
+            round_no=round_no,
+            client_cpus=where.client_cpus,
+            progress=progress,
+        )
+
+    if server.port is not None and opts.compare_baseline:
+        raise BenchError("--compare-baseline starts both servers itself; drop --port")
     target_cmd = server.command()
     order: list[tuple[str, list[str]]] = [(server.target, target_cmd)]
     if opts.compare_baseline:
         if server.target == "baseline" and server.server_cmd is None:
             raise BenchError("--compare-baseline with --target baseline compares it to itself")
         order = [("baseline", server_command("baseline", server.host)), ("tickwire", target_cmd)]
-    for round_no in range(1, opts.rounds + 1):
-        this_round = []
-        for target, cmd in order:
-            log(f"round {round_no}/{opts.rounds}: {target} ({' '.join(cmd[1:])})")
-            this_round.append(_spawned_run(target, cmd, opts, where, round_no))
-        runs.extend(this_round)
-        console.print(echo_table(this_round, f"round {round_no}"))
+    runs = _rounds(server, order, opts.rounds, run_one, console, log)
     comparison = compare(runs) if opts.compare_baseline else None
     if comparison is not None:
         console.print(comparison_table(comparison))
     return EchoReport(host=server.host, runs=runs, comparison=comparison)
+
+
+class ScenarioOptions(msgspec.Struct, frozen=True, kw_only=True):
+    params: ScenarioParams
+    server: ServerOptions = msgspec.field(default_factory=ServerOptions)
+    rounds: int = 1
+
+
+def bench_scenario(
+    opts: ScenarioOptions,
+    console: Console,
+    log: Callable[[str], None],
+    progress: ProgressSink | None = None,
+) -> EchoReport:
+    server = opts.server
+    where = placement(server.cpu_pin)
+
+    def run_one(endpoint: Endpoint, target: str, round_no: int) -> EchoRun:
+        return run_scenario(
+            opts.params,
+            endpoint,
+            target=target,
+            round_no=round_no,
+            client_cpus=where.client_cpus,
+            progress=progress,
+        )
+
+    order = [(server.target, server.command())]
+    runs = _rounds(server, order, opts.rounds, run_one, console, log)
+    return EchoReport(kind="scenario", host=server.host, runs=runs)
 
 
 class IdleOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,7 +202,14 @@ class IdleOptions(msgspec.Struct, frozen=True, kw_only=True):
     server: ServerOptions = msgspec.field(default_factory=ServerOptions)
 
 
-def bench_idle(opts: IdleOptions, console: Console, log: Callable[[str], None]) -> IdleReport:
+def bench_idle(
+    opts: IdleOptions,
+    console: Console,
+    log: Callable[[str], None],
+    progress: ProgressSink | None = None,
+) -> IdleReport:
+    """`progress` is accepted for a uniform signature; the idle bench reports its own
+    steps through `log`."""
     server = opts.server
     where = placement(server.cpu_pin)
     if server.port is not None:

@@ -44,13 +44,16 @@ class LoadParams(msgspec.Struct, frozen=True, kw_only=True):
 
 class Share(msgspec.Struct, frozen=True):
     """One load-generator process's part of a run: its connections to host:port, the
-    handshakes it may have in flight, and the CPUs it may run on (None: any)."""
+    handshakes it may have in flight, the CPUs it may run on (None: any), and its place
+    among the processes (`index`, from 0; it picks the process's share of a request
+    count or rate)."""
 
     host: str
     port: int
     conns: int
     connect_concurrency: int
     cpus: list[int] | None = None
+    index: int = 0
 
 
 def shares(params: LoadParams, server: Endpoint, cpus: list[int] | None) -> list[Share]:
@@ -58,7 +61,10 @@ def shares(params: LoadParams, server: Endpoint, cpus: list[int] | None) -> list
     them."""
     parts = split(params.conns, params.procs)
     per_proc_concurrency = max(1, params.connect_concurrency // len(parts))
-    return [Share(server.host, server.port, part, per_proc_concurrency, cpus) for part in parts]
+    return [
+        Share(server.host, server.port, part, per_proc_concurrency, cpus, index)
+        for index, part in enumerate(parts)
+    ]
 
 
 async def open_connections(

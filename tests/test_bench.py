@@ -1,7 +1,8 @@
 """`tickwire bench` end to end against the inline baseline server, and its error checks.
 
 Runs are short and bounded; nothing here asserts on timing, only that the numbers exist,
-hang together and that errors are seen when a server breaks the contract.
+hang together and that errors are seen when a server breaks the contract. Open loop,
+--requests, progress, scenarios, --plot and compare: tests/bench_tool/.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bench.echo import EchoParams, compare, new_histogram, summarize
+from bench.echo import EchoParams, compare
 from bench.idle import IdleParams
+from bench.load import new_histogram, summarize
 from bench.proc import Endpoint
 from bench.results import EchoReport, EchoRun, IdleReport, WorkerEchoResult
 from bench.workers import shares, split
@@ -80,6 +82,7 @@ def _assert_sane(run: EchoRun) -> None:
     assert 0 < run.p50_us <= run.p90_us <= run.p99_us <= run.p999_us <= run.max_us
     assert run.mean_us > 0
     assert run.server_cpu_pct is not None and run.server_cpu_pct >= 0
+    assert sum(run.throughput) == run.replies
 
 
 def test_echo_against_baseline_writes_valid_json(tmp_path: Path) -> None:

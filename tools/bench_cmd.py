@@ -1,12 +1,15 @@
 """`tickwire bench`: load tests against a running or freshly started server.
 
     tickwire bench echo --conns 50 --depth 8 --duration 5
+    tickwire bench echo --conns 50 --rate 20000 --duration 10 --plot echo.png
     tickwire bench echo --conns 50 --depth 8 --compare-baseline --rounds 3 --json out.json
+    tickwire bench scenario bench.scenarios:ping_echo --conns 20 --requests 50000
+    tickwire bench compare before.json after.json
     tickwire bench idle --conns 15000
 
 Exit status: 0 when the run was clean, 1 when it ran but saw errors (bad replies, connect
-errors, unanswered pings), 2 when it could not run at all. A benchmark that quietly
-reports numbers from a broken server is worse than none.
+errors, unanswered pings, fewer replies than --requests), 2 when it could not run at
+all. A benchmark that quietly reports numbers from a broken server is worse than none.
 
 See docs/bench.md for what each number means.
 """
@@ -14,6 +17,7 @@ See docs/bench.md for what each number means.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -22,20 +26,37 @@ from typing import Any, TypeVar
 
 import msgspec
 from rich.console import Console
+from rich.markup import escape
 
+from bench.diff import NotABenchResult, diff_reports, load_report
 from bench.echo import EchoParams
 from bench.idle import IdleParams
+from bench.plot import plot_runs, require_matplotlib, run_label
 from bench.proc import ServerStartError
-from bench.results import EchoReport, IdleReport
-from bench.runner import EchoOptions, IdleOptions, ServerOptions, bench_echo, bench_idle
+from bench.progress import LiveProgress, ProgressSink
+from bench.report import diff_table
+from bench.results import EchoReport, EchoRun, IdleReport
+from bench.runner import (
+    EchoOptions,
+    IdleOptions,
+    ScenarioOptions,
+    ServerOptions,
+    bench_echo,
+    bench_idle,
+    bench_scenario,
+)
+from bench.scenario import ScenarioParams, load_scenario
 from bench.workers import BenchError
 
 #: Runs where other processes used more CPU than this (% of one core) get a warning:
 #: their numbers measure the neighbours as much as the server.
 BUSY_MACHINE_PCT = 25.0
 
-_Options = TypeVar("_Options", EchoOptions, IdleOptions)
+_Options = TypeVar("_Options", EchoOptions, IdleOptions, ScenarioOptions)
 _Report = TypeVar("_Report", EchoReport, IdleReport)
+
+#: --duration when neither it nor --requests is given.
+DEFAULT_DURATION_S = 5.0
 
 
 def _positive_int(text: str) -> int:
@@ -57,6 +78,67 @@ def _non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _add_load_args(parser: argparse.ArgumentParser, *, conns: int) -> None:
+    """Options of every request/reply load (echo, scenario): its size, its window, and
+    what it shows and writes."""
+    parser.add_argument("--conns", type=_positive_int, default=conns, help="default: %(default)s")
+    stop = parser.add_mutually_exclusive_group()
+    stop.add_argument(
+        "--duration",
+        type=_positive_float,
+        help=f"measured seconds (default: {DEFAULT_DURATION_S:g})",
+    )
+    stop.add_argument(
+        "--requests",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N replies in the measured window, over all processes",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=_positive_float,
+        metavar="S",
+        help="with --requests: give up after S measured seconds (default: 60)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_non_negative_float,
+        default=1.0,
+        help="seconds of load before measuring (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--procs",
+        type=_positive_int,
+        default=2,
+        help="load-generator processes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="live display of the run on stderr (only when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw latency by percentile and throughput over time (needs tickwire[plot])",
+    )
 
 
 def _add_server_args(parser: argparse.ArgumentParser) -> None:
@@ -106,27 +188,23 @@ def register(subparsers: Any) -> None:
 
     echo = kinds.add_parser(
         "echo",
-        help="closed-loop EchoRequest throughput and latency",
-        description="Closed-loop echo load: every connection keeps --depth requests in flight.",
+        help="EchoRequest throughput and latency, closed or open loop",
+        description="Echo load. Closed loop (default): every connection keeps --depth "
+        "requests in flight. Open loop (--rate): requests go out on a fixed schedule, "
+        "latency measured from each request's scheduled time.",
     )
-    echo.add_argument("--conns", type=_positive_int, default=50, help="default: %(default)s")
-    echo.add_argument(
-        "--depth", type=_positive_int, default=1, help="requests in flight per connection"
-    )
-    echo.add_argument(
-        "--duration", type=float, default=5.0, help="measured seconds (default: %(default)s)"
-    )
-    echo.add_argument(
-        "--warmup",
-        type=_non_negative_float,
-        default=1.0,
-        help="seconds of load before measuring (default: %(default)s)",
-    )
-    echo.add_argument(
-        "--procs",
+    _add_load_args(echo, conns=50)
+    mode = echo.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--depth",
         type=_positive_int,
-        default=2,
-        help="load-generator processes (default: %(default)s)",
+        help="closed loop: requests in flight per connection (default: 1)",
+    )
+    mode.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="R",
+        help="open loop: R requests/s in total, over all processes and connections",
     )
     echo.add_argument(
         "--size",
@@ -174,6 +252,45 @@ def register(subparsers: Any) -> None:
     _add_server_args(idle)
     idle.set_defaults(func=run_idle_cmd)
 
+    scenario = kinds.add_parser(
+        "scenario",
+        help="a load written as an async Python function using the client SDK",
+        description="Call `async def FUNC(client, ctx)` in a loop on every connection "
+        "(closed loop); each call is one measured iteration. See docs/bench.md.",
+    )
+    scenario.add_argument(
+        "spec",
+        metavar="MODULE:FUNC",
+        help="e.g. bench.scenarios:ping_echo; MODULE may be a path to a .py file",
+    )
+    _add_load_args(scenario, conns=20)
+    scenario.add_argument(
+        "--arg",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to the scenario as ctx.args[KEY] (repeatable)",
+    )
+    scenario.add_argument(
+        "--seed", type=int, default=0, help="seeds ctx.rng of every connection (default: 0)"
+    )
+    _add_server_args(scenario)
+    scenario.set_defaults(func=run_scenario_cmd)
+
+    diff = kinds.add_parser(
+        "compare",
+        help="the differences between two --json results",
+        description="Compare two `bench echo`/`bench scenario` JSON results: replies/s, "
+        "latency percentiles and errors, as B/A and % change.",
+    )
+    diff.add_argument("a", metavar="A.json")
+    diff.add_argument("b", metavar="B.json")
+    diff.add_argument(
+        "--plot", metavar="FILE.png", help="overlay both results' curves (needs tickwire[plot])"
+    )
+    diff.set_defaults(func=run_compare_cmd)
+
 
 def _check_server_args(args: argparse.Namespace) -> str | None:
     if args.spawn and args.port is not None:
@@ -201,19 +318,19 @@ def _console(*, stderr: bool = False) -> Console:
     """
     console = Console(stderr=stderr)
     if not console.is_terminal:
-        console = Console(stderr=stderr, width=132)
+        console = Console(stderr=stderr, width=160)
     return console
 
 
 def _logger(console: Console) -> Callable[[str], None]:
     def log(message: str) -> None:
-        console.print(f"[dim]{message}[/dim]", highlight=False)
+        console.print(f"[dim]{escape(message)}[/dim]", highlight=False)
 
     return log
 
 
 def _refuse(err: Console, kind: str, problem: str) -> int:
-    err.print(f"[red]tickwire bench {kind}: {problem}[/red]")
+    err.print(f"[red]tickwire bench {kind}: {escape(problem)}[/red]", highlight=False)
     return 2
 
 
@@ -229,9 +346,17 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
     )
 
 
+def _progress(args: argparse.Namespace, err: Console) -> ProgressSink | None:
+    """The live display, unless --no-progress or stderr is not a terminal (a log file or
+    CI would fill up with redraws)."""
+    if not getattr(args, "progress", False) or not err.is_terminal:
+        return None
+    return LiveProgress(err)
+
+
 def _run_bench(
     kind: str,
-    bench: Callable[[_Options, Console, Callable[[str], None]], _Report],
+    bench: Callable[[_Options, Console, Callable[[str], None], ProgressSink | None], _Report],
     options: _Options,
     args: argparse.Namespace,
     err: Console,
@@ -243,30 +368,112 @@ def _run_bench(
     """
     out = _console(stderr=args.json == "-")
     try:
-        report = bench(options, out, _logger(err))
+        report = bench(options, out, _logger(err), _progress(args, err))
     except (BenchError, ServerStartError) as exc:
-        err.print(f"[red]tickwire bench {kind}: {exc}[/red]", highlight=False)
+        err.print(f"[red]tickwire bench {kind}: {escape(str(exc))}[/red]", highlight=False)
         return None
     if args.json:
         _write_json(args.json, report)
     return report
 
 
+def _check_plot(args: argparse.Namespace) -> str | None:
+    """Refuse --plot before the run when matplotlib is missing, not after it."""
+    if getattr(args, "plot", None):
+        try:
+            require_matplotlib()
+        except BenchError as exc:
+            return str(exc)
+    return None
+
+
+def _write_plot(path: str, runs: list[tuple[str, EchoRun]], title: str, err: Console) -> bool:
+    try:
+        plot_runs(runs, path, title)
+    except (OSError, ValueError, BenchError) as exc:
+        err.print(
+            f"[red]tickwire bench: could not write {escape(path)}: {escape(str(exc))}[/red]",
+            highlight=False,
+        )
+        return False
+    err.print(f"[dim]plot written to {escape(path)}[/dim]", highlight=False)
+    return True
+
+
+def _window(args: argparse.Namespace) -> tuple[float, int | None, float] | str:
+    """(duration, requests, time limit) from the load arguments, or what is wrong."""
+    if args.time_limit is not None and args.requests is None:
+        return "--time-limit bounds a --requests run; with --duration the window is fixed"
+    duration = args.duration if args.duration is not None else DEFAULT_DURATION_S
+    return duration, args.requests, args.time_limit if args.time_limit is not None else 60.0
+
+
+def _check_runs(runs: list[EchoRun], err: Console) -> bool:
+    """Warn about busy machines, report failed runs; True when every run was clean."""
+    for run in runs:
+        if run.other_cpu_pct is not None and run.other_cpu_pct > BUSY_MACHINE_PCT:
+            err.print(
+                f"[yellow]{run.target} round {run.round}: other processes used "
+                f"{run.other_cpu_pct:.0f}% CPU during the run; its numbers are not those "
+                "of a quiet machine[/yellow]",
+                highlight=False,
+            )
+    failed = [
+        r
+        for r in runs
+        if r.errors
+        or r.connect_errors
+        or not r.replies
+        or (r.requests is not None and r.replies < r.requests)
+    ]
+    for run in failed:
+        short = ""
+        if run.requests is not None and run.replies < run.requests:
+            short = f" (of {run.requests} asked for, within the time limit)"
+        err.print(
+            f"[red]{run.target} round {run.round}: {run.errors} errors, "
+            f"{run.connect_errors} connect errors, {run.replies} replies{short}[/red]",
+            highlight=False,
+        )
+        for sample in run.error_samples:
+            err.print(f"  {escape(sample)}", highlight=False)
+    return not failed
+
+
+def _finish_load(
+    kind: str, report: EchoReport | None, args: argparse.Namespace, err: Console
+) -> int:
+    if report is None:
+        return 2
+    clean = _check_runs(report.runs, err)
+    if args.plot:
+        runs = [(run_label(r), r) for r in report.runs]
+        if not _write_plot(args.plot, runs, f"tickwire bench {kind}", err):
+            return 2
+    return 0 if clean else 1
+
+
 def run_echo_cmd(args: argparse.Namespace) -> int:
     err = _console(stderr=True)
-    problem = _check_server_args(args)
-    if problem is None and args.duration <= 0:
-        problem = "--duration must be positive"
+    problem = _check_server_args(args) or _check_plot(args)
+    window = _window(args)
+    if problem is None and isinstance(window, str):
+        problem = window
     if problem is None and args.compare_baseline and args.port is not None:
         problem = "--compare-baseline starts both servers itself; drop --port"
     if problem:
         return _refuse(err, "echo", problem)
+    assert not isinstance(window, str)
+    duration, requests, time_limit = window
     rounds = args.rounds or (3 if args.compare_baseline else 1)
     options = EchoOptions(
         params=EchoParams(
             conns=args.conns,
-            depth=args.depth,
-            duration=args.duration,
+            depth=args.depth or 1,
+            rate=args.rate,
+            duration=duration,
+            requests=requests,
+            time_limit=time_limit,
             warmup=args.warmup,
             procs=args.procs,
             size=args.size,
@@ -276,27 +483,84 @@ def run_echo_cmd(args: argparse.Namespace) -> int:
         compare_baseline=args.compare_baseline,
         rounds=rounds,
     )
-    report = _run_bench("echo", bench_echo, options, args, err)
-    if report is None:
-        return 2
-    for run in report.runs:
-        if run.other_cpu_pct is not None and run.other_cpu_pct > BUSY_MACHINE_PCT:
-            err.print(
-                f"[yellow]{run.target} round {run.round}: other processes used "
-                f"{run.other_cpu_pct:.0f}% CPU during the run; its numbers are not those "
-                "of a quiet machine[/yellow]",
+    return _finish_load("echo", _run_bench("echo", bench_echo, options, args, err), args, err)
+
+
+def run_scenario_cmd(args: argparse.Namespace) -> int:
+    err = _console(stderr=True)
+    problem = _check_server_args(args) or _check_plot(args)
+    window = _window(args)
+    if problem is None and isinstance(window, str):
+        problem = window
+    spec = args.spec
+    module, sep, func = spec.rpartition(":")
+    if sep and (module.endswith(".py") or os.sep in module):
+        spec = f"{Path(module).resolve()}:{func}"
+    if problem is None:
+        try:
+            load_scenario(spec, os.getcwd())
+        except BenchError as exc:
+            problem = str(exc)
+    if problem:
+        return _refuse(err, "scenario", problem)
+    assert not isinstance(window, str)
+    duration, requests, time_limit = window
+    options = ScenarioOptions(
+        params=ScenarioParams(
+            conns=args.conns,
+            procs=args.procs,
+            connect_concurrency=args.connect_concurrency,
+            duration=duration,
+            requests=requests,
+            time_limit=time_limit,
+            warmup=args.warmup,
+            scenario=spec,
+            args=dict(args.arg),
+            search_path=os.getcwd(),
+            seed=args.seed,
+        ),
+        server=_server_options(args),
+    )
+    report = _run_bench("scenario", bench_scenario, options, args, err)
+    return _finish_load("scenario", report, args, err)
+
+
+def run_compare_cmd(args: argparse.Namespace) -> int:
+    err = _console(stderr=True)
+    out = _console()
+    problem = _check_plot(args)
+    if problem:
+        return _refuse(err, "compare", problem)
+    try:
+        a, b = load_report(args.a), load_report(args.b)
+        diffs = diff_reports(a, b)
+    except NotABenchResult as exc:
+        return _refuse(err, "compare", str(exc))
+    except BenchError as exc:
+        return _refuse(err, "compare", f"{args.a} and {args.b}: {exc}")
+    out.print(f"A = {escape(args.a)}\nB = {escape(args.b)}", highlight=False)
+    for diff in diffs:
+        out.print(diff_table(diff))
+        for name, other in (("A", diff.other_cpu_a), ("B", diff.other_cpu_b)):
+            if other is not None and other > BUSY_MACHINE_PCT:
+                out.print(
+                    f"[yellow]{name}: other processes used {other:.0f}% CPU during its run; "
+                    "a busy machine's numbers do not compare with a quiet one's[/yellow]",
+                    highlight=False,
+                )
+        for difference in diff.shape_differences:
+            out.print(
+                f"[yellow]load differs, {escape(difference)}: the numbers are not like for like"
+                "[/yellow]",
                 highlight=False,
             )
-    failed = [r for r in report.runs if r.errors or r.connect_errors or not r.replies]
-    for run in failed:
-        err.print(
-            f"[red]{run.target} round {run.round}: {run.errors} errors, "
-            f"{run.connect_errors} connect errors, {run.replies} replies[/red]",
-            highlight=False,
-        )
-        for sample in run.error_samples:
-            err.print(f"  {sample}", highlight=False)
-    return 1 if failed else 0
+    if args.plot:
+        runs = [(run_label(r, "A: "), r) for r in a.runs] + [
+            (run_label(r, "B: "), r) for r in b.runs
+        ]
+        if not _write_plot(args.plot, runs, f"A = {args.a}, B = {args.b}", err):
+            return 2
+    return 0
 
 
 def run_idle_cmd(args: argparse.Namespace) -> int:
@@ -320,7 +584,7 @@ def run_idle_cmd(args: argparse.Namespace) -> int:
     clean = report.connect_errors == 0 and report.answered == report.opened
     if not clean:
         for sample in report.error_samples:
-            err.print(f"  {sample}", highlight=False)
+            err.print(f"  {escape(sample)}", highlight=False)
     return 0 if clean else 1
 
 

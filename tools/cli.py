@@ -8,13 +8,23 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tools import bench_cmd, config_cmd, ids_cmd, restart_cmd, serve_cmd
+    from tools import (
+        bench_cmd,
+        client_cmd,
+        config_cmd,
+        decode_cmd,
+        ids_cmd,
+        restart_cmd,
+        serve_cmd,
+    )
 
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd.register(sub)
     bench_cmd.register(sub)
     ids_cmd.register(sub)
+    client_cmd.register(sub)
+    decode_cmd.register(sub)
     config_cmd.register(sub)
     restart_cmd.register(sub)
     return parser

@@ -1,0 +1,264 @@
+"""Scenarios: load written as a Python function that uses the client SDK.
+
+    tickwire bench scenario bench.scenarios:ping_echo --conns 20 --duration 5
+
+A scenario is ``async def scenario(client: client_sdk.AsyncClient, ctx: ScenarioContext)
+-> None``. Every connection (one `AsyncClient` each) calls it in a loop, closed-loop:
+the next call starts when the previous one returned. One call is one "reply" of the
+run: its latency (from the call to its return) goes into the same merged HdrHistogram as
+echo's, it counts towards throughput over time and --requests, and the same progress
+display shows it. An exception is an error (counted, the first few sampled) and the loop
+goes on; `ConnectionClosed` ends that connection's loop (and is an error while the run
+lasts).
+
+MODULE is a dotted module name (importable from the current directory too) or a path
+to a .py file; FUNC a coroutine function in it. Scenarios see `ctx.args`, the
+``--arg KEY=VALUE`` pairs of the command line, for their own knobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import os
+import random
+import sys
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from bench.load import (
+    Driven,
+    LoadTotals,
+    RunParams,
+    drive,
+    now_us,
+    quota_of,
+    report_progress,
+    sleep_until,
+    summarize,
+    wait_for_start,
+)
+from bench.proc import Endpoint
+from bench.progress import ProgressSink
+from bench.results import EchoRun, WorkerEchoResult
+from bench.workers import ERROR_SAMPLES, BenchError, Share, run_worker, split
+from client_sdk import AsyncClient, ConnectionClosed
+
+_CONNECT_TIMEOUT_S = 10.0
+#: After the window: how long in-flight iterations may take to return before they are
+#: cancelled (they are not counted either way).
+_DRAIN_S = 5.0
+
+
+class ScenarioContext:
+    """What a scenario knows about where it runs. One per connection."""
+
+    __slots__ = ("args", "conn", "host", "iteration", "port", "proc", "rng", "state")
+
+    def __init__(
+        self, *, conn: int, proc: int, host: str, port: int, args: dict[str, str], seed: int
+    ) -> None:
+        #: This connection's number over the whole run (0 .. conns-1).
+        self.conn = conn
+        #: The load-generator process it runs in (0 .. procs-1).
+        self.proc = proc
+        self.host = host
+        self.port = port
+        #: Calls of the scenario on this connection so far (0 on the first call).
+        self.iteration = 0
+        #: ``--arg KEY=VALUE`` pairs from the command line.
+        self.args = args
+        #: A random generator seeded per connection: runs are repeatable.
+        self.rng = random.Random(seed)
+        #: Scratch space kept across calls on this connection (a login, a room, ...).
+        self.state: dict[str, Any] = {}
+
+
+Scenario = Callable[[AsyncClient, ScenarioContext], Awaitable[None]]
+
+
+class ScenarioError(BenchError):
+    """MODULE:FUNC does not name a usable scenario."""
+
+
+def load_scenario(spec: str, search_path: str | None = None) -> Scenario:
+    """The coroutine function that ``MODULE:FUNC`` names.
+
+    MODULE is a dotted name, found on sys.path with `search_path` (the directory the
+    command ran in) in front, or a path to a .py file.
+    """
+    module_name, sep, func_name = spec.rpartition(":")
+    if not sep or not module_name or not func_name:
+        raise ScenarioError(f"scenario {spec!r} is not MODULE:FUNC")
+    if search_path and search_path not in sys.path:
+        sys.path.insert(0, search_path)
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            path = Path(module_name)
+            if not path.is_file():
+                raise ScenarioError(f"scenario file {module_name} does not exist")
+            file_spec = importlib.util.spec_from_file_location(
+                f"_tickwire_scenario_{path.stem}", path
+            )
+            if file_spec is None or file_spec.loader is None:
+                raise ScenarioError(f"cannot load {module_name} as a Python module")
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ScenarioError:
+        raise
+    except Exception as exc:
+        raise ScenarioError(
+            f"cannot import {module_name} for scenario {spec}: {type(exc).__name__}: {exc}"
+        ) from exc
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise ScenarioError(f"{module_name} has no {func_name!r}")
+    if not inspect.iscoroutinefunction(func):
+        raise ScenarioError(
+            f"{spec} must be an async function (async def {func_name}(client, ctx)), "
+            f"not {type(func).__name__}"
+        )
+    scenario: Scenario = func
+    return scenario
+
+
+class ScenarioParams(RunParams, frozen=True, kw_only=True):
+    #: MODULE:FUNC, with a file path MODULE made absolute.
+    scenario: str
+    args: dict[str, str] = {}
+    #: The directory the command ran in: importable by the workers too.
+    search_path: str | None = None
+    seed: int = 0
+
+
+def _first_conn(params: ScenarioParams, share: Share) -> int:
+    """Number of the first connection of process `share.index`, over all processes."""
+    return sum(split(params.conns, params.procs)[: share.index])
+
+
+async def _scenario_worker(
+    pipe: Connection, share: Share, params: ScenarioParams
+) -> WorkerEchoResult:
+    func = load_scenario(params.scenario, params.search_path)
+    totals = LoadTotals(quota_of(params, share))
+    samples: list[str] = []
+    gate = asyncio.Semaphore(max(1, share.connect_concurrency))
+
+    async def connect() -> AsyncClient | None:
+        async with gate:
+            try:
+                return await AsyncClient.connect(share.host, share.port, timeout=_CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError) as exc:
+                if len(samples) < ERROR_SAMPLES:
+                    samples.append(f"connect: {type(exc).__name__}: {exc}")
+                return None
+
+    opened = await asyncio.gather(*(connect() for _ in range(share.conns)))
+    clients = [c for c in opened if c is not None]
+    first = _first_conn(params, share)
+    contexts = [
+        ScenarioContext(
+            conn=first + i,
+            proc=share.index,
+            host=share.host,
+            port=share.port,
+            args=params.args,
+            seed=params.seed * 1_000_003 + first + i,
+        )
+        for i in range(len(clients))
+    ]
+    pipe.send(("ready", len(clients)))
+    window = await wait_for_start(pipe)
+    if window is None:
+        await asyncio.gather(*(c.close() for c in clients))
+        raise BenchError("parent aborted the run")
+    totals.open_window(window)
+
+    async def loop_one(client: AsyncClient, ctx: ScenarioContext) -> None:
+        while totals.running:
+            started = now_us()
+            totals.sent += 1
+            try:
+                await func(client, ctx)
+            except ConnectionClosed as exc:
+                if totals.running:
+                    totals.error(f"connection {ctx.conn} closed: {exc}")
+                return
+            except Exception as exc:
+                totals.error(f"{type(exc).__name__}: {exc}")
+                # A scenario that fails before it awaits anything would otherwise never
+                # give the loop back, and the run could not end.
+                await asyncio.sleep(0)
+            else:
+                totals.record(started, now_us())
+                if ctx.iteration % 16 == 15:
+                    await asyncio.sleep(0)  # the same for one that never waits on the server
+            ctx.iteration += 1
+
+    await sleep_until(window.start_ns)
+    reporter = asyncio.create_task(report_progress(pipe, totals))
+    totals.running = True
+    loops = [
+        asyncio.create_task(loop_one(c, ctx)) for c, ctx in zip(clients, contexts, strict=True)
+    ]
+    await totals.hold(window)
+    _, still = await asyncio.wait(loops, timeout=_DRAIN_S) if loops else (set(), set())
+    for task in still:
+        task.cancel()
+    reporter.cancel()
+    await asyncio.gather(*still, reporter, return_exceptions=True)
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.close()
+    return totals.result(
+        connections=len(clients),
+        connect_errors=share.conns - len(clients),
+        connect_samples=samples,
+    )
+
+
+def scenario_worker(pipe: Connection, share: Share, params: ScenarioParams) -> None:
+    """Entry point of one scenario load-generator process."""
+    run_worker(pipe, share.cpus, lambda: _scenario_worker(pipe, share, params))
+
+
+def run_scenario(
+    params: ScenarioParams,
+    server: Endpoint,
+    *,
+    target: str,
+    round_no: int = 1,
+    client_cpus: list[int] | None = None,
+    progress: ProgressSink | None = None,
+) -> EchoRun:
+    """One measured scenario run against a server that is already listening."""
+    driven: Driven = drive(
+        scenario_worker,
+        params,
+        server,
+        client_cpus=client_cpus,
+        progress=progress,
+        label=f"{params.scenario} {target}",
+    )
+    return summarize(
+        driven.results,
+        params=params,
+        target=target,
+        round_no=round_no,
+        cpu_pin=client_cpus is not None,
+        server_cpu_pct=driven.server_cpu_pct,
+        client_cpu_pct=driven.client_cpu_pct,
+        other_cpu_pct=driven.other_cpu_pct,
+        measure_from_ns=driven.window.measure_from_ns,
+        depth=1,
+        size=0,
+        mode="closed",
+        scenario=params.scenario,
+    )
