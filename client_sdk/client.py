@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple, TypeVar
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from client_sdk.errors import ConnectionClosed, ServerError, UnexpectedReply, server_error
 from protocol.errors import RemoteProtocolError, closes_connection
@@ -98,6 +98,7 @@ class AsyncClient:
         self._writable = asyncio.Event()
         self._writable.set()
         self._push_callbacks: dict[type[Message], list[PushCallback]] = {}
+        self._observers: list[Callable[[Frame], Any]] = []
         self._push_queues: list[asyncio.Queue[Push | None]] = []
         self._closed: ConnectionClosed | None = None
         self._closed_event = asyncio.Event()
@@ -161,10 +162,16 @@ class AsyncClient:
             raise UnexpectedReply(f"reply to seq {frame.seq}: {exc.message}") from None
 
     async def roundtrip(
-        self, msg_id: int, payload: bytes, *, timeout: float | None = 30.0
+        self,
+        msg_id: int,
+        payload: bytes,
+        *,
+        timeout: float | None = 30.0,
+        raise_errors: bool = True,
     ) -> Frame:
-        """Send one request frame and return its reply frame undecoded (an Error reply
-        raises ServerError). For tools that work below the registry."""
+        """Send one request frame and return its reply frame undecoded. An Error reply
+        raises ServerError, or with `raise_errors=False` comes back as the frame (tools
+        that show every reply's header). For tools that work below the registry."""
         if self._closed is not None:
             raise self._closed
         if not self._writable.is_set():
@@ -178,8 +185,11 @@ class AsyncClient:
                 frame = await future
         finally:
             self._pending.pop(seq, None)
-        if frame.flags & _ERROR:
-            err = Error.FromString(frame.payload)
+        if raise_errors and frame.flags & _ERROR:
+            try:
+                err = Error.FromString(frame.payload)
+            except DecodeError:
+                raise UnexpectedReply(f"reply to seq {seq}: undecodable Error payload") from None
             raise server_error(err.code, err.message, err.request_msg_id)
         return frame
 
@@ -213,17 +223,25 @@ class AsyncClient:
         await self.roundtrip(_PING_ID, ping, timeout=timeout)
         return (time.perf_counter_ns() - start) / 1e9
 
-    async def describe(self, *, adopt: bool = False) -> MessageRegistry:
+    async def describe(
+        self, *, adopt: bool = False, timeout: float | None = 30.0
+    ) -> MessageRegistry:
         """The server's schema as a registry of dynamic classes; `adopt` makes it this
         client's registry, so messages the client has no code for can be sent by name."""
         # By its fixed ID (PROTOCOL.md), so it works whatever this client's registry holds.
-        frame = await self.roundtrip(_DESCRIBE_ID, b"")
+        frame = await self.roundtrip(_DESCRIBE_ID, b"", timeout=timeout)
         registry = MessageRegistry.from_describe(DescribeReply.FromString(frame.payload))
         if adopt:
             self.registry = registry
         return registry
 
     # -- pushes -----------------------------------------------------------------------
+
+    def on_frame(self, observer: Callable[[Frame], Any]) -> None:
+        """Call `observer(frame)` for every frame no request is waiting for: pushes,
+        unsolicited Errors, GoAway, and replies that arrive after their request timed out
+        (tools such as the REPL show them all)."""
+        self._observers.append(observer)
 
     def on_push(self, message_type: type[Message], callback: PushCallback) -> None:
         """Call `callback(push)` for every push of `message_type` (in the event loop)."""
@@ -273,20 +291,50 @@ class AsyncClient:
             future = self._pending.get(frame.seq)
             if future is not None and not future.done():
                 future.set_result(frame)
-            return
+                return
+        self._observe(frame)
+        if flags & _RESPONSE:
+            return  # a late reply (its request timed out): only observers see it
         if flags & _PUSH:
             self._on_push(frame)
             return
         if flags & _ERROR:
-            err = Error.FromString(frame.payload)
+            try:
+                err = Error.FromString(frame.payload)
+            except DecodeError:
+                self._broken(frame, "Error")
+                return
             error = server_error(err.code, err.message, err.request_msg_id)
             self.errors.append(error)
             if closes_connection(err.code):
                 self._fail(ConnectionClosed("server closed the connection", error))
 
+    def _observe(self, frame: Frame) -> None:
+        for observer in self._observers:
+            try:
+                observer(frame)
+            except Exception:
+                log.exception("frame observer %r raised", observer)
+
+    def _broken(self, frame: Frame, what: str) -> None:
+        """The server sent a protocol message we cannot parse: nothing after it can be
+        trusted, so the connection ends, with a reason instead of a traceback."""
+        self._fail(
+            ConnectionClosed(
+                f"server sent an undecodable {what} (msg_id {frame.msg_id}, "
+                f"{len(frame.payload)} bytes)"
+            )
+        )
+        if self._transport is not None:
+            self._transport.abort()
+
     def _on_push(self, frame: Frame) -> None:
         if frame.msg_id == _GOAWAY_ID:
-            self.goaway = GoAway.FromString(frame.payload)
+            try:
+                self.goaway = GoAway.FromString(frame.payload)
+            except DecodeError:
+                self._broken(frame, "GoAway")
+                return
             error = server_error(self.goaway.reason, self.goaway.message)
             self._fail(ConnectionClosed("server sent GoAway", error))
             return

@@ -16,7 +16,10 @@ class ServerError(ClientError):
     code: int = 0
 
     def __init__(self, code: int, message: str, request_msg_id: int = 0) -> None:
-        super().__init__(f"{code_name(code)} ({code}): {message}")
+        name = code_name(code)
+        # Application codes already carry their number: APPLICATION(150), not twice.
+        label = name if name.endswith(f"({code})") else f"{name} ({code})"
+        super().__init__(f"{label}: {message}")
         self.code = code
         self.message = message
         self.request_msg_id = request_msg_id

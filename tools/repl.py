@@ -2,7 +2,7 @@
 
 The first half of this module does no I/O (parsing commands and hex, building messages
 from JSON, completion candidates, turning frames into events), so tests call it directly
-and `tickwire decode` shares it. The second half (`TapClient`, the printers, `Session`,
+and `tickwire decode` shares it. The second half (the printers, `Session`,
 `run_lines`, `run_interactive`) owns the socket and the terminal.
 
 Every result is an *event*: a plain dict that `--json` prints as one line and the human
@@ -40,7 +40,7 @@ from protocol.errors import (
     RemoteProtocolError,
     code_name,
 )
-from protocol.frame import RESERVED_FLAGS, Flags, Frame, FrameDecoder, encode_frame
+from protocol.frame import RESERVED_FLAGS, Flags, Frame, FrameDecoder
 from protocol.proto.system_pb2 import Error
 from protocol.registry import MessageRegistry
 
@@ -661,38 +661,6 @@ def _json_candidates(registry: MessageRegistry, name: str, json_text: str) -> li
 # -- the connection --------------------------------------------------------------------
 
 
-class TapClient(AsyncClient):
-    """AsyncClient that also hands the session every frame nobody waits for (pushes,
-    unsolicited Errors, replies to `raw` frames or to timed-out requests), and returns
-    Error replies as frames, because the REPL shows every reply's header. The SDK has
-    no public hook for either, so this reaches into its internals; keep it in step
-    with client_sdk/client.py."""
-
-    observer: Callable[[Frame], None] | None = None
-
-    def _on_frame(self, frame: Frame) -> None:
-        awaited = frame.flags & Flags.RESPONSE and frame.seq in self._pending
-        if self.observer is not None and not awaited:
-            self.observer(frame)
-        super()._on_frame(frame)
-
-    async def exchange(self, msg_id: int, payload: bytes, *, timeout: float | None) -> Frame:
-        """`roundtrip` that returns an Error reply instead of raising it."""
-        if self._closed is not None:
-            raise self._closed
-        if not self._writable.is_set():
-            await self._writable.wait()
-        seq = self._take_seq()
-        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = future
-        self._send(encode_frame(msg_id, 0, seq, payload))
-        try:
-            async with asyncio.timeout(timeout):
-                return await future
-        finally:
-            self._pending.pop(seq, None)
-
-
 class Printer(Protocol):
     def event(self, event: dict[str, Any]) -> None: ...
 
@@ -838,7 +806,7 @@ class Session:
 
     def __init__(
         self,
-        client: TapClient,
+        client: AsyncClient,
         printer: Printer,
         *,
         address: str = "",
@@ -859,7 +827,8 @@ class Session:
         self._closing = False
         self._reported = False
         self._watcher: asyncio.Task[None] | None = None
-        client.observer = self._on_frame
+        # Every frame no request waits for: pushes, unsolicited Errors, late replies.
+        client.on_frame(self._on_frame)
 
     @property
     def registry(self) -> MessageRegistry:
@@ -877,7 +846,7 @@ class Session:
     ) -> Session:
         """Connect and learn the server's schema; raises ConnectionError with why not."""
         try:
-            client = cast(TapClient, await TapClient.connect(host, port, timeout=timeout))
+            client = await AsyncClient.connect(host, port, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(
                 f"cannot connect to {host}:{port}: {exc or 'timed out'}"
@@ -1045,7 +1014,9 @@ class Session:
     async def _request(self, message: Message, lineno: int | None) -> bool:
         msg_id, payload = self.registry.encode(message)
         start = time.perf_counter()
-        frame = await self.client.exchange(msg_id, payload, timeout=self.timeout)
+        frame = await self.client.roundtrip(
+            msg_id, payload, timeout=self.timeout, raise_errors=False
+        )
         rtt = time.perf_counter() - start
         event = frame_event(self.registry, frame, "reply", rtt=rtt, line=lineno)
         self.printer.event(event)

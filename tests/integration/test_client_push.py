@@ -77,3 +77,40 @@ async def test_closing_error_fails_requests_in_flight(
     assert getattr(exc_info.value, "code", None) == ErrorCode.IDLE_TIMEOUT
     writer.close()
     await client.close()
+
+
+async def test_observer_sees_unclaimed_frames_and_roundtrip_can_return_errors(
+    scripted_peer: tuple[tuple[str, int], asyncio.Queue[Peer]],
+) -> None:
+    address, accepted = scripted_peer
+    client = await AsyncClient.connect(*address)
+    reader, writer = await accepted.get()
+    seen: list[tuple[int, int, int]] = []
+    client.on_frame(lambda f: seen.append((f.msg_id, f.flags, f.seq)))
+    # A request that times out, then its late reply: only the observer gets it.
+    with pytest.raises(TimeoutError):
+        await client.roundtrip(10, b"", timeout=0.05)
+    await reader.readexactly(11)
+    late = encode_frame(11, Flags.RESPONSE, 1, EchoReply(data=b"late").SerializeToString())
+    error = Error(code=ErrorCode.DECODE_ERROR, message="bad", request_msg_id=10)
+    writer.write(late + push_frame(1, b"p"))
+    pending = asyncio.ensure_future(client.roundtrip(10, b"", raise_errors=False))
+    await reader.readexactly(11)
+    writer.write(encode_frame(3, Flags.RESPONSE | Flags.ERROR, 2, error.SerializeToString()))
+    frame = await asyncio.wait_for(pending, 5)
+    assert frame.msg_id == 3 and frame.seq == 2  # returned, not raised
+    assert seen == [(11, Flags.RESPONSE, 1), (11, Flags.PUSH, 1)]
+    await client.close()
+
+
+@pytest.mark.parametrize("msg_id", [3, 30])
+async def test_undecodable_error_or_goaway_closes_with_a_reason(
+    scripted_peer: tuple[tuple[str, int], asyncio.Queue[Peer]], msg_id: int
+) -> None:
+    address, accepted = scripted_peer
+    client = await AsyncClient.connect(*address)
+    _, writer = await accepted.get()
+    flags = Flags.ERROR if msg_id == 3 else Flags.PUSH
+    writer.write(encode_frame(msg_id, flags, 0, b"\xff\xff\xff"))
+    closed = await asyncio.wait_for(client.wait_closed(), 5)
+    assert "undecodable" in str(closed)
