@@ -106,3 +106,27 @@ def test_example_documents_every_key_with_its_default() -> None:
     # Uncommented, the example is a valid config equal to the defaults.
     active = "\n".join(keys).encode()
     assert msgspec.convert(msgspec.toml.decode(active), ServerConfig) == ServerConfig()
+
+
+def test_cli_startup_does_not_import_the_whole_server() -> None:
+    """Every `tickwire` command imports the flag definitions; they must stay light."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, tools.cli; tools.cli.build_parser(); "
+        "heavy = [m for m in ('prometheus_client', 'server.server', 'bench.echo', "
+        "'prompt_toolkit') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_server_package_names_load_on_first_use() -> None:
+    import server
+
+    assert server.ServerConfig is ServerConfig
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = server.Nope  # type: ignore[attr-defined]

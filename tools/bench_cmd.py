@@ -22,38 +22,24 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgspec
-from rich.console import Console
-from rich.markup import escape
+# The bench modules (and through them server.*, prometheus_client, msgspec) and rich
+# are imported by the functions that use them: `tickwire --help` and every other
+# command import this module to register `bench`, and should not pay for a benchmark.
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from bench.diff import NotABenchResult, diff_reports, load_report
-from bench.echo import EchoParams
-from bench.idle import IdleParams
-from bench.plot import plot_runs, require_matplotlib, run_label
-from bench.proc import ServerStartError
-from bench.progress import LiveProgress, ProgressSink
-from bench.report import diff_table
-from bench.results import EchoReport, EchoRun, IdleReport
-from bench.runner import (
-    EchoOptions,
-    IdleOptions,
-    ScenarioOptions,
-    ServerOptions,
-    bench_echo,
-    bench_idle,
-    bench_scenario,
-)
-from bench.scenario import ScenarioParams, load_scenario
-from bench.workers import BenchError
+    from bench.progress import ProgressSink
+    from bench.results import EchoReport, EchoRun, IdleReport
+    from bench.runner import EchoOptions, IdleOptions, ScenarioOptions, ServerOptions
 
 #: Runs where other processes used more CPU than this (% of one core) get a warning:
 #: their numbers measure the neighbours as much as the server.
 BUSY_MACHINE_PCT = 25.0
 
-_Options = TypeVar("_Options", EchoOptions, IdleOptions, ScenarioOptions)
-_Report = TypeVar("_Report", EchoReport, IdleReport)
+_Options = TypeVar("_Options", bound="EchoOptions | IdleOptions | ScenarioOptions")
+_Report = TypeVar("_Report", bound="EchoReport | IdleReport")
 
 #: --duration when neither it nor --requests is given.
 DEFAULT_DURATION_S = 5.0
@@ -303,6 +289,8 @@ def _check_server_args(args: argparse.Namespace) -> str | None:
 
 
 def _write_json(path: str, report: EchoReport | IdleReport) -> None:
+    import msgspec
+
     data = msgspec.json.format(msgspec.json.encode(report), indent=2)
     if path == "-":
         sys.stdout.buffer.write(data + b"\n")
@@ -316,6 +304,8 @@ def _console(*, stderr: bool = False) -> Console:
 
     Rich assumes 80 columns off a terminal, which folds every column of the echo table.
     """
+    from rich.console import Console
+
     console = Console(stderr=stderr)
     if not console.is_terminal:
         console = Console(stderr=stderr, width=160)
@@ -323,6 +313,8 @@ def _console(*, stderr: bool = False) -> Console:
 
 
 def _logger(console: Console) -> Callable[[str], None]:
+    from rich.markup import escape
+
     def log(message: str) -> None:
         console.print(f"[dim]{escape(message)}[/dim]", highlight=False)
 
@@ -330,12 +322,16 @@ def _logger(console: Console) -> Callable[[str], None]:
 
 
 def _refuse(err: Console, kind: str, problem: str) -> int:
+    from rich.markup import escape
+
     err.print(f"[red]tickwire bench {kind}: {escape(problem)}[/red]", highlight=False)
     return 2
 
 
 def _server_options(args: argparse.Namespace) -> ServerOptions:
     """The server-under-test options (`_add_server_args`) that every bench shares."""
+    from bench.runner import ServerOptions
+
     return ServerOptions(
         host=args.host,
         port=args.port,
@@ -351,6 +347,8 @@ def _progress(args: argparse.Namespace, err: Console) -> ProgressSink | None:
     CI would fill up with redraws)."""
     if not getattr(args, "progress", False) or not err.is_terminal:
         return None
+    from bench.progress import LiveProgress
+
     return LiveProgress(err)
 
 
@@ -366,6 +364,11 @@ def _run_bench(
 
     None when the bench could not run; it has said why on `err` and the exit status is 2.
     """
+    from rich.markup import escape
+
+    from bench.proc import ServerStartError
+    from bench.workers import BenchError
+
     out = _console(stderr=args.json == "-")
     try:
         report = bench(options, out, _logger(err), _progress(args, err))
@@ -380,6 +383,9 @@ def _run_bench(
 def _check_plot(args: argparse.Namespace) -> str | None:
     """Refuse --plot before the run when matplotlib is missing, not after it."""
     if getattr(args, "plot", None):
+        from bench.plot import require_matplotlib
+        from bench.workers import BenchError
+
         try:
             require_matplotlib()
         except BenchError as exc:
@@ -388,6 +394,11 @@ def _check_plot(args: argparse.Namespace) -> str | None:
 
 
 def _write_plot(path: str, runs: list[tuple[str, EchoRun]], title: str, err: Console) -> bool:
+    from rich.markup import escape
+
+    from bench.plot import plot_runs
+    from bench.workers import BenchError
+
     try:
         plot_runs(runs, path, title)
     except (OSError, ValueError, BenchError) as exc:
@@ -410,6 +421,8 @@ def _window(args: argparse.Namespace) -> tuple[float, int | None, float] | str:
 
 def _check_runs(runs: list[EchoRun], err: Console) -> bool:
     """Warn about busy machines, report failed runs; True when every run was clean."""
+    from rich.markup import escape
+
     for run in runs:
         if run.other_cpu_pct is not None and run.other_cpu_pct > BUSY_MACHINE_PCT:
             err.print(
@@ -447,6 +460,8 @@ def _finish_load(
         return 2
     clean = _check_runs(report.runs, err)
     if args.plot:
+        from bench.plot import run_label
+
         runs = [(run_label(r), r) for r in report.runs]
         if not _write_plot(args.plot, runs, f"tickwire bench {kind}", err):
             return 2
@@ -454,6 +469,9 @@ def _finish_load(
 
 
 def run_echo_cmd(args: argparse.Namespace) -> int:
+    from bench.echo import EchoParams
+    from bench.runner import EchoOptions, bench_echo
+
     err = _console(stderr=True)
     problem = _check_server_args(args) or _check_plot(args)
     window = _window(args)
@@ -487,6 +505,10 @@ def run_echo_cmd(args: argparse.Namespace) -> int:
 
 
 def run_scenario_cmd(args: argparse.Namespace) -> int:
+    from bench.runner import ScenarioOptions, bench_scenario
+    from bench.scenario import ScenarioParams, load_scenario
+    from bench.workers import BenchError
+
     err = _console(stderr=True)
     problem = _check_server_args(args) or _check_plot(args)
     window = _window(args)
@@ -526,6 +548,13 @@ def run_scenario_cmd(args: argparse.Namespace) -> int:
 
 
 def run_compare_cmd(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from bench.diff import NotABenchResult, diff_reports, load_report
+    from bench.plot import run_label
+    from bench.report import diff_table
+    from bench.workers import BenchError
+
     err = _console(stderr=True)
     out = _console()
     problem = _check_plot(args)
@@ -564,6 +593,11 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
 
 
 def run_idle_cmd(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from bench.idle import IdleParams
+    from bench.runner import IdleOptions, bench_idle
+
     err = _console(stderr=True)
     problem = _check_server_args(args)
     if problem:

@@ -1,7 +1,8 @@
 """`tickwire client HOST:PORT`: talk to any tickwire server from a terminal or a script.
 
-The session logic is in tools/repl.py; this module only turns arguments into a session.
-Its imports stay light because `tickwire --help` imports every subcommand's module.
+The session logic is in the tools/repl/ package; this module only turns arguments into
+a session. Its imports stay light because `tickwire --help` imports every subcommand's
+module.
 """
 
 from __future__ import annotations

@@ -7,9 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from protocol.id_table import check_id_table, parse_id_table
 from protocol.registry import system_registry
 
@@ -31,6 +28,9 @@ def ids(args: argparse.Namespace) -> int:
         for line in problems:
             print(line, file=sys.stderr)
         return 1 if problems else 0
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("id", "message")
     for msg_id, name in current.items():
         table.add_row(str(msg_id), name)

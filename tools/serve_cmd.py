@@ -7,9 +7,6 @@ import sys
 from typing import Any
 
 from server.config import ConfigError, ServerConfig, load_config, parse_assignments
-from server.lifecycle import run
-from server.logs import configure_logging
-from server.reload import AppLoader
 
 
 def register(sub: Any) -> None:
@@ -69,6 +66,11 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tickwire serve: bad config: {exc}", file=sys.stderr)
         return 2
+    # Here, not at the top: every `tickwire` command imports this module for its flags.
+    from server.lifecycle import run
+    from server.logs import configure_logging
+    from server.reload import AppLoader
+
     configure_logging(config.log_level, config.log_format)
     loader = AppLoader(args.app)
     try:
