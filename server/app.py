@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from server.connection import Connection
     from server.middleware import Middleware
     from server.server import Server
+    from server.store import Store
 
 M = TypeVar("M", bound=Message)
 SyncHandler = Callable[["Context", Any], Message | None]
@@ -59,6 +60,11 @@ class Context:
         return self.conn.server
 
     @property
+    def cache(self) -> Store:
+        """The server's store, namespaced to the app that handles this message."""
+        return self.conn.server.cache_for(self.msg_id)
+
+    @property
     def peer(self) -> Any:
         return self.conn.peer
 
@@ -67,6 +73,7 @@ class Route:
     """One registered handler; `call` is its composed middleware chain (set by the server)."""
 
     __slots__ = (
+        "app_name",
         "awaited",
         "call",
         "calls",
@@ -84,6 +91,7 @@ class Route:
 
     def __init__(self, request: type[Message], handler: Handler, kind: Kind, ordered: bool) -> None:
         self.request = request
+        self.app_name = ""
         self.parse = request.FromString
         #: The reply type this handler returned last, and its id: the dispatcher's fast path.
         self.reply_type: Any = None
@@ -172,5 +180,7 @@ def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
                     f"and {app.name}"
                 )
             seen[request] = app.name
-            routes.append((app, Route(request, route.handler, route.kind, route.ordered)))
+            fresh = Route(request, route.handler, route.kind, route.ordered)
+            fresh.app_name = app.name
+            routes.append((app, fresh))
     return routes

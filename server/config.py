@@ -122,6 +122,29 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ge=0,
         ),
     ] = 10.0
+    store: Annotated[
+        Literal["memory", "redis"],
+        _doc(
+            "Where sessions, tokens and handlers' ctx.cache live: embedded memory, or Redis "
+            "when several nodes must share them."
+        ),
+    ] = "memory"
+    redis_url: Annotated[str, _doc('The Redis to use when store is "redis".')] = (
+        "redis://127.0.0.1:6379/0"
+    )
+    store_snapshot_path: Annotated[
+        str,
+        _doc(
+            "memory store: file it is saved to (at an interval and on stop) and restored "
+            "from at start; empty keeps nothing across restarts."
+        ),
+    ] = ""
+    store_snapshot_interval: Annotated[
+        float, _doc("memory store: seconds between snapshots.", gt=0)
+    ] = 60.0
+    store_max_keys: Annotated[
+        int, _doc("memory store: keys kept before the least recently used go; 0: no cap.", ge=0)
+    ] = 0
     backlog: Annotated[int, _doc("Listen backlog.", ge=1)] = 2048
     pid_file: Annotated[
         str,

@@ -32,6 +32,7 @@ from server.app import App
 from server.config import ServerConfig
 from server.reload import AppLoader, reload_into, watch
 from server.server import Server
+from server.store import StoreError
 
 log = logging.getLogger("tickwire.lifecycle")
 
@@ -169,7 +170,11 @@ def run(
     async def main() -> int:
         loop = asyncio.get_running_loop()
         server = Server(*apps, config=config)
-        await server.start(sock=inherited_socket())
+        try:
+            await server.start(sock=inherited_socket())
+        except StoreError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
         write_pid_file(config.pid_file)
         report_ready()
         host, port = server.address

@@ -27,6 +27,7 @@ from server.dispatch import Dispatcher
 from server.metrics import MetricsEndpoint, Timing
 from server.middleware import Counters, Deadline, ErrorRecovery, Middleware, compose
 from server.stats import Stats
+from server.store import Store, StoreError, open_store
 from server.system_handlers import system_app
 
 log = logging.getLogger("tickwire.server")
@@ -78,6 +79,9 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.metrics_address: tuple[str, int] | None = None
+        #: Opened by start(): sessions, tokens and every app's ctx.cache live here.
+        self.store: Store | None = None
+        self._caches: dict[str, Store] = {}
         self.accepting = False
 
     # -- building chains --------------------------------------------------------------
@@ -144,6 +148,15 @@ class Server:
         """Listen on `config.host:port`, or on `sock` when handed one."""
         loop = asyncio.get_running_loop()
         raise_open_file_limit()
+        config = self.config
+        # First: a store that cannot be reached fails the start, before we accept anyone.
+        self.store = await open_store(
+            config.store,
+            redis_url=config.redis_url,
+            snapshot_path=config.store_snapshot_path or None,
+            snapshot_interval=config.store_snapshot_interval,
+            max_keys=config.store_max_keys or None,
+        )
         self.executor = ThreadPoolExecutor(
             self.config.blocking_threads, thread_name_prefix="tickwire-blocking"
         )
@@ -221,6 +234,12 @@ class Server:
         await self.dispatcher.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.store is not None:
+            # Handlers are done: the memory store's final snapshot sees everything.
+            try:
+                await self.store.close()
+            except StoreError as exc:
+                log.error("store did not close cleanly: %s", exc)
         self._stopped.set()
 
     def _work_can_progress(self) -> bool:
@@ -308,6 +327,18 @@ class Server:
                 conn.close_with(
                     ErrorCode.IDLE_TIMEOUT, f"nothing received for {config.idle_timeout:g} s"
                 )
+
+    def cache_for(self, msg_id: int) -> Store:
+        """The store as the app that handles `msg_id` sees it: keys under ``app:<name>:``,
+        so two apps never read each other's cache."""
+        if self.store is None:
+            raise RuntimeError("the server has not started: no store yet")
+        route = self.routes.get(msg_id)
+        name = route.app_name if route is not None else "system"
+        cache = self._caches.get(name)
+        if cache is None:
+            cache = self._caches[name] = self.store.namespaced(f"app:{name}:")
+        return cache
 
     # -- introspection ----------------------------------------------------------------
 

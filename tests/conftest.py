@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 import uvloop
 
 from server import App, Server, ServerConfig
+from tests.store.redisproc import RedisProcess, redis_binary, start_redis
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -44,3 +46,36 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(0.01)
+
+
+NO_REDIS = (
+    "redis-server not found on PATH, so the Redis backend is not tested "
+    "(install it: apt-get install redis-server)"
+)
+
+
+def need_redis_binary() -> str:
+    """The redis-server path; without one, skip outside CI and fail under CI=true, where
+    a silently untested backend would pass for a tested one."""
+    binary = redis_binary()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{NO_REDIS}; CI=true requires it")
+        pytest.skip(NO_REDIS)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    server = start_redis(need_redis_binary())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisProcess) -> str:
+    """The session's Redis, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushdb()
+        client.script_flush()
+    return redis_server.url

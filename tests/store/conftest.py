@@ -1,48 +1,14 @@
-"""Store fixtures: `store` runs each shared test on both backends; `redis_server` is a
-real redis-server of the test session's own, on a free port."""
+"""Store fixtures: `store` runs each shared test on both backends (the Redis one on the
+session's own redis-server, see tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from server.store import MemoryStore, RedisStore, Store
-from tests.store.redisproc import RedisProcess, redis_binary, start_redis
-
-NO_REDIS = (
-    "redis-server not found on PATH, so the Redis backend is not tested "
-    "(install it: apt-get install redis-server)"
-)
-
-
-def need_redis_binary() -> str:
-    """The redis-server path; without one, skip outside CI and fail under CI=true, where
-    a silently untested backend would pass for a tested one."""
-    binary = redis_binary()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{NO_REDIS}; CI=true requires it")
-        pytest.skip(NO_REDIS)
-    return binary
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisProcess]:
-    server = start_redis(need_redis_binary())
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisProcess) -> str:
-    """The session's Redis, emptied for this test."""
-    with redis_server.client() as client:
-        client.flushdb()
-        client.script_flush()
-    return redis_server.url
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -14,7 +14,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from server.store import RedisStore, StoreError, StoreUnavailable, open_store
 from server.store.redis import CAS_SHA
-from tests.store.conftest import need_redis_binary
+from tests.conftest import need_redis_binary
 from tests.store.redisproc import RedisProcess, start_redis
 
 
