@@ -16,13 +16,23 @@ from typing import Any, NamedTuple, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from client_sdk.errors import ConnectionClosed, ServerError, UnexpectedReply, server_error
-from protocol.errors import RemoteProtocolError, closes_connection
-from protocol.frame import DEFAULT_MAX_FRAME, MAX_SEQ, Flags, Frame, FrameDecoder, encode_frame
+from protocol.errors import LocalProtocolError, RemoteProtocolError, closes_connection
+from protocol.frame import (
+    DEFAULT_MAX_FRAME,
+    MAX_SEQ,
+    MIN_LENGTH,
+    Flags,
+    Frame,
+    FrameDecoder,
+    encode_frame,
+)
 from protocol.proto.system_pb2 import (
     DescribeReply,
     Error,
     GoAway,
+    Hello,
     Ping,
+    Welcome,
 )
 from protocol.registry import MessageRegistry, system_registry
 
@@ -32,6 +42,8 @@ _RESPONSE = int(Flags.RESPONSE)
 _ERROR = int(Flags.ERROR)
 _PUSH = int(Flags.PUSH)
 _GOAWAY_ID = 30
+_HELLO_ID = 4
+PROTOCOL_VERSION = 1
 _PING_ID = 1
 _DESCRIBE_ID = 20
 _ERROR_ID = 3
@@ -108,6 +120,9 @@ class AsyncClient:
         self.errors: list[ServerError] = []
         #: Pushes of a type this client's registry does not know (skipped, not fatal).
         self.unknown_pushes = 0
+        #: The server's Welcome, once hello() has run.
+        self.welcome: Welcome | None = None
+        self._max_request = 0
 
     # -- connecting and closing -----------------------------------------------------
 
@@ -176,6 +191,11 @@ class AsyncClient:
             raise self._closed
         if not self._writable.is_set():
             await self._writable.wait()
+        if self._max_request and MIN_LENGTH + len(payload) > self._max_request:
+            raise LocalProtocolError(
+                f"a {len(payload)}-byte payload passes the server's max_frame "
+                f"({self._max_request}); the server would close the connection"
+            )
         seq = self._take_seq()
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._pending[seq] = future
@@ -222,6 +242,16 @@ class AsyncClient:
         ping = Ping(client_time_ns=time.time_ns()).SerializeToString()
         await self.roundtrip(_PING_ID, ping, timeout=timeout)
         return (time.perf_counter_ns() - start) / 1e9
+
+    async def hello(self, client_name: str = "", *, timeout: float | None = 10.0) -> Welcome:
+        """The handshake: tell the server who we are, learn its limits. Afterwards a request
+        bigger than the server's max_frame fails here, before it is sent, instead of
+        costing the connection (FRAME_TOO_LARGE closes it)."""
+        hello = Hello(protocol_version=PROTOCOL_VERSION, client_name=client_name)
+        frame = await self.roundtrip(_HELLO_ID, hello.SerializeToString(), timeout=timeout)
+        self.welcome = Welcome.FromString(frame.payload)
+        self._max_request = self.welcome.max_frame
+        return self.welcome
 
     async def describe(
         self, *, adopt: bool = False, timeout: float | None = 30.0

@@ -31,6 +31,34 @@ class Error(_message.Message):
     request_msg_id: int
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., request_msg_id: _Optional[int] = ...) -> None: ...
 
+class Hello(_message.Message):
+    __slots__ = ("protocol_version", "client_name", "accept_compression")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    client_name: str
+    accept_compression: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., accept_compression: _Optional[bool] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("protocol_version", "server_name", "max_frame", "heartbeat_interval_ms", "session_ttl_s", "compression_offered", "idle_timeout_ms")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_OFFERED_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    server_name: str
+    max_frame: int
+    heartbeat_interval_ms: int
+    session_ttl_s: int
+    compression_offered: bool
+    idle_timeout_ms: int
+    def __init__(self, protocol_version: _Optional[int] = ..., server_name: _Optional[str] = ..., max_frame: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., session_ttl_s: _Optional[int] = ..., compression_offered: _Optional[bool] = ..., idle_timeout_ms: _Optional[int] = ...) -> None: ...
+
 class EchoRequest(_message.Message):
     __slots__ = ("data",)
     DATA_FIELD_NUMBER: _ClassVar[int]
