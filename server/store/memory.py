@@ -325,17 +325,11 @@ class MemoryStore(Store):
     # -- strings ---------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        value = self._data.get(key)
+        value = self._live(key)
         if value is None:
-            return None
-        deadline = self._expires.get(key)
-        if deadline is not None and deadline <= self._clock():
-            self._expire_now(key)
             return None
         if type(value) is not bytes:
             raise _wrong_kind("get", key, value)
-        if self._lru:
-            self._data.move_to_end(key)
         return value
 
     async def set(
