@@ -133,18 +133,17 @@ def _rounds(
     return runs
 
 
-def bench_echo(
-    opts: EchoOptions,
-    console: Console,
-    log: Callable[[str], None],
-    progress: ProgressSink | None = None,
-) -> EchoReport:
-    server = opts.server
-    where = placement(server.cpu_pin)
+def _load_runner(
+    run: Callable[..., EchoRun],
+    params: EchoParams | ScenarioParams,
+    where: Placement,
+    progress: ProgressSink | None,
+) -> Callable[[Endpoint, str, int], EchoRun]:
+    """One measured run of `run` (run_echo or run_scenario) per server and round."""
 
     def run_one(endpoint: Endpoint, target: str, round_no: int) -> EchoRun:
-        return run_echo(
-            opts.params,
+        return run(
+            params,
             endpoint,
             target=target,
             round_no=round_no,
@@ -152,6 +151,17 @@ def bench_echo(
             progress=progress,
         )
 
+    return run_one
+
+
+def bench_echo(
+    opts: EchoOptions,
+    console: Console,
+    log: Callable[[str], None],
+    progress: ProgressSink | None = None,
+) -> EchoReport:
+    server = opts.server
+    run_one = _load_runner(run_echo, opts.params, placement(server.cpu_pin), progress)
     if server.port is not None and opts.compare_baseline:
         raise BenchError("--compare-baseline starts both servers itself; drop --port")
     target_cmd = server.command()
@@ -180,18 +190,7 @@ def bench_scenario(
     progress: ProgressSink | None = None,
 ) -> EchoReport:
     server = opts.server
-    where = placement(server.cpu_pin)
-
-    def run_one(endpoint: Endpoint, target: str, round_no: int) -> EchoRun:
-        return run_scenario(
-            opts.params,
-            endpoint,
-            target=target,
-            round_no=round_no,
-            client_cpus=where.client_cpus,
-            progress=progress,
-        )
-
+    run_one = _load_runner(run_scenario, opts.params, placement(server.cpu_pin), progress)
     order = [(server.target, server.command())]
     runs = _rounds(server, order, opts.rounds, run_one, console, log)
     return EchoReport(kind="scenario", host=server.host, runs=runs)
