@@ -1,7 +1,7 @@
 """tickwire's Python client SDK. It imports `protocol`, never `server`."""
 
 from client_sdk.blocking import Client
-from client_sdk.client import AsyncClient, Push
+from client_sdk.client import AsyncClient, Push, Reconnect
 from client_sdk.errors import (
     AuthTimeout,
     BadFlags,
@@ -42,6 +42,7 @@ __all__ = [
     "Overloaded",
     "Push",
     "RateLimited",
+    "Reconnect",
     "ServerError",
     "ServerShutdown",
     "SessionReplaced",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -60,16 +62,47 @@ class Push(NamedTuple):
 PushCallback = Callable[[Push], Any]
 
 
+@dataclass(frozen=True)
+class Reconnect:
+    """How AsyncClient gets its connection back after it drops or the server says GoAway.
+
+    The first attempt waits the GoAway's reconnect_after_ms when there was one, else
+    `initial`; each failed attempt doubles the wait up to `maximum`. Every wait is
+    jittered (half fixed, half random) so a thousand clients dropped together do not
+    come back in one wave. `attempts` bounds the tries (None: keep trying); when they
+    run out the client closes for good.
+    """
+
+    initial: float = 0.05
+    maximum: float = 5.0
+    attempts: int | None = None
+
+    def jittered(self, delay: float) -> float:
+        return delay / 2 + random.uniform(0, delay / 2)
+
+
+ReconnectCallback = Callable[["AsyncClient"], Awaitable[None] | None]
+
+
 class _Wire(asyncio.Protocol):
-    """The asyncio side of AsyncClient: bytes in, frames to the client."""
+    """The asyncio side of AsyncClient: bytes in, frames to the client. One per
+    connection: after a reconnect, the old one's late events are ignored."""
 
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
+        self.transport: asyncio.BaseTransport | None = None
+
+    @property
+    def current(self) -> bool:
+        return self.transport is not None and self.client._transport is self.transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
         self.client._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.current:
+            return
         client = self.client
         frames = client._decoder.feed(data)
         for frame in frames:
@@ -80,12 +113,17 @@ class _Wire(asyncio.Protocol):
                 client._transport.abort()
 
     def pause_writing(self) -> None:
-        self.client._writable.clear()
+        if self.current:
+            self.client._writable.clear()
 
     def resume_writing(self) -> None:
-        self.client._writable.set()
+        if self.current:
+            self.client._writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.current:
+            return
+        self.client._transport = None
         self.client._fail(
             ConnectionClosed("connection closed" if exc is None else f"connection lost: {exc}")
         )
@@ -112,8 +150,21 @@ class AsyncClient:
         self._push_callbacks: dict[type[Message], list[PushCallback]] = {}
         self._observers: list[Callable[[Frame], Any]] = []
         self._push_queues: list[asyncio.Queue[Push | None]] = []
+        #: Why the current connection ended (None while it is up).
+        self._down: ConnectionClosed | None = None
+        self._up = asyncio.Event()
+        self._up.set()
+        #: Set when the client is closed for good (by close(), or no reconnect).
         self._closed: ConnectionClosed | None = None
         self._closed_event = asyncio.Event()
+        self._address: tuple[str, int] = ("", 0)
+        self._connect_timeout = 10.0
+        self._reconnect: Reconnect | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._reconnect_callbacks: list[ReconnectCallback] = []
+        self._user_closed = False
+        #: Connections re-established so far.
+        self.reconnects = 0
         #: The GoAway the server sent before closing, if it did.
         self.goaway: GoAway | None = None
         #: Unsolicited Error frames (seq 0), newest last: failed notifications, closes.
@@ -135,12 +186,27 @@ class AsyncClient:
         *,
         timeout: float = 10.0,
         max_frame: int = DEFAULT_MAX_FRAME,
+        reconnect: Reconnect | None = None,
     ) -> AsyncClient:
+        """Connect once (failing here if the server is not there); with `reconnect`, the
+        client then gets its connection back by itself whenever it drops."""
         client = cls(registry, max_frame=max_frame)
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: _Wire(client), host, port)
+        client._address = (host, port)
+        client._connect_timeout = timeout
+        client._reconnect = reconnect
+        await client._open()
         return client
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._decoder = FrameDecoder(self._decoder.max_frame)
+        async with asyncio.timeout(self._connect_timeout):
+            await loop.create_connection(lambda: _Wire(self), *self._address)
+
+    def on_reconnect(self, callback: ReconnectCallback) -> None:
+        """Run `callback(client)` (sync or async) each time the connection is back, before
+        requests waiting for it go out: where a session gets resumed."""
+        self._reconnect_callbacks.append(callback)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -154,10 +220,15 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Flush what is queued, close, and fail requests still waiting."""
-        if self._transport is not None and not self._transport.is_closing():
+        self._user_closed = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
             self._flush()
-            self._transport.close()
+            transport.close()
         self._fail(ConnectionClosed("client closed the connection"))
+        self._finish()
         await self._closed_event.wait()
 
     async def wait_closed(self) -> ConnectionClosed:
@@ -189,6 +260,12 @@ class AsyncClient:
         that show every reply's header). For tools that work below the registry."""
         if self._closed is not None:
             raise self._closed
+        if self._down is not None:
+            # Reconnecting: the request waits for the connection, within its own timeout.
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+            if self._closed is not None:
+                raise self._closed
         if not self._writable.is_set():
             await self._writable.wait()
         if self._max_request and MIN_LENGTH + len(payload) > self._max_request:
@@ -225,9 +302,12 @@ class AsyncClient:
         return reply
 
     def notify(self, message: Message) -> None:
-        """Send a one-way message (seq 0): no reply; a failure arrives in `errors`."""
+        """Send a one-way message (seq 0): no reply; a failure arrives in `errors`. While
+        the connection is down it raises: a notification is not queued for later."""
         if self._closed is not None:
             raise self._closed
+        if self._down is not None:
+            raise self._down
         self._send(encode_frame(self.registry.id_of(message), 0, 0, message.SerializeToString()))
 
     async def send_raw(self, data: bytes) -> None:
@@ -386,14 +466,75 @@ class AsyncClient:
             queue.put_nowait(push)
 
     def _fail(self, exc: ConnectionClosed) -> None:
-        """Record the first reason the connection ended and fail everything waiting."""
-        if self._closed is None:
-            self._closed = exc
+        """The connection ended (or is about to: a closing Error, a GoAway): record the
+        first reason and fail every request waiting on it. Whether the client is done
+        is decided once the transport is really gone."""
+        if self._down is None:
+            self._down = exc
+            self._up.clear()
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(self._closed)
+                future.set_exception(self._down)
         self._pending.clear()
+        self._out.clear()
         if self._transport is None or self._transport.is_closing() or exc.error is None:
-            for queue in self._push_queues:
-                queue.put_nowait(None)
-            self._closed_event.set()
+            if self._reconnect is None or self._user_closed:
+                self._finish()
+            elif self._reconnecting is None:
+                self._reconnecting = asyncio.get_running_loop().create_task(
+                    self._reconnect_loop(), name="tickwire-reconnect"
+                )
+
+    def _finish(self, reason: ConnectionClosed | None = None) -> None:
+        """Closed for good: nothing reconnects, iterators end, waiters wake."""
+        if self._closed is None:
+            self._closed = reason or self._down or ConnectionClosed("connection closed")
+        for queue in self._push_queues:
+            queue.put_nowait(None)
+        self._up.set()  # wake requests waiting for a connection; they see _closed
+        self._closed_event.set()
+
+    async def _reconnect_loop(self) -> None:
+        policy = self._reconnect
+        assert policy is not None
+        delay = policy.initial
+        if self.goaway is not None and self.goaway.reconnect_after_ms:
+            delay = self.goaway.reconnect_after_ms / 1000
+        tries = 0
+        try:
+            while policy.attempts is None or tries < policy.attempts:
+                await asyncio.sleep(policy.jittered(delay))
+                tries += 1
+                try:
+                    await self._open()
+                except (OSError, TimeoutError) as exc:
+                    log.info("reconnect attempt %d to %s:%d failed: %s", tries, *self._address, exc)
+                    delay = min(max(delay, policy.initial) * 2, policy.maximum)
+                    continue
+                self._back_up()
+                # Callbacks (a Resume) go first: their requests see the connection up,
+                # while requests that waited for it are released only afterwards.
+                for callback in self._reconnect_callbacks:
+                    try:
+                        result = callback(self)
+                        if result is not None:
+                            await result
+                    except Exception:
+                        log.exception("reconnect callback %r raised", callback)
+                self._up.set()
+                return
+            self._finish(
+                ConnectionClosed(
+                    f"gave up reconnecting to {self._address[0]}:{self._address[1]} after "
+                    f"{tries} attempts (last: {self._down})"
+                )
+            )
+        finally:
+            self._reconnecting = None
+
+    def _back_up(self) -> None:
+        self.reconnects += 1
+        self.goaway = None
+        self._down = None
+        self._writable.set()
+        log.info("reconnected to %s:%d (%d)", *self._address, self.reconnects)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from client_sdk import AsyncClient, ConnectionClosed
+from client_sdk.client import Reconnect
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import EchoReply, EchoRequest
 from tests.integration.test_serve_process import server_log, spawn_serve
@@ -64,6 +65,8 @@ async def test_restart_under_a_connect_loop_refuses_nothing(tmp_path: Path) -> N
                 await client.close()
 
     loops = [asyncio.ensure_future(connect_loop()) for _ in range(4)]
+    # A long-lived SDK client: told GoAway by the old process, it reconnects by itself.
+    survivor = await AsyncClient.connect(*address, reconnect=Reconnect(initial=0.02))
     try:
         await asyncio.sleep(0.3)
         before = replies
@@ -77,8 +80,11 @@ async def test_restart_under_a_connect_loop_refuses_nothing(tmp_path: Path) -> N
         assert refused == []
         assert before > 0 and replies > after_switch  # served before, and by the successor
         os.kill(new_pid, 0)  # the successor is alive and serving
+        reply = await survivor.call(EchoRequest(data=b"still here"), EchoReply, timeout=10)
+        assert reply.data == b"still here" and survivor.reconnects == 1
     finally:
         stop.set()
+        await survivor.close()
         successor = read_pid(pid_file)
         if successor is not None and successor != proc.pid:
             with contextlib.suppress(ProcessLookupError):

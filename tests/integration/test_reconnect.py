@@ -1,0 +1,94 @@
+"""The SDK gets its connection back by itself: after a drop, after GoAway (waiting what
+the server asked), with jittered backoff, and gives up when told to."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from client_sdk import AsyncClient, ConnectionClosed
+from client_sdk.client import Reconnect
+from protocol.proto.system_pb2 import EchoReply, EchoRequest
+from server import Server, ServerConfig
+from tests.integration.testapp import app_registry, make_app
+from tests.proto import testapp_pb2 as pb
+
+
+async def serve_on(port: int) -> Server:
+    server = Server(config=ServerConfig(port=port))
+    await server.start()
+    return server
+
+
+async def echo(client: AsyncClient, data: bytes, timeout: float = 10) -> bytes:
+    return (await client.call(EchoRequest(data=data), EchoReply, timeout=timeout)).data
+
+
+async def test_reconnects_after_goaway_to_the_next_server_on_the_port() -> None:
+    first = await serve_on(0)
+    port = first.address[1]
+    client = await AsyncClient.connect("127.0.0.1", port, reconnect=Reconnect(initial=0.02))
+    back: list[int] = []
+    client.on_reconnect(lambda c: back.append(c.reconnects))
+    assert await echo(client, b"one") == b"one"
+    await first.stop(timeout=1, reconnect_after_ms=300)
+    stopped_at = time.monotonic()
+    second = await serve_on(port)
+    try:
+        # Sent while the connection is down: it waits for the reconnect, then goes out.
+        assert await echo(client, b"two") == b"two"
+        # GoAway asked for 300 ms; with jitter the wait is at least half of that.
+        assert time.monotonic() - stopped_at >= 0.15
+        assert client.reconnects == 1 and back == [1] and not client.closed
+    finally:
+        await client.close()
+        await second.stop(timeout=1)
+
+
+async def test_request_in_flight_at_the_drop_fails_and_later_ones_work() -> None:
+    """A request the server may or may not have run is not retried behind the caller's
+    back: it fails with ConnectionClosed; requests after the reconnect work."""
+    server = Server(make_app(), config=ServerConfig(port=0))
+    await server.start()
+    client = await AsyncClient.connect(
+        *server.address, app_registry(), reconnect=Reconnect(initial=0.02)
+    )
+    try:
+        stuck = asyncio.ensure_future(client.request(pb.GateRequest(tag=1)))
+        await asyncio.sleep(0.05)
+        for conn in list(server.connections):
+            conn.transport.abort()  # the network drops it: no GoAway
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(stuck, 5)
+        assert await echo(client, b"after") == b"after"
+        assert client.reconnects == 1
+    finally:
+        await client.close()
+        await server.stop(timeout=1)
+
+
+async def test_gives_up_after_its_attempts_with_growing_waits() -> None:
+    server = await serve_on(0)
+    port = server.address[1]
+    client = await AsyncClient.connect(
+        "127.0.0.1", port, reconnect=Reconnect(initial=0.05, maximum=1.0, attempts=3)
+    )
+    await server.stop(timeout=1)  # nothing listens on the port any more
+    started = time.monotonic()
+    closed = await asyncio.wait_for(client.wait_closed(), 10)
+    elapsed = time.monotonic() - started
+    assert "gave up reconnecting" in str(closed) and "after 3 attempts" in str(closed)
+    # Waits of about 0.05, 0.1, 0.2 s (each at least half, jittered): more than 0.17 s.
+    assert elapsed >= 0.17
+    with pytest.raises(ConnectionClosed):
+        await echo(client, b"too late")
+
+
+async def test_without_a_policy_a_drop_closes_the_client() -> None:
+    server = await serve_on(0)
+    client = await AsyncClient.connect(*server.address)
+    await server.stop(timeout=1)
+    closed = await asyncio.wait_for(client.wait_closed(), 5)
+    assert closed.code is not None and client.closed and client.reconnects == 0
