@@ -260,14 +260,28 @@ class AsyncClient:
         that show every reply's header). For tools that work below the registry."""
         if self._closed is not None:
             raise self._closed
-        if self._down is not None:
-            # Reconnecting: the request waits for the connection, within its own timeout.
+        # Reconnecting, or the reconnect callbacks (a Resume) still run: wait for the
+        # connection within the request's own timeout. The callbacks' own requests come
+        # from the reconnect task and go straight out.
+        if (
+            self._down is not None or not self._up.is_set()
+        ) and asyncio.current_task() is not self._reconnecting:
             async with asyncio.timeout(timeout):
-                await self._up.wait()
+                while self._down is not None or not self._up.is_set():
+                    await self._up.wait()
+                    if self._closed is not None:
+                        raise self._closed
+                    if self._down is not None:
+                        self._up.clear()  # dropped again: wait for the next one
+        if not self._writable.is_set():
+            # The server is not reading: wait for room, within the request's own timeout;
+            # a connection that ends meanwhile wakes us (see _fail).
+            async with asyncio.timeout(timeout):
+                await self._writable.wait()
             if self._closed is not None:
                 raise self._closed
-        if not self._writable.is_set():
-            await self._writable.wait()
+            if self._down is not None:
+                raise self._down
         if self._max_request and MIN_LENGTH + len(payload) > self._max_request:
             raise LocalProtocolError(
                 f"a {len(payload)}-byte payload passes the server's max_frame "
@@ -477,6 +491,7 @@ class AsyncClient:
                 future.set_exception(self._down)
         self._pending.clear()
         self._out.clear()
+        self._writable.set()  # wake requests waiting for room; they see the connection gone
         if self._transport is None or self._transport.is_closing() or exc.error is None:
             if self._reconnect is None or self._user_closed:
                 self._finish()
@@ -521,8 +536,11 @@ class AsyncClient:
                             await result
                     except Exception:
                         log.exception("reconnect callback %r raised", callback)
-                self._up.set()
-                return
+                if self._down is None:
+                    self._up.set()
+                    return
+                # It dropped again while the callbacks ran: start over from the short wait.
+                delay = policy.initial
             self._finish(
                 ConnectionClosed(
                     f"gave up reconnecting to {self._address[0]}:{self._address[1]} after "

@@ -100,6 +100,7 @@ class Dispatcher:
         consumers: int,
         mailbox_limit: int,
         max_pending: int,
+        max_frame: int = 0xFFFFFFFF,
     ) -> None:
         self.routes = routes
         self._id_of = id_by_class
@@ -107,6 +108,9 @@ class Dispatcher:
         self.mailbox_limit = mailbox_limit
         self.resume_below = max(1, mailbox_limit // 2)
         self.max_pending = max_pending
+        #: Largest reply body that fits a frame the peer accepts (PROTOCOL.md's max_frame
+        #: holds both ways); a bigger reply becomes an INTERNAL error instead.
+        self.max_body = max_frame - MIN_LENGTH
         self.pending = 0
         self.ready: deque[Connection] = deque()
         self._drain_scheduled = False
@@ -206,6 +210,7 @@ class Dispatcher:
         response = _RESPONSE
         unkept = _UNKEPT
         refcount = getrefcount
+        max_body = self.max_body
         work: AsyncWork | None = None
         out_bytes = 0
         while mailbox:
@@ -249,6 +254,9 @@ class Dispatcher:
                 # The common case, inline: the route's usual reply type, id known.
                 body = reply.SerializeToString()
                 size = len(body)
+                if size > max_body:
+                    append(self._oversized(route, seq, size))
+                    continue
                 out_bytes += size
                 append(pack(min_length + size, route.reply_id, response, seq) + body)
             elif reply is not None:
@@ -303,22 +311,33 @@ class Dispatcher:
             seq,
         )
 
-    def encode_reply(self, reply: Message, seq: int, route: Route) -> bytes | None:
+    def _oversized(self, route: Route, seq: int, size: int) -> bytes:
+        log.error(
+            "handler for %s returned a %d-byte reply; max_frame allows %d",
+            route.name,
+            size,
+            self.max_body,
+        )
+        route.errors += 1
+        self.stats.count_error(ErrorCode.INTERNAL)
+        return error_frame(ErrorCode.INTERNAL, "internal error", route.msg_id, seq)
+
+    def encode_reply(self, reply: Any, seq: int, route: Route) -> bytes | None:
         """The frame for a handler's return value: its reply, an Error (ERROR flag), or for a
-        notification (seq 0) nothing, unless it failed, then an unsolicited Error."""
+        notification (seq 0) nothing, unless it failed, then an unsolicited Error. Never
+        raises: whatever a handler returned, the drain and the consumers go on."""
         cls = type(reply)
-        msg_id = self._id_of(cls)
+        msg_id = self._id_of(cls) if isinstance(reply, Message) else None
         if msg_id is None:
+            name = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", cls.__qualname__)
             log.error(
-                "handler for %s returned %s, which is not a registered message",
-                route.name,
-                cls.DESCRIPTOR.full_name,
+                "handler for %s returned %s, which is not a registered message", route.name, name
             )
             route.errors += 1
             self.stats.count_error(ErrorCode.INTERNAL)
             return error_frame(ErrorCode.INTERNAL, "internal error", route.msg_id, seq)
         if msg_id == _ERROR_ID:
-            self.stats.count_error(reply.code)  # type: ignore[attr-defined]
+            self.stats.count_error(reply.code)
             flags = _ERROR | _RESPONSE if seq else _ERROR
         elif not seq:
             return None
@@ -327,7 +346,18 @@ class Dispatcher:
             # Learn the route's usual reply type, so the next one takes the inline path.
             route.reply_type = cls
             route.reply_id = msg_id
-        payload = reply.SerializeToString()
+        try:
+            payload: bytes = reply.SerializeToString()
+        except Exception:  # a proto2 message missing required fields, say
+            log.exception("reply of the handler for %s could not be encoded", route.name)
+            payload = b""
+            msg_id = -1
+        if msg_id < 0 or len(payload) > self.max_body:
+            if msg_id >= 0:
+                return self._oversized(route, seq, len(payload))
+            route.errors += 1
+            self.stats.count_error(ErrorCode.INTERNAL)
+            return error_frame(ErrorCode.INTERNAL, "internal error", route.msg_id, seq)
         return _pack_header(MIN_LENGTH + len(payload), msg_id, flags, seq) + payload
 
     # -- consumer side ------------------------------------------------------------------
@@ -354,10 +384,15 @@ class Dispatcher:
                 conn, work = ordered.popleft()
                 item: AsyncWork | None = work
                 while item is not None:
+                    if conn.closed:  # gone while it waited: run nothing more for it
+                        self.run_connection(conn)
+                        break
                     await self._run_awaited(conn, item, ordered=True)
                     item = self.run_connection(conn)
             else:
                 conn, work = unordered.popleft()
+                if conn.closed:
+                    continue
                 await self._run_awaited(conn, work, ordered=False)
                 if conn.out:
                     conn.flush()

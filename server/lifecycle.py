@@ -114,6 +114,13 @@ class Restarter:
         os.close(ready_w)  # only the successor holds the write end: EOF means it died
         try:
             line = await self._read_ready(ready_r)
+        except asyncio.CancelledError:
+            # This process is stopping mid-restart: the operator asked for no server,
+            # so the successor must not come up and take over.
+            proc.kill()
+            proc.wait()
+            log.warning("restart abandoned: stopping; successor %d killed", proc.pid)
+            raise
         finally:
             os.close(ready_r)
         if line == b"ready\n":
@@ -200,6 +207,9 @@ def run(
                 stop.set()
 
         def on_hup() -> None:
+            if stop.is_set():
+                log.warning("SIGHUP while stopping: ignored")
+                return
             if restarter is None:
                 log.warning("SIGHUP: this server was not started from the command line; no restart")
                 return
@@ -223,8 +233,9 @@ def run(
             len(server.connections),
             config.drain_timeout,
         )
-        for task in tasks:
+        for task in list(tasks):
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # a restart kills its successor
         await server.stop(timeout=config.drain_timeout, reconnect_after_ms=reconnect_after_ms)
         remove_pid_file(config.pid_file)
         log.info("stopped")

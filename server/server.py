@@ -66,6 +66,7 @@ class Server:
             consumers=self.config.consumers,
             mailbox_limit=self.config.mailbox_limit,
             max_pending=self.config.max_pending,
+            max_frame=self.config.max_frame,
         )
         self.connections: set[Connection] = set()
         #: Open connections per peer IP, kept only when max_connections_per_ip is set.
@@ -86,9 +87,10 @@ class Server:
 
     # -- building chains --------------------------------------------------------------
 
-    def _set_apps(self, apps: tuple[App, ...] | list[App]) -> None:
-        """Build the registry and routes of `apps` (plus the system app); raises, changing
-        nothing, when they do not fit together (duplicate IDs, two handlers for a type)."""
+    def _set_apps(self, apps: tuple[App, ...] | list[App], *, chains: bool = False) -> None:
+        """Build the registry, routes (and with `chains`, their middleware chains) of `apps`
+        plus the system app, all on locals first: if anything raises (duplicate IDs, two
+        handlers for a type, a layer's wrap), nothing of the server has changed."""
         all_apps = [system_app(), *apps]
         registry = system_registry()
         for app in all_apps:
@@ -98,13 +100,16 @@ class Server:
         for _, route in app_routes:
             route.msg_id = registry.id_of(route.request)
             routes[route.msg_id] = route
+        if chains:
+            self._build_chains(app_routes)
+        describe_reply = registry.describe()
         self.apps, self.registry, self._app_routes, self.routes = (
             all_apps,
             registry,
             app_routes,
             routes,
         )
-        self.describe_reply = registry.describe()
+        self.describe_reply = describe_reply
 
     def swap_apps(self, *apps: App) -> None:
         """Serve `apps` from now on, without touching a connection (handler reload).
@@ -114,8 +119,7 @@ class Server:
         the old apps stay in place and the error propagates.
         """
         old = {route.name: route for route in self.routes.values()}
-        self._set_apps(apps)
-        self._build_chains()
+        self._set_apps(apps, chains=True)
         for route in self.routes.values():
             before = old.get(route.name)
             if before is not None:
@@ -123,9 +127,9 @@ class Server:
         self.dispatcher.routes = self.routes
         self.dispatcher.set_registry(self.registry._id_by_class.get)
 
-    def _build_chains(self) -> None:
+    def _build_chains(self, app_routes: list[tuple[App, Route]]) -> None:
         deadline = Deadline(self.config.handler_timeout)
-        for app, route in self._app_routes:
+        for app, route in app_routes:
             layers = [*self.middleware, *app.middleware, deadline]
             route.call = compose(route, layers, self._innermost(route))
 
@@ -160,7 +164,7 @@ class Server:
         self.executor = ThreadPoolExecutor(
             self.config.blocking_threads, thread_name_prefix="tickwire-blocking"
         )
-        self._build_chains()
+        self._build_chains(self._app_routes)
         self.dispatcher.start(loop)
         if sock is not None:
             listener = await loop.create_server(
