@@ -63,6 +63,7 @@ class Connection(asyncio.Protocol):
         "ctx",
         "decoder",
         "dispatcher",
+        "eof",
         "fatal",
         "id",
         "mailbox",
@@ -91,6 +92,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.close_reason: CloseReason | None = None
         self.fatal: RemoteProtocolError | None = None
+        #: The peer half-closed: close once what it already sent has been answered.
+        self.eof = False
         #: The Context reused across this connection's sync handlers (see Dispatcher).
         self.ctx: Context | None = None
         self.rx_tick = server.tick
@@ -123,7 +126,12 @@ class Connection(asyncio.Protocol):
                 self.mailbox_drained()
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too; the peer cannot send any more requests
+        """The peer will send nothing more (a half-close). Requests it already sent still
+        get their replies: close once the mailbox has drained, not now."""
+        if not self.scheduled and not self.mailbox:
+            return None  # nothing owed: close our side too
+        self.eof = True
+        return True
 
     def pause_writing(self) -> None:
         # The peer is not reading what we send. The dispatcher stops draining this
@@ -173,8 +181,16 @@ class Connection(asyncio.Protocol):
             )
 
     def mailbox_drained(self) -> None:
+        """Called when the mailbox empties while a framing error or a half-close waits:
+        everything owed has been answered, so now the connection ends."""
         if self.fatal is not None:
             self.close_with(self.fatal.code, self.fatal.message)
+        elif self.eof and not self.closed:
+            # The replies were flushed just before this call; closing lets them drain.
+            self.closed = True
+            self.closed_tick = self.server.tick
+            self.close_reason = CloseReason.PEER_CLOSED
+            self.transport.close()
 
     def pause_reading(self) -> None:
         if not self.reading_paused and not self.closed:

@@ -278,7 +278,7 @@ class Dispatcher:
         if work is None:
             # Done, closed, or writes paused (resume_writing reschedules it).
             conn.scheduled = False
-            if not mailbox and conn.fatal is not None:
+            if not mailbox and (conn.fatal is not None or conn.eof):
                 conn.mailbox_drained()
         if conn.reading_paused and len(mailbox) < self.resume_below:
             conn.resume_reading()

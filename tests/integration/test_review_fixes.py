@@ -171,3 +171,23 @@ async def test_a_failed_reload_changes_nothing(start_server: StartServer) -> Non
     async with await AsyncClient.connect(*server.address) as client:
         assert (await client.call(EchoRequest(data=b"z"), EchoReply)).data == b"z"
     _ = ConnectionClosed
+
+
+@pytest.mark.parametrize("awaited", [False, True])
+async def test_half_close_still_gets_every_reply(start_server: StartServer, awaited: bool) -> None:
+    server = await start_server(make_app())
+    reader, writer = await asyncio.open_connection(*server.address)
+    for seq in range(1, 4):
+        if awaited:
+            payload = pb.SleepRequest(ms=50, tag=seq).SerializeToString()
+            writer.write(encode_frame(1000, 0, seq, payload))
+        else:
+            writer.write(encode_frame(10, 0, seq, EchoRequest(data=b"h").SerializeToString()))
+    writer.write_eof()  # the client is done sending, not done listening
+    data = await asyncio.wait_for(reader.read(), 5)  # until the server closes
+    from protocol.frame import FrameDecoder
+
+    frames = FrameDecoder().feed(data)
+    assert [f.seq for f in frames] == [1, 2, 3]
+    await wait_for(lambda: not server.connections)
+    assert server.stats.close_reasons.get("peer_closed") == 1
