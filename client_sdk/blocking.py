@@ -90,10 +90,13 @@ class Client:
             except queue.Empty:
                 return
             if item is None:
+                self._pushes.put(None)  # the end stays the end for the next caller too
                 return
             yield item
 
     def close(self) -> None:
+        if self._loop.is_closed():
+            return  # closed already (close() then __exit__, say)
         try:
             self._run(self._client.close(), 10.0)
         finally:

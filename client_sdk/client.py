@@ -373,6 +373,8 @@ class AsyncClient:
 
     async def pushes(self) -> AsyncIterator[Push]:
         """Every push from now on, in order, until the connection closes."""
+        if self._closed is not None:
+            return  # closed for good: no push will come
         queue: asyncio.Queue[Push | None] = asyncio.Queue()
         self._push_queues.append(queue)
         try:

@@ -24,6 +24,8 @@ from protocol.frame import DEFAULT_MAX_FRAME, MIN_LENGTH
 ENV_PREFIX = "TICKWIRE_"
 
 
+#: Every duration has an upper bound: besides catching typos, it keeps `inf` (which
+#: TOML and float() both accept) out of the tick arithmetic of the sweep.
 def _doc(text: str, **constraints: Any) -> Meta:
     return Meta(description=text, **constraints)
 
@@ -73,7 +75,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 0
     idle_timeout: Annotated[
         float,
-        _doc("Close a connection that sent nothing for this many seconds; 0 disables.", ge=0),
+        _doc(
+            "Close a connection that sent nothing for this many seconds; 0 disables.",
+            ge=0,
+            le=31_536_000,
+        ),
     ] = 300.0
     handler_timeout: Annotated[
         float,
@@ -81,6 +87,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "Seconds an async or blocking handler may run before its request gets TIMEOUT; "
             "0 disables.",
             ge=0,
+            le=31_536_000,
         ),
     ] = 30.0
     slow_consumer_bytes: Annotated[
@@ -96,6 +103,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "Seconds a peer may leave what we sent unread before it is cut off "
             "(SLOW_CONSUMER), even under slow_consumer_bytes.",
             gt=0,
+            le=86_400,
         ),
     ] = 30.0
     close_grace: Annotated[
@@ -104,6 +112,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "Seconds a closing connection whose peer reads nothing keeps its socket "
             "before it is aborted.",
             gt=0,
+            le=3_600,
         ),
     ] = 5.0
     sweep_interval: Annotated[
@@ -112,6 +121,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "Period of the one sweep (for all connections) that applies idle_timeout, "
             "slow_consumer_timeout and close_grace; each is judged in whole periods.",
             gt=0,
+            le=60,
         ),
     ] = 1.0
     drain_timeout: Annotated[
@@ -120,6 +130,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "Seconds a stop (SIGTERM/SIGINT) waits for in-flight handlers and replies "
             "before it closes what is left.",
             ge=0,
+            le=86_400,
         ),
     ] = 10.0
     store: Annotated[
@@ -140,7 +151,12 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ),
     ] = ""
     store_snapshot_interval: Annotated[
-        float, _doc("memory store: seconds between snapshots.", gt=0)
+        float,
+        _doc(
+            "memory store: seconds between snapshots.",
+            gt=0,
+            le=86_400,
+        ),
     ] = 60.0
     store_max_keys: Annotated[
         int, _doc("memory store: keys kept before the least recently used go; 0: no cap.", ge=0)

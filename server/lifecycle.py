@@ -129,6 +129,7 @@ class Restarter:
         code = proc.poll()
         if code is None:
             proc.kill()
+            proc.wait()
             reason = f"no ready signal within {SUCCESSOR_TIMEOUT:g} s"
         else:
             reason = f"it exited with code {code} (its stderr says why)"

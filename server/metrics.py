@@ -272,7 +272,8 @@ class MetricsEndpoint:
             ).encode()
             writer.write(head if parts and parts[0] == "HEAD" else head + body)
             await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError) as exc:
+        except (TimeoutError, ConnectionError, UnicodeDecodeError, ValueError) as exc:
+            # ValueError: a request line longer than the reader's limit (64 KiB).
             log.debug("metrics request failed: %s", exc)
         finally:
             writer.close()

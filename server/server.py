@@ -303,7 +303,10 @@ class Server:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
             self.tick += 1
-            self.sweep_once()
+            try:
+                self.sweep_once()
+            except Exception:  # one bad tick must not end every timeout for good
+                log.exception("connection sweep failed")
 
     def sweep_once(self) -> None:
         """Idle timeout, slow-consumer stall and close grace, judged in whole ticks: a

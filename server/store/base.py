@@ -33,12 +33,21 @@ from types import TracebackType
 DEFAULT_SCAN_LIMIT = 1000
 
 
+#: The largest TTL both backends honour the same way: Redis counts milliseconds in a
+#: signed 64-bit integer; 2**53 ms keeps the float-to-ms conversion exact too.
+MAX_TTL = 2**53 / 1000
+
+
 def check_ttl(ttl: float) -> float:
     """Refuse a TTL no backend could honour the same way (0, negative, NaN, infinite)."""
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise TypeError(f"ttl must be seconds as a float or None, not {type(ttl).__name__}")
     if not (ttl > 0 and math.isfinite(ttl)):
         raise ValueError(f"ttl must be a finite number of seconds > 0, not {ttl!r}")
+    if ttl > MAX_TTL:
+        raise ValueError(
+            f"ttl must be at most {MAX_TTL:g} s (what Redis can count in ms), not {ttl!r}"
+        )
     return float(ttl)
 
 

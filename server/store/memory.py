@@ -253,8 +253,11 @@ class MemoryStore(Store):
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
+        # A periodic snapshot may be writing in a worker thread: cancelling its task would
+        # not stop the thread, and the final snapshot would race it on the same file.
+        async with self._snapshot_lock:
+            for task in self._tasks:
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import math
 import time
 from typing import Any
 
@@ -244,6 +245,8 @@ class Session:
                 seconds = float(rest)
             except ValueError:
                 raise InputError(f"sleep takes seconds, got {rest!r}") from None
+            if not math.isfinite(seconds):
+                raise InputError(f"sleep takes a finite number of seconds, got {rest!r}")
             await asyncio.sleep(max(seconds, 0.0))
             return True
         else:  # help
