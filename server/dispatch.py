@@ -37,6 +37,7 @@ from protocol.errors import ErrorCode
 from protocol.frame import HEADER, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
 from protocol.proto.system_pb2 import Error
 from server.app import Context, Route
+from server.middleware import INTERNAL_MESSAGE
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -288,7 +289,7 @@ class Dispatcher:
     def _layer_failed(route: Route, ctx: Context, exc: Exception) -> Error:
         log.error("the chain of %s raised", route.name, exc_info=exc)
         route.errors += 1
-        return Error(code=ErrorCode.INTERNAL, message="internal error", request_msg_id=ctx.msg_id)
+        return Error(code=ErrorCode.INTERNAL, message=INTERNAL_MESSAGE, request_msg_id=ctx.msg_id)
 
     def _refuse(self, msg_id: int, flags: int, seq: int) -> bytes:
         """The Error frame for a frame that cannot run: bad flags, OVERLOADED, no handler."""
@@ -311,16 +312,20 @@ class Dispatcher:
             seq,
         )
 
-    def _oversized(self, route: Route, seq: int, size: int) -> bytes:
-        log.error(
-            "handler for %s returned a %d-byte reply; max_frame allows %d",
-            route.name,
-            size,
-            self.max_body,
-        )
+    def _internal(
+        self, route: Route, seq: int, why: str, *args: object, exc_info: bool = False
+    ) -> bytes:
+        """INTERNAL for a handler result that cannot be sent: the log says why, the wire
+        says nothing of the handler's internals."""
+        log.error("handler for %s " + why, route.name, *args, exc_info=exc_info)
         route.errors += 1
         self.stats.count_error(ErrorCode.INTERNAL)
-        return error_frame(ErrorCode.INTERNAL, "internal error", route.msg_id, seq)
+        return error_frame(ErrorCode.INTERNAL, INTERNAL_MESSAGE, route.msg_id, seq)
+
+    def _oversized(self, route: Route, seq: int, size: int) -> bytes:
+        return self._internal(
+            route, seq, "returned a %d-byte reply; max_frame allows %d", size, self.max_body
+        )
 
     def encode_reply(self, reply: Any, seq: int, route: Route) -> bytes | None:
         """The frame for a handler's return value: its reply, an Error (ERROR flag), or for a
@@ -330,12 +335,7 @@ class Dispatcher:
         msg_id = self._id_of(cls) if isinstance(reply, Message) else None
         if msg_id is None:
             name = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", cls.__qualname__)
-            log.error(
-                "handler for %s returned %s, which is not a registered message", route.name, name
-            )
-            route.errors += 1
-            self.stats.count_error(ErrorCode.INTERNAL)
-            return error_frame(ErrorCode.INTERNAL, "internal error", route.msg_id, seq)
+            return self._internal(route, seq, "returned %s, not a registered message", name)
         if msg_id == _ERROR_ID:
             self.stats.count_error(reply.code)
             flags = _ERROR | _RESPONSE if seq else _ERROR
@@ -349,15 +349,11 @@ class Dispatcher:
         try:
             payload: bytes = reply.SerializeToString()
         except Exception:  # a proto2 message missing required fields, say
-            log.exception("reply of the handler for %s could not be encoded", route.name)
-            payload = b""
-            msg_id = -1
-        if msg_id < 0 or len(payload) > self.max_body:
-            if msg_id >= 0:
-                return self._oversized(route, seq, len(payload))
-            route.errors += 1
-            self.stats.count_error(ErrorCode.INTERNAL)
-            return error_frame(ErrorCode.INTERNAL, "internal error", route.msg_id, seq)
+            return self._internal(
+                route, seq, "returned a reply that cannot be encoded", exc_info=True
+            )
+        if len(payload) > self.max_body:
+            return self._oversized(route, seq, len(payload))
         return _pack_header(MIN_LENGTH + len(payload), msg_id, flags, seq) + payload
 
     # -- consumer side ------------------------------------------------------------------
