@@ -46,7 +46,7 @@ from bench.load import (
     quota_of,
     report_progress,
     sleep_until,
-    summarize,
+    summarize_driven,
     wait_for_start,
 )
 from bench.pacer import Pacer
@@ -325,16 +325,12 @@ def run_echo(
     driven: Driven = drive(
         echo_worker, params, server, client_cpus=client_cpus, progress=progress, label=label
     )
-    return summarize(
-        driven.results,
+    return summarize_driven(
+        driven,
         params=params,
         target=target,
         round_no=round_no,
-        cpu_pin=client_cpus is not None,
-        server_cpu_pct=driven.server_cpu_pct,
-        client_cpu_pct=driven.client_cpu_pct,
-        other_cpu_pct=driven.other_cpu_pct,
-        measure_from_ns=driven.window.measure_from_ns,
+        client_cpus=client_cpus,
         depth=params.depth if params.rate is None else 0,
         size=params.size,
         mode="closed" if params.rate is None else "open",

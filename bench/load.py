@@ -471,6 +471,38 @@ def merge_series(series: list[list[int]], length: int) -> list[int]:
     return merged
 
 
+def summarize_driven(
+    driven: Driven,
+    *,
+    params: RunParams,
+    target: str,
+    round_no: int,
+    client_cpus: list[int] | None,
+    depth: int = 1,
+    size: int = 0,
+    mode: str = "closed",
+    rate: float | None = None,
+    scenario: str | None = None,
+) -> EchoRun:
+    """`summarize` for what `drive` gathered: the window and CPU readings come with it."""
+    return summarize(
+        driven.results,
+        params=params,
+        target=target,
+        round_no=round_no,
+        cpu_pin=client_cpus is not None,
+        server_cpu_pct=driven.server_cpu_pct,
+        client_cpu_pct=driven.client_cpu_pct,
+        other_cpu_pct=driven.other_cpu_pct,
+        measure_from_ns=driven.window.measure_from_ns,
+        depth=depth,
+        size=size,
+        mode=mode,
+        rate=rate,
+        scenario=scenario,
+    )
+
+
 def summarize(
     results: list[WorkerEchoResult],
     *,

@@ -40,7 +40,7 @@ from bench.load import (
     quota_of,
     report_progress,
     sleep_until,
-    summarize,
+    summarize_driven,
     wait_for_start,
 )
 from bench.proc import Endpoint
@@ -247,16 +247,12 @@ def run_scenario(
         progress=progress,
         label=f"{params.scenario} {target}",
     )
-    return summarize(
-        driven.results,
+    return summarize_driven(
+        driven,
         params=params,
         target=target,
         round_no=round_no,
-        cpu_pin=client_cpus is not None,
-        server_cpu_pct=driven.server_cpu_pct,
-        client_cpu_pct=driven.client_cpu_pct,
-        other_cpu_pct=driven.other_cpu_pct,
-        measure_from_ns=driven.window.measure_from_ns,
+        client_cpus=client_cpus,
         depth=1,
         size=0,
         mode="closed",

@@ -45,32 +45,28 @@ _Report = TypeVar("_Report", bound="EchoReport | IdleReport")
 DEFAULT_DURATION_S = 5.0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_N = TypeVar("_N", int, float)
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
+def _checked(
+    parse: Callable[[str], _N], ok: Callable[[_N], bool], rule: str
+) -> Callable[[str], _N]:
+    """An argparse `type` that parses a number and refuses it, saying `rule`, unless ok."""
+
+    def convert(text: str) -> _N:
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {value}")
+        return value
+
+    convert.__name__ = parse.__name__  # argparse's "invalid int value: 'x'"
+    return convert
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
+_non_negative_int = _checked(int, lambda v: v >= 0, "must not be negative")
+_non_negative_float = _checked(float, lambda v: v >= 0, "must not be negative")
+_positive_float = _checked(float, lambda v: v > 0, "must be positive")
 
 
 def _key_value(text: str) -> tuple[str, str]:
