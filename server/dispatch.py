@@ -409,7 +409,3 @@ class Dispatcher:
         data = self.encode_reply(reply, ctx.seq, route)
         if data is not None:
             conn.out.append(data)
-
-
-def dispatcher_summary(d: Dispatcher) -> dict[str, Any]:
-    return {"pending": d.pending, "busy": d.busy, "ready": len(d.ready)}
