@@ -59,6 +59,62 @@ class Welcome(_message.Message):
     idle_timeout_ms: int
     def __init__(self, protocol_version: _Optional[int] = ..., server_name: _Optional[str] = ..., max_frame: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., session_ttl_s: _Optional[int] = ..., compression_offered: _Optional[bool] = ..., idle_timeout_ms: _Optional[int] = ...) -> None: ...
 
+class LoginRequest(_message.Message):
+    __slots__ = ("user", "password", "device")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    password: str
+    device: str
+    def __init__(self, user: _Optional[str] = ..., password: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class LoginReply(_message.Message):
+    __slots__ = ("user_id", "session_id", "token", "expires_at_ms", "session_ttl_s")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    session_id: str
+    token: str
+    expires_at_ms: int
+    session_ttl_s: int
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., token: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., session_ttl_s: _Optional[int] = ...) -> None: ...
+
+class RefreshTokenRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LogoutRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LogoutReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("token", "last_push_seq")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_PUSH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    last_push_seq: int
+    def __init__(self, token: _Optional[str] = ..., last_push_seq: _Optional[int] = ...) -> None: ...
+
+class ResumeReply(_message.Message):
+    __slots__ = ("user_id", "session_id", "expires_at_ms", "session_ttl_s")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    session_id: str
+    expires_at_ms: int
+    session_ttl_s: int
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., session_ttl_s: _Optional[int] = ...) -> None: ...
+
 class EchoRequest(_message.Message):
     __slots__ = ("data",)
     DATA_FIELD_NUMBER: _ClassVar[int]
