@@ -11,6 +11,10 @@ Three kinds, chosen at registration, never guessed per call:
 ``ordered=False`` lets a handler's frames run concurrently with the frames that follow them
 on the same connection (their replies may overtake); by default a connection's frames are
 answered in arrival order (PROTOCOL.md).
+
+Handlers are private: before a login, their messages get UNAUTHENTICATED. ``public=True``
+(per handler, or for a whole ``App(public=True)``) opens one to anonymous connections;
+Ping, Echo, Describe, Hello, Login and Resume are public.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from server.connection import Connection
     from server.middleware import Middleware
     from server.server import Server
+    from server.sessions import Session
     from server.store import Store
 
 M = TypeVar("M", bound=Message)
@@ -68,6 +73,11 @@ class Context:
     def peer(self) -> Any:
         return self.conn.peer
 
+    @property
+    def session(self) -> Session | None:
+        """The logged-in session of this connection; never None in a private handler."""
+        return self.conn.session
+
 
 class Route:
     """One registered handler; `call` is its composed middleware chain (set by the server)."""
@@ -84,13 +94,23 @@ class Route:
         "name",
         "ordered",
         "parse",
+        "public",
         "reply_id",
         "reply_type",
         "request",
     )
 
-    def __init__(self, request: type[Message], handler: Handler, kind: Kind, ordered: bool) -> None:
+    def __init__(
+        self,
+        request: type[Message],
+        handler: Handler,
+        kind: Kind,
+        ordered: bool,
+        public: bool = False,
+    ) -> None:
         self.request = request
+        #: Runs without a session (the auth gate lets it through before login).
+        self.public = public
         self.app_name = ""
         self.parse = request.FromString
         #: The reply type this handler returned last, and its id: the dispatcher's fast path.
@@ -112,19 +132,26 @@ class Route:
 class App:
     """A set of handlers and the message types they speak."""
 
-    def __init__(self, name: str = "app") -> None:
+    def __init__(self, name: str = "app", *, public: bool = False) -> None:
         self.name = name
+        #: The default of `handler(public=...)` for this app's handlers.
+        self.public = public
         self.routes: dict[type[Message], Route] = {}
         self.modules: list[ModuleType] = []
         self.middleware: list[Middleware] = []
 
     def handler(
-        self, request: type[M], *, blocking: bool = False, ordered: bool = True
+        self,
+        request: type[M],
+        *,
+        blocking: bool = False,
+        ordered: bool = True,
+        public: bool | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as the handler of `request` messages."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.add_handler(request, fn, blocking=blocking, ordered=ordered)
+            self.add_handler(request, fn, blocking=blocking, ordered=ordered, public=public)
             return fn
 
         return register
@@ -136,6 +163,7 @@ class App:
         *,
         blocking: bool = False,
         ordered: bool = True,
+        public: bool | None = None,
     ) -> Route:
         if declared_id(request.DESCRIPTOR) is None:
             raise ValueError(
@@ -148,7 +176,7 @@ class App:
         if blocking and is_async:
             raise ValueError(f"handler {fn.__qualname__} is async; blocking=True is for plain def")
         kind = Kind.BLOCKING if blocking else Kind.ASYNC if is_async else Kind.SYNC
-        route = Route(request, fn, kind, ordered)
+        route = Route(request, fn, kind, ordered, self.public if public is None else public)
         self.routes[request] = route
         return route
 
@@ -180,7 +208,7 @@ def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
                     f"and {app.name}"
                 )
             seen[request] = app.name
-            fresh = Route(request, route.handler, route.kind, route.ordered)
+            fresh = Route(request, route.handler, route.kind, route.ordered, route.public)
             fresh.app_name = app.name
             routes.append((app, fresh))
     return routes

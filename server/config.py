@@ -133,6 +133,48 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             le=86_400,
         ),
     ] = 10.0
+    users_file: Annotated[
+        str,
+        _doc(
+            "Users the demo authenticator accepts (NAME:scrypt$... lines, written by "
+            "`tickwire users add`). Empty: no login succeeds unless the embedding code "
+            "gives the Server an authenticator."
+        ),
+    ] = ""
+    auth_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a new connection may go without logging in or sending any public "
+            "message (Ping, Hello...) before it is closed with AUTH_TIMEOUT; 0: never.",
+            ge=0,
+            le=86_400,
+        ),
+    ] = 10.0
+    session_ttl: Annotated[
+        float,
+        _doc(
+            "Seconds a session outlives its connection: a Resume within it continues the "
+            "session; after it the token is useless.",
+            gt=0,
+            le=30 * 86_400,
+        ),
+    ] = 120.0
+    token_ttl: Annotated[
+        float,
+        _doc(
+            "Seconds a session token is valid after login or its last refresh.",
+            gt=0,
+            le=365 * 86_400,
+        ),
+    ] = 86_400.0
+    duplicate_login: Annotated[
+        Literal["replace", "reject", "allow"],
+        _doc(
+            "A second login of a user already logged in: replace ends the old session "
+            "(GoAway SESSION_REPLACED), reject refuses the new one while the old is "
+            "connected, allow keeps both (several devices)."
+        ),
+    ] = "replace"
     store: Annotated[
         Literal["memory", "redis"],
         _doc(

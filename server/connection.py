@@ -22,6 +22,7 @@ from server.dispatch import error_frame
 if TYPE_CHECKING:
     from server.app import Context
     from server.server import Server
+    from server.sessions import Session
 
 log = logging.getLogger("tickwire.connection")
 
@@ -65,13 +66,17 @@ class Connection(asyncio.Protocol):
         "dispatcher",
         "eof",
         "fatal",
+        "frames",
         "id",
         "mailbox",
+        "opened_tick",
         "out",
         "reading_paused",
+        "refused",
         "rx_tick",
         "scheduled",
         "server",
+        "session",
         "stats",
         "transport",
         "write_paused",
@@ -96,7 +101,13 @@ class Connection(asyncio.Protocol):
         self.eof = False
         #: The Context reused across this connection's sync handlers (see Dispatcher).
         self.ctx: Context | None = None
-        self.rx_tick = server.tick
+        self.rx_tick = self.opened_tick = server.tick
+        #: The logged-in session (server/sessions.py), None before login and after logout.
+        self.session: Session | None = None
+        #: Frames received, and how many of them the auth gate refused: more frames than
+        #: refusals means the peer spoke a public message, which stops the auth timeout.
+        self.frames = 0
+        self.refused = 0
         #: Sequence number of this connection in the server's life: ties open and close lines.
         self.id = 0
         self.write_paused_tick = 0
@@ -115,6 +126,7 @@ class Connection(asyncio.Protocol):
         self.stats.bytes_in += len(data)
         frames = self.decoder.feed(data)
         if frames:
+            self.frames += len(frames)
             self.stats.frames_in += len(frames)
             self.dispatcher.submit(self, frames)
         if self.decoder.error is not None and self.fatal is None:

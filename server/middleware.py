@@ -7,9 +7,13 @@ async or blocking route it is a coroutine function, and the layer must return th
 kind (`route.awaited` tells which).
 
 Default layers, outermost first: `ErrorRecovery` (a handler that raises gets an Error
-reply, never a dead connection), `Counters` (calls per message type), then `Deadline` for
-awaited routes when a handler timeout is set. Later layers (auth, rate limits) slot in
-through `App.add_middleware`.
+reply, never a dead connection), `Counters` (calls per message type), `AuthGate` (private
+handlers need a session; the server always adds it, whatever middleware it is given),
+then `Deadline` for awaited routes when a handler timeout is set. Later layers (rate
+limits) slot in through `App.add_middleware`.
+
+A layer with nothing to do for a route returns `call_next` itself, so the route pays
+nothing for it: the gate does that for public routes, the deadline for sync ones.
 """
 
 from __future__ import annotations
@@ -139,3 +143,41 @@ class Deadline:
                 raise
 
         return bounded
+
+
+class AuthGate:
+    """Private handlers need a logged-in session: without one, the frame is answered
+    UNAUTHENTICATED (the connection stays open) and never reaches the handler.
+
+    Public routes are not wrapped at all. A refusal is counted on the connection, which is
+    how the auth timeout tells a connection that only knocks on private doors from one
+    that speaks public messages.
+    """
+
+    def wrap(self, route: Route, call_next: Call) -> Call:
+        if route.public:
+            return call_next
+        text = f"{route.name} needs a logged-in session: send LoginRequest or ResumeRequest"
+
+        def refuse(ctx: Context) -> Error:
+            ctx.conn.refused += 1
+            return error_reply(ErrorCode.UNAUTHENTICATED, text, route.msg_id)
+
+        if route.awaited:
+            acall: AsyncCall = call_next
+
+            async def gated_async(ctx: Context, msg: Any) -> Message | None:
+                if ctx.conn.session is None:
+                    return refuse(ctx)
+                return await acall(ctx, msg)
+
+            return gated_async
+
+        scall: SyncCall = call_next
+
+        def gated(ctx: Context, msg: Any) -> Message | None:
+            if ctx.conn.session is None:
+                return refuse(ctx)
+            return scall(ctx, msg)
+
+        return gated

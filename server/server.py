@@ -21,11 +21,13 @@ from google.protobuf.message import Message
 from protocol.errors import ErrorCode
 from protocol.registry import system_registry
 from server.app import App, Context, Kind, Route, all_routes
+from server.auth import Authenticator, UsersFile
 from server.config import ServerConfig
 from server.connection import CloseReason, Connection
 from server.dispatch import Dispatcher
 from server.metrics import MetricsEndpoint, Timing
-from server.middleware import Counters, Deadline, ErrorRecovery, Middleware, compose
+from server.middleware import AuthGate, Counters, Deadline, ErrorRecovery, Middleware, compose
+from server.sessions import DuplicateLogin, SessionManager
 from server.stats import Stats
 from server.store import Store, StoreError, open_store
 from server.system_handlers import system_app
@@ -39,8 +41,19 @@ class Server:
         *apps: App,
         config: ServerConfig | None = None,
         middleware: list[Middleware] | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.config = config or ServerConfig()
+        #: Who a LoginRequest's credentials belong to; without one (and no users_file in
+        #: the config) every login is refused, and only public handlers can be used.
+        self.authenticator: Authenticator | None = authenticator
+        if authenticator is None and self.config.users_file:
+            self.authenticator = UsersFile(self.config.users_file)
+        self.sessions = SessionManager(
+            session_ttl=self.config.session_ttl,
+            token_ttl=self.config.token_ttl,
+            duplicate_login=DuplicateLogin(self.config.duplicate_login),
+        )
         self.apps: list[App] = []
         self.registry = system_registry()
         self.routes: dict[int, Route] = {}
@@ -84,6 +97,7 @@ class Server:
         self.store: Store | None = None
         self._caches: dict[str, Store] = {}
         self.accepting = False
+        self._gate = AuthGate()
 
     # -- building chains --------------------------------------------------------------
 
@@ -130,7 +144,8 @@ class Server:
     def _build_chains(self, app_routes: list[tuple[App, Route]]) -> None:
         deadline = Deadline(self.config.handler_timeout)
         for app, route in app_routes:
-            layers = [*self.middleware, *app.middleware, deadline]
+            # The gate is not in self.middleware: a custom list must not drop it.
+            layers = [*self.middleware, self._gate, *app.middleware, deadline]
             route.call = compose(route, layers, self._innermost(route))
 
     def _innermost(self, route: Route) -> Callable[[Context, Any], Any]:
@@ -161,6 +176,7 @@ class Server:
             snapshot_interval=config.store_snapshot_interval,
             max_keys=config.store_max_keys or None,
         )
+        self.sessions.bind(self.store)
         self.executor = ThreadPoolExecutor(
             self.config.blocking_threads, thread_name_prefix="tickwire-blocking"
         )
@@ -231,6 +247,10 @@ class Server:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn.transport.abort()
+        # Aborted transports report connection_lost on the next loop iteration.
+        await asyncio.sleep(0)
+        for conn in list(self.connections):
+            self.sessions.connection_closed(conn)
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.metrics is not None:
@@ -238,6 +258,8 @@ class Server:
         await self.dispatcher.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        # Sessions that lost their connection are written as disconnected, with their data.
+        await self.sessions.flush()
         if self.store is not None:
             # Handlers are done: the memory store's final snapshot sees everything.
             try:
@@ -291,6 +313,7 @@ class Server:
             else:
                 self.per_ip.pop(ip, None)
         self.stats.connections_closed += 1
+        self.sessions.connection_closed(conn)
         reason = conn.close_reason or CloseReason.CONNECTION_LOST
         self.stats.close_reasons[reason] += 1
         log.info(
@@ -309,8 +332,8 @@ class Server:
                 log.exception("connection sweep failed")
 
     def sweep_once(self) -> None:
-        """Idle timeout, slow-consumer stall and close grace, judged in whole ticks: a
-        deadline of N ticks is met only after N full sweep intervals have passed."""
+        """Auth and idle timeouts, slow-consumer stall and close grace, judged in whole
+        ticks: a deadline of N ticks is met only after N full sweep intervals have passed."""
         config = self.config
         interval = config.sweep_interval
 
@@ -321,6 +344,7 @@ class Server:
         idle_before = tick - ticks(config.idle_timeout) if config.idle_timeout else -1
         stall_before = tick - ticks(config.slow_consumer_timeout)
         grace_before = tick - ticks(config.close_grace)
+        auth_before = tick - ticks(config.auth_timeout) if config.auth_timeout else -1
         for conn in list(self.connections):
             if conn.closed:
                 if conn.closed_tick < grace_before:
@@ -329,6 +353,15 @@ class Server:
                 conn.close_with(
                     ErrorCode.SLOW_CONSUMER,
                     f"the client read nothing for {config.slow_consumer_timeout:g} s",
+                )
+            elif (
+                conn.opened_tick < auth_before
+                and conn.session is None
+                and conn.frames <= conn.refused
+            ):
+                conn.close_with(
+                    ErrorCode.AUTH_TIMEOUT,
+                    f"no login or public message within {config.auth_timeout:g} s",
                 )
             elif conn.rx_tick < idle_before:
                 conn.close_with(

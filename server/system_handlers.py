@@ -1,20 +1,38 @@
-"""Handlers of the protocol's own messages: Ping, Echo, Describe (they work before login)."""
+"""Handlers of the protocol's own messages: Ping, Echo, Describe, Hello, and the session
+messages (Login, RefreshToken, Logout, Resume) over the server's SessionManager.
+
+Ping, Echo, Describe, Hello, Login and Resume are public; RefreshToken and Logout need the
+session they act on.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 
+from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import (
     DescribeReply,
     DescribeRequest,
     EchoReply,
     EchoRequest,
     Hello,
+    LoginReply,
+    LoginRequest,
+    LogoutReply,
+    LogoutRequest,
     Ping,
     Pong,
+    RefreshTokenRequest,
+    ResumeReply,
+    ResumeRequest,
     Welcome,
 )
 from server.app import App, Context
+from server.errors import HandlerError
+from server.sessions import Session
+
+log = logging.getLogger("tickwire.sessions")
 
 #: The wire protocol version of PROTOCOL.md this server speaks.
 PROTOCOL_VERSION = 1
@@ -22,7 +40,7 @@ SERVER_NAME = "tickwire"
 
 
 def system_app() -> App:
-    app = App("system")
+    app = App("system", public=True)
 
     @app.handler(Ping)
     def ping(ctx: Context, msg: Ping) -> Pong:
@@ -44,7 +62,7 @@ def system_app() -> App:
             max_frame=config.max_frame,
             # A third of the idle timeout: two heartbeats may be late before it fires.
             heartbeat_interval_ms=idle_ms // 3,
-            session_ttl_s=0,
+            session_ttl_s=int(config.session_ttl),
             compression_offered=False,
             idle_timeout_ms=idle_ms,
         )
@@ -54,4 +72,66 @@ def system_app() -> App:
         # The registry is frozen once the server starts; Server caches the reply.
         return ctx.server.describe_reply
 
+    @app.handler(LoginRequest)
+    async def login(ctx: Context, msg: LoginRequest) -> LoginReply:
+        server = ctx.server
+        if server.authenticator is None:
+            raise HandlerError(
+                ErrorCode.UNAUTHENTICATED,
+                "this server has no authenticator (set users_file, or give Server one)",
+            )
+        user_id = await server.authenticator.authenticate(msg.user, msg.password, msg.device)
+        if user_id is None:
+            log.info("login refused", extra={"conn": ctx.conn.id, "user": msg.user})
+            raise HandlerError(ErrorCode.UNAUTHENTICATED, "wrong user name or password")
+        session, token = await server.sessions.login(ctx.conn, user_id, msg.device)
+        log.info(
+            "login",
+            extra={"conn": ctx.conn.id, "user": user_id, "session": session.session_id},
+        )
+        return _login_reply(ctx, session, token)
+
+    @app.handler(RefreshTokenRequest, public=False)
+    async def refresh(ctx: Context, msg: RefreshTokenRequest) -> LoginReply:
+        session = _session(ctx)
+        token = await ctx.server.sessions.refresh(session)
+        return _login_reply(ctx, session, token)
+
+    @app.handler(LogoutRequest, public=False)
+    async def logout(ctx: Context, msg: LogoutRequest) -> LogoutReply:
+        await ctx.server.sessions.logout(_session(ctx))
+        return LogoutReply()
+
+    @app.handler(ResumeRequest)
+    async def resume(ctx: Context, msg: ResumeRequest) -> ResumeReply:
+        session = await ctx.server.sessions.resume(ctx.conn, msg.token)
+        log.info(
+            "resume",
+            extra={"conn": ctx.conn.id, "user": session.user_id, "session": session.session_id},
+        )
+        return ResumeReply(
+            user_id=session.user_id,
+            session_id=session.session_id,
+            expires_at_ms=session.expires_at_ms,
+            session_ttl_s=int(ctx.server.config.session_ttl),
+        )
+
     return app
+
+
+def _session(ctx: Context) -> Session:
+    # The auth gate let the frame in, but an earlier frame's logout may have run since.
+    session = ctx.session
+    if session is None:
+        raise HandlerError(ErrorCode.UNAUTHENTICATED, "the session ended")
+    return session
+
+
+def _login_reply(ctx: Context, session: Session, token: str) -> LoginReply:
+    return LoginReply(
+        user_id=session.user_id,
+        session_id=session.session_id,
+        token=token,
+        expires_at_ms=session.expires_at_ms,
+        session_ttl_s=int(ctx.server.config.session_ttl),
+    )

@@ -11,6 +11,7 @@ import pytest
 import uvloop
 
 from server import App, Server, ServerConfig
+from server.auth import Authenticator
 from tests.store.redisproc import RedisProcess, redis_binary, start_redis
 
 
@@ -24,11 +25,18 @@ StartServer = Callable[..., Awaitable[Server]]
 
 @pytest.fixture
 async def start_server() -> AsyncIterator[StartServer]:
-    """Start a Server on port 0 with the given apps and config overrides; stopped after."""
+    """Start a Server on port 0 with the given apps, authenticator and config overrides;
+    stopped after."""
     servers: list[Server] = []
 
-    async def start(*apps: App, **config: Any) -> Server:
-        server = Server(*apps, config=ServerConfig(host="127.0.0.1", port=0, **config))
+    async def start(
+        *apps: App, authenticator: Authenticator | None = None, **config: Any
+    ) -> Server:
+        server = Server(
+            *apps,
+            config=ServerConfig(host="127.0.0.1", port=0, **config),
+            authenticator=authenticator,
+        )
         await server.start()
         servers.append(server)
         return server

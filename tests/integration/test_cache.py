@@ -16,7 +16,7 @@ from tests.proto import testapp_pb2 as pb
 def counter_app(name: str) -> App:
     """NoteRequest increments the cache counter named by its text; the reply's tag is the
     new value."""
-    app = App(name)
+    app = App(name, public=True)
 
     @app.handler(pb.NoteRequest)
     async def count(ctx: Context, msg: pb.NoteRequest) -> pb.SleepReply:
@@ -27,7 +27,7 @@ def counter_app(name: str) -> App:
 
 def reader_app(name: str) -> App:
     """SleepRequest reads counter `tag` back (as a decimal key), from its own namespace."""
-    app = App(name)
+    app = App(name, public=True)
 
     @app.handler(pb.SleepRequest)
     async def read(ctx: Context, msg: pb.SleepRequest) -> pb.SleepReply:

@@ -18,7 +18,7 @@ HANDLERS = """
 from server import App
 from tests.proto import testapp_pb2 as pb
 
-app = App("hot")
+app = App("hot", public=True)
 
 
 @app.handler(pb.NoteRequest)

@@ -279,13 +279,13 @@ async def test_reply_of_unknown_type_raises_unexpected_reply(start_server: Start
 async def test_hello_welcome_carries_the_servers_limits(start_server: StartServer) -> None:
     from protocol.errors import LocalProtocolError
 
-    server = await start_server(max_frame=4096, idle_timeout=60)
+    server = await start_server(max_frame=4096, idle_timeout=60, session_ttl=45)
     async with await AsyncClient.connect(*server.address) as client:
         welcome = await client.hello("test-suite")
         assert welcome.protocol_version == 1 and welcome.server_name == "tickwire"
         assert welcome.max_frame == 4096
         assert welcome.idle_timeout_ms == 60_000 and welcome.heartbeat_interval_ms == 20_000
-        assert welcome.session_ttl_s == 0 and not welcome.compression_offered
+        assert welcome.session_ttl_s == 45 and not welcome.compression_offered
         # Knowing the limit, the SDK refuses an oversized request before sending it, so
         # the connection survives instead of being closed with FRAME_TOO_LARGE.
         with pytest.raises(LocalProtocolError, match="max_frame"):

@@ -23,7 +23,7 @@ from tests.proto import testapp_pb2 as pb
 
 
 def bad_returns() -> App:
-    app = App("bad")
+    app = App("bad", public=True)
 
     @app.handler(pb.NoteRequest)
     def sync_dict(ctx: Context, msg: pb.NoteRequest) -> Any:
@@ -68,7 +68,7 @@ async def test_a_reply_over_max_frame_is_internal_and_the_connection_stays(
 
 
 async def test_queued_work_of_a_closed_connection_is_not_run(start_server: StartServer) -> None:
-    app = App("counted")
+    app = App("counted", public=True)
     started: list[int] = []
     gate = asyncio.Event()
 

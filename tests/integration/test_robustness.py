@@ -168,7 +168,7 @@ def test_app_rejects_messages_without_an_id() -> None:
 async def test_a_kept_context_is_never_reused(start_server: StartServer) -> None:
     """Sync handlers share one Context per connection for speed, but only while nobody
     keeps it: a handler that stores its ctx must find it unchanged later."""
-    app = App("keeper")
+    app = App("keeper", public=True)
     kept: list[tuple[object, int]] = []
 
     @app.handler(pb.NoteRequest)

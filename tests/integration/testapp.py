@@ -19,7 +19,7 @@ def app_registry() -> MessageRegistry:
 
 
 def make_app() -> App:
-    app = App("testapp")
+    app = App("testapp", public=True)
     app.notes: list[str] = []  # type: ignore[attr-defined]
     app.gate = asyncio.Event()  # type: ignore[attr-defined]
 

@@ -1,0 +1,565 @@
+"""Sessions: who is logged in, on which connection, kept in the store so that a session
+outlives its connection (Resume) and, with a snapshot or Redis, the process.
+
+Keys, all under ``tw:`` on the server's store (apps' ``ctx.cache`` lives under ``app:``):
+
+- ``tw:session:<sid>``  hash: user, device, token (sha256 of it), created, expires (token
+  expiry, unix ms), node, conn (id on that node, "" while disconnected), data (msgpack).
+  TTL: ``token_ttl + session_ttl`` while connected, ``session_ttl`` once disconnected.
+- ``tw:token:<sha256>`` the session id; TTL ``token_ttl``. Only the hash of a token is
+  ever stored: a copy of the store does not let anyone resume a session.
+- ``tw:user:<uid>``     set of the user's session ids (stale ones pruned when read).
+
+Local state is the small part: the live sessions of this node by id and by user, so that
+`ctx.session` costs an attribute read and a kick finds the connection without a lookup.
+A per-user lock orders logins, resumes and logouts of one user on this node; across nodes
+the last writer wins (kicking a connection on another node needs the scale-out bus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from protocol.errors import ErrorCode
+from server.errors import HandlerError
+
+if TYPE_CHECKING:
+    from server.connection import Connection
+    from server.store import Store
+
+log = logging.getLogger("tickwire.sessions")
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_data = msgspec.msgpack.Decoder(dict[str, Any]).decode
+
+
+class DuplicateLogin(StrEnum):
+    """What a second login of a user already logged in does."""
+
+    #: The old session ends: its connection gets GoAway SESSION_REPLACED, its token dies.
+    REPLACE = "replace"
+    #: The new login is refused while the old session is connected (a disconnected one
+    #: waiting for its Resume is replaced, or a crashed client would be locked out).
+    REJECT = "reject"
+    #: Both live on (several devices).
+    ALLOW = "allow"
+
+
+class EndReason(StrEnum):
+    """Why a session left its connection (the disconnected event's second argument)."""
+
+    #: The connection ended; the session waits `session_ttl` for a Resume.
+    CLOSED = "closed"
+    LOGOUT = "logout"
+    #: A newer login of the same user took over (duplicate_login = replace).
+    REPLACED = "replaced"
+    #: A Resume continued it on another connection.
+    RESUMED_ELSEWHERE = "resumed_elsewhere"
+    #: `remove_user` ended it.
+    REMOVED = "removed"
+
+
+class SessionInfo(msgspec.Struct, frozen=True):
+    """A session as the store has it: what lookups answer, from any node."""
+
+    session_id: str
+    user_id: str
+    device: str
+    node: str
+    #: The connection's id on `node`; 0 while the session waits for a Resume.
+    conn_id: int
+    created_ms: int
+    expires_at_ms: int
+
+    @property
+    def connected(self) -> bool:
+        return self.conn_id != 0
+
+
+class Session:
+    """A logged-in user on a connection: what `ctx.session` is.
+
+    `data` persists with the session: it is written when the connection ends (so a
+    Resume, on this node or another, finds it) and by :meth:`save`.
+    """
+
+    __slots__ = (
+        "conn",
+        "created_ms",
+        "data",
+        "device",
+        "expires_at_ms",
+        "manager",
+        "session_id",
+        "token_hash",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        user_id: str,
+        session_id: str,
+        device: str,
+        token_hash: str,
+        created_ms: int,
+        expires_at_ms: int,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.user_id = user_id
+        self.session_id = session_id
+        self.device = device
+        self.token_hash = token_hash
+        self.created_ms = created_ms
+        self.expires_at_ms = expires_at_ms
+        self.data: dict[str, Any] = data if data is not None else {}
+        self.conn: Connection | None = None
+
+    async def save(self) -> None:
+        """Write `data` to the store now (it is also written when the connection ends)."""
+        await self.manager.store.hset(_session_key(self.session_id), {"data": _encode(self.data)})
+
+    def __repr__(self) -> str:
+        return f"<Session {self.session_id} user={self.user_id!r} device={self.device!r}>"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _session_key(sid: str) -> str:
+    return "tw:session:" + sid
+
+
+def _token_key(hashed: str) -> str:
+    return "tw:token:" + hashed
+
+
+def _user_key(uid: str) -> str:
+    return "tw:user:" + uid
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _UserLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+ConnectedCallback = Callable[[Session], Awaitable[None] | None]
+DisconnectedCallback = Callable[[Session, EndReason], Awaitable[None] | None]
+
+
+class SessionManager:
+    """Logins, resumes, tokens and lookups over the server's store."""
+
+    def __init__(
+        self,
+        *,
+        session_ttl: float,
+        token_ttl: float,
+        duplicate_login: DuplicateLogin,
+        node: str | None = None,
+    ) -> None:
+        self.session_ttl = session_ttl
+        self.token_ttl = token_ttl
+        self.duplicate_login = duplicate_login
+        self.node = node or default_node_id()
+        self._store: Store | None = None
+        #: Live sessions of this node, by session id and by user id.
+        self.live: dict[str, Session] = {}
+        self._by_user: dict[str, list[Session]] = {}
+        self._locks: dict[str, _UserLock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._on_connected: list[ConnectedCallback] = []
+        self._on_disconnected: list[DisconnectedCallback] = []
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the server has not started: no store yet")
+        return self._store
+
+    def bind(self, store: Store) -> None:
+        self._store = store
+
+    # -- events -------------------------------------------------------------------------
+
+    def on_connected(self, callback: ConnectedCallback) -> None:
+        """Call `callback(session)` when a session gets a connection (login or resume).
+        An async callback runs as a task; an exception is logged, never raised here."""
+        self._on_connected.append(callback)
+
+    def on_disconnected(self, callback: DisconnectedCallback) -> None:
+        """Call `callback(session, reason)` when a session leaves its connection."""
+        self._on_disconnected.append(callback)
+
+    def _fire(self, callbacks: list[Any], *args: Any) -> None:
+        for callback in callbacks:
+            try:
+                result = callback(*args)
+                if result is not None:
+                    self._spawn(result)
+            except Exception:
+                log.exception("session callback %r raised", callback)
+
+    def _spawn(self, awaitable: Awaitable[Any]) -> None:
+        async def run() -> None:
+            try:
+                await awaitable
+            except Exception:
+                log.exception("session task failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self) -> None:
+        """Wait for the store writes and callbacks still running (at stop, before the
+        store closes, so the final snapshot holds every disconnected session)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- login, resume, refresh, logout -------------------------------------------------
+
+    async def _locked(self, user_id: str, work: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `work` holding the user's lock. A lock lives only while someone holds or
+        waits for it, so a million users who logged in once leave no million locks."""
+        entry = self._locks.get(user_id)
+        if entry is None:
+            entry = self._locks[user_id] = _UserLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                return await work()
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[user_id]
+
+    async def login(self, conn: Connection, user_id: str, device: str) -> tuple[Session, str]:
+        """A new session for `user_id` on `conn`, after the duplicate-login policy ran.
+        Returns the session and its token (the only time the token exists in clear)."""
+
+        async def work() -> tuple[Session, str]:
+            await self._apply_policy(conn, user_id)
+            if conn.closed:
+                raise HandlerError(ErrorCode.UNAUTHENTICATED, "connection closed during login")
+            if conn.session is not None:
+                await self._logout(conn.session, EndReason.LOGOUT)
+            token = secrets.token_urlsafe(32)
+            hashed = token_hash(token)
+            now = _now_ms()
+            session = Session(
+                self,
+                user_id,
+                secrets.token_urlsafe(16),
+                device,
+                hashed,
+                now,
+                now + int(self.token_ttl * 1000),
+            )
+            store = self.store
+            await store.set(_token_key(hashed), session.session_id.encode(), ttl=self.token_ttl)
+            await store.hset(
+                _session_key(session.session_id),
+                {
+                    "user": user_id.encode(),
+                    "device": device.encode(),
+                    "token": hashed.encode(),
+                    "created": str(now).encode(),
+                    "expires": str(session.expires_at_ms).encode(),
+                    "data": _encode(session.data),
+                    **self._where(conn),
+                },
+            )
+            await store.expire(_session_key(session.session_id), self._connected_ttl)
+            await store.sadd(_user_key(user_id), session.session_id.encode())
+            await store.expire(_user_key(user_id), self._connected_ttl)
+            self._attach(session, conn)
+            return session, token
+
+        result: tuple[Session, str] = await self._locked(user_id, work)
+        return result
+
+    async def _apply_policy(self, conn: Connection, user_id: str) -> None:
+        policy = self.duplicate_login
+        others = [
+            info
+            for info in await self.sessions_of(user_id)
+            if not (conn.session is not None and info.session_id == conn.session.session_id)
+        ]
+        if policy is DuplicateLogin.ALLOW:
+            return
+        if policy is DuplicateLogin.REJECT and any(info.connected for info in others):
+            raise HandlerError(
+                ErrorCode.UNAUTHENTICATED,
+                f"user {user_id!r} is already logged in elsewhere (duplicate_login = reject)",
+            )
+        for info in others:
+            await self._end(info.session_id, EndReason.REPLACED)
+
+    async def resume(self, conn: Connection, token: str) -> Session:
+        """Continue the session `token` belongs to on `conn`; a connection still holding it
+        (on this node) gets GoAway SESSION_REPLACED."""
+        hashed = token_hash(token)
+        refused = HandlerError(
+            ErrorCode.UNAUTHENTICATED, "token unknown, expired, rotated or logged out"
+        )
+        store = self.store
+        sid = await store.get(_token_key(hashed))
+        if sid is None:
+            raise refused
+        record = await store.hgetall(_session_key(sid.decode()))
+        if not record or record.get("token") != hashed.encode():
+            raise refused
+        user_id = record["user"].decode()
+
+        async def work() -> Session:
+            # Read again under the lock: a logout or a newer login may have run meanwhile.
+            current = await store.hgetall(_session_key(sid.decode()))
+            if not current or current.get("token") != hashed.encode():
+                raise refused
+            session_id = sid.decode()
+            live = self.live.get(session_id)
+            if live is not None and live.conn is conn:
+                return live
+            if live is not None:
+                self._kick(
+                    live, EndReason.RESUMED_ELSEWHERE, "session resumed on another connection"
+                )
+            if conn.session is not None:
+                self._detach(conn.session, EndReason.CLOSED, persist=True)
+            session = live or Session(
+                self,
+                user_id,
+                session_id,
+                current.get("device", b"").decode(),
+                hashed,
+                int(current.get("created", b"0")),
+                int(current.get("expires", b"0")),
+                _load_data(current.get("data")),
+            )
+            await store.hset(_session_key(session_id), self._where(conn))
+            await store.expire(_session_key(session_id), self._connected_ttl)
+            self._attach(session, conn)
+            return session
+
+        result: Session = await self._locked(user_id, work)
+        return result
+
+    async def refresh(self, session: Session) -> str:
+        """A new token for `session`; the old one is refused from now on."""
+
+        async def work() -> str:
+            store = self.store
+            token = secrets.token_urlsafe(32)
+            hashed = token_hash(token)
+            old = session.token_hash
+            await store.set(_token_key(hashed), session.session_id.encode(), ttl=self.token_ttl)
+            session.token_hash = hashed
+            session.expires_at_ms = _now_ms() + int(self.token_ttl * 1000)
+            await store.hset(
+                _session_key(session.session_id),
+                {"token": hashed.encode(), "expires": str(session.expires_at_ms).encode()},
+            )
+            await store.expire(_session_key(session.session_id), self._connected_ttl)
+            await store.delete(_token_key(old))
+            return token
+
+        result: str = await self._locked(session.user_id, work)
+        return result
+
+    async def logout(self, session: Session) -> None:
+        """End `session`: its token is refused, its connection stays open, unauthenticated."""
+        await self._locked(session.user_id, lambda: self._logout(session, EndReason.LOGOUT))
+
+    async def _logout(self, session: Session, reason: EndReason) -> None:
+        self._detach(session, reason, persist=False)
+        await self._delete(session.session_id, session.user_id, session.token_hash)
+
+    async def _delete(self, sid: str, user_id: str, hashed: str | None) -> None:
+        store = self.store
+        keys = [_session_key(sid)]
+        if hashed:
+            keys.append(_token_key(hashed))
+        await store.delete(*keys)
+        await store.srem(_user_key(user_id), sid.encode())
+
+    async def _end(self, sid: str, reason: EndReason) -> None:
+        """End a session wherever it is: its keys go, and on this node its connection is
+        told why and closed."""
+        record = await self.store.hgetall(_session_key(sid))
+        live = self.live.get(sid)
+        if live is not None:
+            self._kick(live, reason, _KICK_TEXT[reason])
+        if record:
+            user = record["user"].decode()
+            await self._delete(sid, user, record.get("token", b"").decode())
+
+    def _kick(self, session: Session, reason: EndReason, text: str) -> None:
+        conn = session.conn
+        self._detach(session, reason, persist=False)
+        if conn is not None:
+            conn.close_with(ErrorCode.SESSION_REPLACED, text, goaway=True)
+
+    # -- attach / detach ----------------------------------------------------------------
+
+    @property
+    def _connected_ttl(self) -> float:
+        return self.token_ttl + self.session_ttl
+
+    def _where(self, conn: Connection) -> dict[str, bytes]:
+        return {"node": self.node.encode(), "conn": str(conn.id).encode()}
+
+    def _attach(self, session: Session, conn: Connection) -> None:
+        session.conn = conn
+        conn.session = session
+        self.live[session.session_id] = session
+        self._by_user.setdefault(session.user_id, []).append(session)
+        self._fire(self._on_connected, session)
+
+    def _detach(self, session: Session, reason: EndReason, *, persist: bool) -> None:
+        """Take `session` off its connection and this node's index. With `persist` (the
+        connection ended, a Resume may follow) the store learns it is disconnected, gets
+        its data, and starts the session_ttl countdown."""
+        conn = session.conn
+        if conn is not None and conn.session is session:
+            conn.session = None
+        session.conn = None
+        if self.live.pop(session.session_id, None) is None:
+            return
+        same_user = self._by_user.get(session.user_id)
+        if same_user is not None:
+            same_user.remove(session)
+            if not same_user:
+                del self._by_user[session.user_id]
+        if persist:
+            self._spawn(self._persist_disconnected(session))
+        self._fire(self._on_disconnected, session, reason)
+
+    async def _persist_disconnected(self, session: Session) -> None:
+        store = self.store
+        key = _session_key(session.session_id)
+        # Only if it is still ours: a Resume elsewhere may already have moved it.
+        if await store.hget(key, "token") != session.token_hash.encode():
+            return
+        await store.hset(key, {"conn": b"", "data": _encode(session.data)})
+        await store.expire(key, self.session_ttl)
+
+    def connection_closed(self, conn: Connection) -> None:
+        """The connection is gone: its session (if any) waits `session_ttl` for a Resume."""
+        session = conn.session
+        if session is not None:
+            self._detach(session, EndReason.CLOSED, persist=True)
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def get(self, session_id: str) -> Session | None:
+        """The live session on this node with that id."""
+        return self.live.get(session_id)
+
+    def local_sessions(self, user_id: str) -> list[Session]:
+        """The user's sessions connected to this node (no store round trip)."""
+        return list(self._by_user.get(user_id, ()))
+
+    async def sessions_of(self, user_id: str) -> list[SessionInfo]:
+        """Every session of the user the store knows, on any node, connected or waiting
+        for a Resume. Ids whose session expired are pruned from the user's set."""
+        store = self.store
+        infos: list[SessionInfo] = []
+        stale: list[bytes] = []
+        for raw in await store.smembers(_user_key(user_id)):
+            record = await store.hgetall(_session_key(raw.decode()))
+            if not record:
+                stale.append(raw)
+                continue
+            infos.append(_info(raw.decode(), record))
+        if stale:
+            await store.srem(_user_key(user_id), *stale)
+        infos.sort(key=lambda info: info.created_ms)
+        return infos
+
+    async def by_token(self, token: str) -> SessionInfo | None:
+        """The session `token` opens, if it still does."""
+        hashed = token_hash(token)
+        sid = await self.store.get(_token_key(hashed))
+        if sid is None:
+            return None
+        record = await self.store.hgetall(_session_key(sid.decode()))
+        if not record or record.get("token") != hashed.encode():
+            return None
+        return _info(sid.decode(), record)
+
+    async def user_of_token(self, token: str) -> str | None:
+        info = await self.by_token(token)
+        return info.user_id if info is not None else None
+
+    async def where(self, user_id: str) -> list[tuple[str, int]]:
+        """(node, connection id) of each connected session of the user."""
+        return [(i.node, i.conn_id) for i in await self.sessions_of(user_id) if i.connected]
+
+    async def remove_user(self, user_id: str) -> int:
+        """End every session of the user: tokens refused, connections on this node closed
+        with GoAway SESSION_REPLACED. Returns how many sessions ended."""
+
+        async def work() -> int:
+            infos = await self.sessions_of(user_id)
+            for info in infos:
+                await self._end(info.session_id, EndReason.REMOVED)
+            for session in self.local_sessions(user_id):  # live but already gone from the store
+                self._kick(session, EndReason.REMOVED, _KICK_TEXT[EndReason.REMOVED])
+            return len(infos)
+
+        result: int = await self._locked(user_id, work)
+        return result
+
+
+_KICK_TEXT = {
+    EndReason.REPLACED: "the same user logged in elsewhere",
+    EndReason.REMOVED: "the session was ended by the server",
+}
+
+
+def _load_data(raw: bytes | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        return _decode_data(raw)
+    except msgspec.DecodeError:
+        log.warning("session data is not a msgpack map; starting from an empty one")
+        return {}
+
+
+def _info(sid: str, record: dict[str, bytes]) -> SessionInfo:
+    conn = record.get("conn", b"")
+    return SessionInfo(
+        session_id=sid,
+        user_id=record.get("user", b"").decode(),
+        device=record.get("device", b"").decode(),
+        node=record.get("node", b"").decode(),
+        conn_id=int(conn) if conn else 0,
+        created_ms=int(record.get("created", b"0")),
+        expires_at_ms=int(record.get("expires", b"0")),
+    )
