@@ -1,7 +1,7 @@
 """tickwire's Python client SDK. It imports `protocol`, never `server`."""
 
 from client_sdk.blocking import Client
-from client_sdk.client import AsyncClient, Push, Reconnect
+from client_sdk.client import AsyncClient, Push, Reconnect, Session
 from client_sdk.errors import (
     AuthTimeout,
     BadFlags,
@@ -45,6 +45,7 @@ __all__ = [
     "Reconnect",
     "ServerError",
     "ServerShutdown",
+    "Session",
     "SessionReplaced",
     "SlowConsumer",
     "TooManyConnections",

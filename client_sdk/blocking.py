@@ -1,7 +1,7 @@
 """A blocking wrapper for scripts: the AsyncClient runs on an event loop in a daemon thread.
 
-Push callbacks registered with `on_push` run on that loop's thread; `pushes()` hands
-pushes over through a thread-safe queue instead.
+Callbacks registered with `on_push`, `on_reconnect` and `on_session_lost` run on that
+loop's thread; `pushes()` hands pushes over through a thread-safe queue instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,17 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from client_sdk.client import AsyncClient, Push, PushCallback
+from client_sdk.client import (
+    AsyncClient,
+    Push,
+    PushCallback,
+    Reconnect,
+    ReconnectCallback,
+    Session,
+    SessionLostCallback,
+)
+from client_sdk.errors import ConnectionClosed
+from protocol.proto.system_pb2 import LoginReply, LogoutReply, ResumeReply
 from protocol.registry import MessageRegistry
 
 T = TypeVar("T")
@@ -29,6 +39,7 @@ class Client:
         registry: MessageRegistry | None = None,
         *,
         timeout: float = 10.0,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -38,7 +49,8 @@ class Client:
         self._pushes: queue.Queue[Push | None] | None = None
         try:
             self._client: AsyncClient = self._run(
-                AsyncClient.connect(host, port, registry, timeout=timeout), timeout
+                AsyncClient.connect(host, port, registry, timeout=timeout, reconnect=reconnect),
+                timeout,
             )
         except BaseException:
             self._stop_loop()
@@ -71,6 +83,66 @@ class Client:
 
     def on_push(self, message_type: type[Message], callback: PushCallback) -> None:
         self._loop.call_soon_threadsafe(self._client.on_push, message_type, callback)
+
+    # -- sessions (AsyncClient's, blocking) ---------------------------------------------
+
+    def login(
+        self,
+        user: str,
+        password: str,
+        device: str = "",
+        *,
+        remember: bool = False,
+        auto_refresh: bool = False,
+        timeout: float | None = 10.0,
+    ) -> LoginReply:
+        return self._run(
+            self._client.login(
+                user,
+                password,
+                device,
+                remember=remember,
+                auto_refresh=auto_refresh,
+                timeout=timeout,
+            )
+        )
+
+    def refresh_token(self, *, timeout: float | None = 10.0) -> LoginReply:
+        return self._run(self._client.refresh_token(timeout=timeout))
+
+    def logout(self, *, timeout: float | None = 10.0) -> LogoutReply:
+        return self._run(self._client.logout(timeout=timeout))
+
+    def resume(
+        self, token: str, last_push_seq: int = 0, *, timeout: float | None = 10.0
+    ) -> ResumeReply:
+        return self._run(self._client.resume(token, last_push_seq, timeout=timeout))
+
+    @property
+    def session(self) -> Session | None:
+        """The logged-in session, None when there is none (a frozen snapshot)."""
+        return self._client.session
+
+    def on_reconnect(self, callback: ReconnectCallback) -> None:
+        """`callback(async_client)` runs on the loop thread: requests from it go through
+        the AsyncClient it is given (awaited), not through this blocking Client."""
+        self._loop.call_soon_threadsafe(self._client.on_reconnect, callback)
+
+    def on_session_lost(self, callback: SessionLostCallback) -> None:
+        self._loop.call_soon_threadsafe(self._client.on_session_lost, callback)
+
+    @property
+    def closed(self) -> bool:
+        return self._client.closed
+
+    @property
+    def reconnects(self) -> int:
+        return self._client.reconnects
+
+    def wait_closed(self, timeout: float | None = None) -> ConnectionClosed:
+        """Block until the connection has ended for good; why (TimeoutError after
+        `timeout`)."""
+        return self._run(self._client.wait_closed(), timeout)
 
     def pushes(self, timeout: float | None = None) -> Iterator[Push]:
         """Pushes as they arrive; stops when the connection closes or `timeout` passes idle."""

@@ -8,17 +8,31 @@ the server side, so a pipelining client does not pay a syscall per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from client_sdk.errors import ConnectionClosed, ServerError, UnexpectedReply, server_error
-from protocol.errors import LocalProtocolError, RemoteProtocolError, closes_connection
+from client_sdk.errors import (
+    ClientError,
+    ConnectionClosed,
+    ServerError,
+    Unauthenticated,
+    UnexpectedReply,
+    server_error,
+)
+from protocol.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    RemoteProtocolError,
+    closes_connection,
+)
 from protocol.frame import (
     DEFAULT_MAX_FRAME,
     MAX_SEQ,
@@ -33,7 +47,12 @@ from protocol.proto.system_pb2 import (
     Error,
     GoAway,
     Hello,
+    LoginReply,
+    LoginRequest,
+    LogoutReply,
     Ping,
+    ResumeReply,
+    ResumeRequest,
     Welcome,
 )
 from protocol.registry import MessageRegistry, system_registry
@@ -49,6 +68,21 @@ PROTOCOL_VERSION = 1
 _PING_ID = 1
 _DESCRIBE_ID = 20
 _ERROR_ID = 3
+_LOGIN_ID = 6
+_LOGIN_REPLY_ID = 7
+_REFRESH_ID = 8
+_LOGOUT_ID = 9
+_LOGOUT_REPLY_ID = 12
+_RESUME_ID = 13
+_RESUME_REPLY_ID = 14
+#: Closes after which reconnecting would only repeat them: the session lives on another
+#: connection now (two devices would kick each other forever), or this client never
+#: logged in (the server would close the next connection for the same reason).
+_FINAL_CODES = frozenset({ErrorCode.SESSION_REPLACED, ErrorCode.AUTH_TIMEOUT})
+#: auto_refresh renews the token at this fraction of its remaining lifetime.
+_REFRESH_AT = 0.8
+#: auto_refresh: the wait before trying again after a refresh the connection lost.
+_REFRESH_RETRY = 1.0
 
 
 class Push(NamedTuple):
@@ -82,6 +116,22 @@ class Reconnect:
 
 
 ReconnectCallback = Callable[["AsyncClient"], Awaitable[None] | None]
+#: Hears why the session ended: the refused Resume's Unauthenticated, SessionReplaced...
+SessionLostCallback = Callable[[ClientError], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Session:
+    """The session a login (or resume) gave this client. `token` is what Resume takes on
+    a new connection; it is left out of the repr so that logging a Session leaks nothing."""
+
+    user_id: str
+    session_id: str
+    token: str = field(repr=False)
+    #: Unix time (ms) after which the token is refused; refresh_token() before then.
+    expires_at_ms: int
+    #: How long the server keeps the session after its connection is lost.
+    session_ttl_s: int
 
 
 class _Wire(asyncio.Protocol):
@@ -142,6 +192,7 @@ class AsyncClient:
         self._decoder = FrameDecoder(max_frame)
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self._reply_hooks: dict[int, Callable[[Frame], None]] = {}
         self._next_seq = 1
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -174,6 +225,14 @@ class AsyncClient:
         #: The server's Welcome, once hello() has run.
         self.welcome: Welcome | None = None
         self._max_request = 0
+        #: The logged-in session (login, resume), None when there is none.
+        self.session: Session | None = None
+        self._last_push_seq = 0
+        self._credentials: tuple[str, str, str] | None = None
+        self._auto_refresh = False
+        self._refresher: asyncio.Task[None] | None = None
+        self._session_lost_callbacks: list[SessionLostCallback] = []
+        self._callback_tasks: set[asyncio.Task[None]] = set()
 
     # -- connecting and closing -----------------------------------------------------
 
@@ -204,9 +263,16 @@ class AsyncClient:
             await loop.create_connection(lambda: _Wire(self), *self._address)
 
     def on_reconnect(self, callback: ReconnectCallback) -> None:
-        """Run `callback(client)` (sync or async) each time the connection is back, before
-        requests waiting for it go out: where a session gets resumed."""
+        """Run `callback(client)` (sync or async) each time the connection is back, after
+        the session was resumed and before requests waiting for the connection go out."""
         self._reconnect_callbacks.append(callback)
+
+    def on_session_lost(self, callback: SessionLostCallback) -> None:
+        """Run `callback(reason)` (sync or async) when the session ends without logout():
+        a Resume the server refused (`Unauthenticated`; with `remember`, only when logging
+        in again failed too), or the same user logging in elsewhere (`SessionReplaced`).
+        `client.session` is None by then."""
+        self._session_lost_callbacks.append(callback)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -217,6 +283,12 @@ class AsyncClient:
     @property
     def closed(self) -> bool:
         return self._closed is not None
+
+    @property
+    def connected(self) -> bool:
+        """The connection is up and ready: false while reconnecting (the session is
+        being resumed, say) and once closed."""
+        return self._closed is None and self._down is None and self._up.is_set()
 
     async def close(self) -> None:
         """Flush what is queued, close, and fail requests still waiting."""
@@ -254,10 +326,14 @@ class AsyncClient:
         *,
         timeout: float | None = 30.0,
         raise_errors: bool = True,
+        on_reply: Callable[[Frame], None] | None = None,
     ) -> Frame:
         """Send one request frame and return its reply frame undecoded. An Error reply
         raises ServerError, or with `raise_errors=False` comes back as the frame (tools
-        that show every reply's header). For tools that work below the registry."""
+        that show every reply's header). For tools that work below the registry.
+
+        `on_reply(frame)` runs the moment the reply arrives, before any frame after it is
+        handled (the caller resumes only later): for state that later frames depend on."""
         if self._closed is not None:
             raise self._closed
         # Reconnecting, or the reconnect callbacks (a Resume) still run: wait for the
@@ -290,12 +366,15 @@ class AsyncClient:
         seq = self._take_seq()
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._pending[seq] = future
+        if on_reply is not None:
+            self._reply_hooks[seq] = on_reply
         self._send(encode_frame(msg_id, 0, seq, payload))
         try:
             async with asyncio.timeout(timeout):
                 frame = await future
         finally:
             self._pending.pop(seq, None)
+            self._reply_hooks.pop(seq, None)
         if raise_errors and frame.flags & _ERROR:
             try:
                 err = Error.FromString(frame.payload)
@@ -359,6 +438,252 @@ class AsyncClient:
             self.registry = registry
         return registry
 
+    # -- sessions ---------------------------------------------------------------------
+
+    async def login(
+        self,
+        user: str,
+        password: str,
+        device: str = "",
+        *,
+        remember: bool = False,
+        auto_refresh: bool = False,
+        timeout: float | None = 10.0,
+    ) -> LoginReply:
+        """Log in; the session is kept in `client.session`. Wrong credentials (or a second
+        login refused by the server's duplicate_login policy) raise Unauthenticated.
+
+        `remember` keeps the credentials in memory, so that when a reconnect's Resume is
+        refused the client logs in again instead of losing the session. `auto_refresh`
+        renews the token at 80% of its lifetime.
+        """
+        request = LoginRequest(user=user, password=password, device=device)
+
+        def new_session(frame: Frame) -> None:
+            if not frame.flags & _ERROR:
+                self._last_push_seq = 0  # pushes right behind the reply are numbered anew
+
+        reply = await self._system_call(
+            _LOGIN_ID, request, LoginReply, _LOGIN_REPLY_ID, timeout=timeout, on_reply=new_session
+        )
+        self._credentials = (user, password, device) if remember else None
+        self._auto_refresh = auto_refresh
+        self._set_session(
+            Session(
+                reply.user_id,
+                reply.session_id,
+                reply.token,
+                reply.expires_at_ms,
+                reply.session_ttl_s,
+            )
+        )
+        return reply
+
+    async def refresh_token(self, *, timeout: float | None = 10.0) -> LoginReply:
+        """A new token for the session (the old one is refused from now on)."""
+        reply = await self._system_call(
+            _REFRESH_ID, None, LoginReply, _LOGIN_REPLY_ID, timeout=timeout
+        )
+        self._set_session(
+            Session(
+                reply.user_id,
+                reply.session_id,
+                reply.token,
+                reply.expires_at_ms,
+                reply.session_ttl_s,
+            )
+        )
+        return reply
+
+    async def logout(self, *, timeout: float | None = 10.0) -> LogoutReply:
+        """End the session; the connection stays open, unauthenticated. `client.session`
+        and remembered credentials are dropped even if the request fails."""
+        try:
+            return await self._system_call(
+                _LOGOUT_ID, None, LogoutReply, _LOGOUT_REPLY_ID, timeout=timeout
+            )
+        finally:
+            self._credentials = None
+            self._auto_refresh = False
+            self._set_session(None)
+
+    async def resume(
+        self, token: str, last_push_seq: int = 0, *, timeout: float | None = 10.0
+    ) -> ResumeReply:
+        """Continue a session on this connection with its token (a client with a
+        Reconnect policy does this by itself after a reconnect). A refused token raises
+        Unauthenticated."""
+        request = ResumeRequest(token=token, last_push_seq=last_push_seq)
+
+        def resumed(frame: Frame) -> None:
+            # Pushes the server replays come right behind the reply: count from what we
+            # asked for, unless this is the session we were counting already.
+            if frame.flags & _ERROR or frame.msg_id != _RESUME_REPLY_ID:
+                return
+            with contextlib.suppress(DecodeError):
+                session_id = ResumeReply.FromString(frame.payload).session_id
+                if self.session is None or self.session.session_id != session_id:
+                    self._last_push_seq = last_push_seq
+
+        try:
+            reply = await self._system_call(
+                _RESUME_ID,
+                request,
+                ResumeReply,
+                _RESUME_REPLY_ID,
+                timeout=timeout,
+                on_reply=resumed,
+            )
+        except Unauthenticated:
+            if self.session is not None and self.session.token == token:
+                self._set_session(None)  # that session is gone
+            raise
+        self._set_session(
+            Session(
+                reply.user_id, reply.session_id, token, reply.expires_at_ms, reply.session_ttl_s
+            )
+        )
+        return reply
+
+    @property
+    def last_push_seq(self) -> int:
+        """The highest push sequence seen in this session (what a Resume sends)."""
+        return self._last_push_seq
+
+    async def _system_call(
+        self,
+        msg_id: int,
+        request: Message | None,
+        reply_type: type[M],
+        reply_id: int,
+        *,
+        timeout: float | None,
+        on_reply: Callable[[Frame], None] | None = None,
+    ) -> M:
+        """A protocol message by its fixed ID (so it works whatever the registry holds,
+        an adopted one included), its reply checked and decoded."""
+        payload = b"" if request is None else request.SerializeToString()
+        frame = await self.roundtrip(msg_id, payload, timeout=timeout, on_reply=on_reply)
+        name = reply_type.DESCRIPTOR.full_name
+        if frame.msg_id != reply_id:
+            raise UnexpectedReply(
+                f"reply to seq {frame.seq}: expected {name} ({reply_id}), got msg_id {frame.msg_id}"
+            )
+        try:
+            return reply_type.FromString(frame.payload)
+        except DecodeError:
+            raise UnexpectedReply(f"reply to seq {frame.seq}: undecodable {name}") from None
+
+    def _set_session(self, session: Session | None) -> None:
+        # The push sequence is reset when the reply arrives (login, resume), not here:
+        # pushes right behind the reply were counted before the caller resumed.
+        if session is None:
+            self._last_push_seq = 0
+        self.session = session
+        self._schedule_refresh()
+
+    def _schedule_refresh(self) -> None:
+        current = asyncio.current_task()
+        if self._refresher is not None and self._refresher is not current:
+            self._refresher.cancel()
+        self._refresher = None
+        if self._auto_refresh and self.session is not None and self._closed is None:
+            self._refresher = asyncio.get_running_loop().create_task(
+                self._refresh_later(self.session), name="tickwire-refresh"
+            )
+
+    async def _refresh_later(self, session: Session) -> None:
+        """auto_refresh: renew the token at 80% of its remaining lifetime; after a refresh
+        the connection lost, try again shortly (until the token has expired)."""
+        await asyncio.sleep(max(0.0, _REFRESH_AT * (session.expires_at_ms / 1000 - time.time())))
+        while self.session is session and self._closed is None:
+            try:
+                await self.refresh_token(timeout=30.0)
+                return  # refresh_token scheduled the next one
+            except (ConnectionClosed, TimeoutError) as exc:
+                if session.expires_at_ms / 1000 <= time.time():
+                    log.warning("token expired before it could be refreshed: %s", exc)
+                    return
+                log.info("token refresh failed, trying again: %s", exc)
+                await asyncio.sleep(_REFRESH_RETRY)
+            except ClientError as exc:
+                log.warning("token refresh refused: %s", exc)
+                return
+
+    def _lose_session(self, reason: ClientError) -> list[Awaitable[None]]:
+        """The session ended without logout(): drop it and the credentials, tell the
+        on_session_lost callbacks; returns what async ones still have to run."""
+        self._credentials = None
+        self._auto_refresh = False
+        self._set_session(None)
+        pending: list[Awaitable[None]] = []
+        for callback in self._session_lost_callbacks:
+            try:
+                result = callback(reason)
+            except Exception:
+                log.exception("session-lost callback %r raised", callback)
+                continue
+            if inspect.isawaitable(result):
+                pending.append(self._logged(result, callback))
+        return pending
+
+    @staticmethod
+    async def _logged(result: Awaitable[None], callback: object) -> None:
+        try:
+            await result
+        except Exception:
+            log.exception("session-lost callback %r raised", callback)
+
+    async def _restore_session(self) -> bool:
+        """On a reconnected connection, before anything else: Resume the session, or log
+        in again with remembered credentials. False when the connection is not usable
+        (dropped meanwhile, or no answer): the reconnect loop tries again."""
+        session = self.session
+        if session is None and self._credentials is None:
+            return True
+        timeout = self._connect_timeout
+        reason: ClientError | None = None
+        try:
+            if session is not None:
+                try:
+                    await self.resume(session.token, self._last_push_seq, timeout=timeout)
+                    log.info("resumed session %s", session.session_id)
+                    return True
+                except Unauthenticated as exc:
+                    reason = exc
+                    log.info("session %s not resumed: %s", session.session_id, exc)
+            if self._credentials is not None:
+                user, password, device = self._credentials
+                try:
+                    await self.login(
+                        user,
+                        password,
+                        device,
+                        remember=True,
+                        auto_refresh=self._auto_refresh,
+                        timeout=timeout,
+                    )
+                    log.info("logged in again as %s", user)
+                    return True
+                except Unauthenticated as exc:
+                    reason = exc
+        except ConnectionClosed:
+            return False  # dropped again: the loop starts over
+        except (TimeoutError, ClientError) as exc:
+            # No usable answer (Overloaded, a timeout...): the session may well be alive,
+            # so drop this connection and try again later rather than lose it.
+            self._drop_connection(f"could not restore the session: {exc or 'timed out'}")
+            return False
+        assert reason is not None
+        for pending in self._lose_session(reason):
+            await pending
+        return self._down is None
+
+    def _drop_connection(self, why: str) -> None:
+        self._fail(ConnectionClosed(why))
+        if self._transport is not None:
+            self._transport.abort()
+
     # -- pushes -----------------------------------------------------------------------
 
     def on_frame(self, observer: Callable[[Frame], Any]) -> None:
@@ -416,6 +741,12 @@ class AsyncClient:
         if flags & _RESPONSE:
             future = self._pending.get(frame.seq)
             if future is not None and not future.done():
+                hook = self._reply_hooks.pop(frame.seq, None)
+                if hook is not None:
+                    try:
+                        hook(frame)
+                    except Exception:
+                        log.exception("reply hook %r raised", hook)
                 future.set_result(frame)
                 return
         self._observe(frame)
@@ -464,6 +795,8 @@ class AsyncClient:
             error = server_error(self.goaway.reason, self.goaway.message)
             self._fail(ConnectionClosed("server sent GoAway", error))
             return
+        if frame.seq > self._last_push_seq:
+            self._last_push_seq = frame.seq
         try:
             message = self.registry.decode(frame.msg_id, frame.payload)
         except RemoteProtocolError as exc:
@@ -488,24 +821,44 @@ class AsyncClient:
         if self._down is None:
             self._down = exc
             self._up.clear()
+            if exc.code == ErrorCode.SESSION_REPLACED and exc.error is not None:
+                # Ours lives on another connection now; it is not coming back here.
+                for pending in self._lose_session(exc.error):
+                    self._spawn(pending)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(self._down)
         self._pending.clear()
+        self._reply_hooks.clear()
         self._out.clear()
         self._writable.set()  # wake requests waiting for room; they see the connection gone
         if self._transport is None or self._transport.is_closing() or exc.error is None:
-            if self._reconnect is None or self._user_closed:
+            if self._reconnect is None or self._user_closed or self._final():
                 self._finish()
             elif self._reconnecting is None:
                 self._reconnecting = asyncio.get_running_loop().create_task(
                     self._reconnect_loop(), name="tickwire-reconnect"
                 )
 
+    def _final(self) -> bool:
+        """The server closed for a reason a reconnect would only repeat (_FINAL_CODES)."""
+        return self._down is not None and self._down.code in _FINAL_CODES
+
+    def _spawn(self, awaitable: Awaitable[None]) -> None:
+        async def run() -> None:
+            await awaitable
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._callback_tasks.add(task)
+        task.add_done_callback(self._callback_tasks.discard)
+
     def _finish(self, reason: ConnectionClosed | None = None) -> None:
         """Closed for good: nothing reconnects, iterators end, waiters wake."""
         if self._closed is None:
             self._closed = reason or self._down or ConnectionClosed("connection closed")
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
         for queue in self._push_queues:
             queue.put_nowait(None)
         self._up.set()  # wake requests waiting for a connection; they see _closed
@@ -528,9 +881,20 @@ class AsyncClient:
                     log.info("reconnect attempt %d to %s:%d failed: %s", tries, *self._address, exc)
                     delay = min(max(delay, policy.initial) * 2, policy.maximum)
                     continue
+                if self._closed is not None:
+                    # Closed for good while it connected (close(), a final close).
+                    if self._transport is not None:
+                        self._transport.close()
+                    return
                 self._back_up()
-                # Callbacks (a Resume) go first: their requests see the connection up,
-                # while requests that waited for it are released only afterwards.
+                # The session goes first, then the callbacks: their requests see the
+                # connection up, while requests that waited for it are released only
+                # afterwards.
+                if not await self._restore_session():
+                    if self._closed is not None:
+                        return
+                    delay = min(max(delay, policy.initial) * 2, policy.maximum)
+                    continue
                 for callback in self._reconnect_callbacks:
                     try:
                         result = callback(self)
@@ -541,6 +905,8 @@ class AsyncClient:
                 if self._down is None:
                     self._up.set()
                     return
+                if self._closed is not None:
+                    return  # closed for good meanwhile (SessionReplaced, say)
                 # It dropped again while the callbacks ran: start over from the short wait.
                 delay = policy.initial
             self._finish(
