@@ -15,7 +15,8 @@ EPILOG = """\
 input: one command per line; blank lines and lines starting with # are skipped.
   NAME {json}          send a message by full name (protobuf JSON, bytes as base64)
   ping | watch [TYPE] | unwatch [TYPE] | raw HEX | notify NAME {json}
-  describe [TYPE] | login {json} | resume {json} | sleep SECONDS | help | quit
+  describe [TYPE] | sleep SECONDS | help | quit
+  login USER PASSWORD [DEVICE] | logout | refresh | resume TOKEN [LAST_SEQ] | session
 
 exit codes: 0 every command succeeded; 1 a command failed (Error reply, timeout,
 bad input); 2 bad arguments or unreadable script; 3 could not connect, Describe

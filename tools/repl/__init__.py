@@ -25,6 +25,7 @@ from tools.repl.events import (
     frame_event,
     message_to_dict,
     server_error_event,
+    session_event,
     type_name,
 )
 from tools.repl.parsing import (
@@ -41,6 +42,7 @@ from tools.repl.parsing import (
     session_message,
     split_command,
     split_message,
+    split_words,
 )
 from tools.repl.printers import HumanPrinter, JsonPrinter, Printer
 from tools.repl.run import (
@@ -95,8 +97,10 @@ __all__ = [
     "run_interactive",
     "run_lines",
     "server_error_event",
+    "session_event",
     "session_message",
     "split_command",
     "split_message",
+    "split_words",
     "type_name",
 ]

@@ -72,8 +72,12 @@ def candidates(text: str, registry: MessageRegistry) -> list[Candidate]:
             return _name_candidates(name, registry)
         return _json_candidates(registry, name, body[len(name) :])
     if verb in SESSION_MESSAGES:
-        login = session_message(registry, verb)
-        return _json_candidates(registry, login, rest) if login else []
+        # Words (login USER PASSWORD) have nothing to complete; the {json} form does.
+        body = rest.lstrip()
+        if body and not body.startswith("{"):
+            return []
+        target = session_message(registry, verb)
+        return _json_candidates(registry, target, rest) if target else []
     if verb in COMMANDS:
         return []
     return _json_candidates(registry, first, rest)

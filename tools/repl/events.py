@@ -21,6 +21,7 @@ from protocol.registry import MessageRegistry
 from tools.repl.parsing import descriptor_of, resolve_name
 
 if TYPE_CHECKING:
+    from client_sdk.client import Session as ClientSession
     from client_sdk.errors import ConnectionClosed, ServerError
 
 #: The system messages events single out: an Error's code goes to the top level, and a
@@ -174,6 +175,26 @@ def server_error_event(exc: ServerError, *, line: int | None = None) -> dict[str
     event["request_msg_id"] = exc.request_msg_id
     if line is not None:
         event["line"] = line
+    return event
+
+
+def session_event(
+    action: str, session: ClientSession | None, *, rtt: float | None = None
+) -> dict[str, Any]:
+    """What a session command left: `action` (login, logout, refresh, resume, show) and
+    the client's session afterwards, token included (this is a debugging tool: the
+    token is what `resume` takes on another connection), or None."""
+    event: dict[str, Any] = {"type": "session", "action": action, "session": None}
+    if session is not None:
+        event["session"] = {
+            "user_id": session.user_id,
+            "session_id": session.session_id,
+            "token": session.token,
+            "expires_at_ms": session.expires_at_ms,
+            "session_ttl_s": session.session_ttl_s,
+        }
+    if rtt is not None:
+        event["rtt_ms"] = round(rtt * 1000, 3)
     return event
 
 

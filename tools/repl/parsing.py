@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import shlex
 from typing import cast
 
 from google.protobuf import json_format
@@ -26,19 +27,24 @@ COMMANDS: dict[str, str] = {
     "raw": "raw HEX                   send bytes as they are, show what comes back",
     "notify": "notify TYPE {json}        send one-way (seq 0): no reply, failures still shown",
     "describe": "describe [TYPE]           the server's ID table, or one message's fields",
-    "login": "login {json}              log in (needs the server's login message)",
-    "resume": "resume {json}             resume a session (needs the server's resume message)",
+    "login": "login USER PASS [DEVICE]  log in (or login {json}); shows the session",
+    "logout": "logout                    end the session; the connection stays open",
+    "refresh": "refresh                   a new token for the session (the old one is refused)",
+    "resume": "resume TOKEN [LAST_SEQ]   continue a session on this connection (or resume {json})",
+    "session": "session                   the session this connection is logged in to",
     "sleep": "sleep SECONDS             wait, showing pushes (for scripts)",
     "help": "help                      this list",
     "quit": "quit                      leave (also exit, Ctrl-D)",
 }
 ALIASES = {"exit": "quit", "?": "help"}
 
-#: Short names the sessions issue is expected to use for these messages (package
-#: `system`, IDs 4-255). Until a server's schema has one, the commands say so.
+#: The session commands and the `system` messages they need in the server's schema
+#: (the older short names too). A server without one says so instead of sending.
 SESSION_MESSAGES: dict[str, tuple[str, ...]] = {
-    "login": ("Login", "LoginRequest"),
-    "resume": ("Resume", "ResumeRequest"),
+    "login": ("LoginRequest", "Login"),
+    "logout": ("LogoutRequest", "Logout"),
+    "refresh": ("RefreshTokenRequest", "RefreshToken"),
+    "resume": ("ResumeRequest", "Resume"),
 }
 
 HELP_TEXT = (
@@ -50,6 +56,18 @@ HELP_TEXT = (
 
 class InputError(Exception):
     """What the user typed cannot be sent; nothing went on the wire."""
+
+
+def split_words(text: str, usage: str, least: int, most: int) -> list[str]:
+    """Arguments as a shell splits them (quotes keep a password with spaces in one),
+    between `least` and `most` of them; InputError naming `usage` otherwise."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise InputError(f"{exc}; usage: {usage}") from None
+    if not least <= len(words) <= most:
+        raise InputError(f"usage: {usage}")
+    return words
 
 
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+)$")
@@ -161,7 +179,8 @@ def build_message(registry: MessageRegistry, name: str, json_text: str) -> Messa
 
 
 def session_message(registry: MessageRegistry, verb: str) -> str | None:
-    """The server's login/resume message, if its schema has one (see SESSION_MESSAGES)."""
+    """The server's message for a session command, if its schema has one (see
+    SESSION_MESSAGES)."""
     wanted = SESSION_MESSAGES[verb]
     for name in registry.table().values():
         package, _, short = name.rpartition(".")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -98,6 +99,10 @@ class HumanPrinter:
             add(f"[bold]{event['name']}[/] (id {event['msg_id']})")
             rows = [(str(f["number"]), f["name"], f["type"]) for f in event["fields"]]
             add(_table(("#", "field", "type"), rows) if rows else "[dim]no fields[/]")
+        elif kind == "session":
+            add(_session_line(event))
+            if event["session"] is not None:
+                add(f"[dim]token {escape(event['session']['token'])}[/]")
         elif kind == "closed":
             code = f"{code_label(event['code'])}: " if event["code"] else ""
             add(f"[bold red]closed[/] {code}{escape(event['message'])}")
@@ -143,6 +148,32 @@ def _table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> Rendera
 
 #: How the human output introduces a client-side failure (the message says the rest).
 _REASONS = {"bad_input": "bad input: ", "timeout": "timeout: ", "protocol": "protocol: "}
+
+
+_SESSION_ACTIONS = {
+    "login": "logged in",
+    "resume": "resumed",
+    "refresh": "token refreshed",
+    "logout": "logged out",
+    "show": "session",
+}
+
+
+def _session_line(event: dict[str, Any]) -> str:
+    from rich.markup import escape
+
+    label = _SESSION_ACTIONS.get(event["action"], event["action"])
+    session = event["session"]
+    rtt = f"  [dim]{event['rtt_ms']:.3f} ms[/]" if "rtt_ms" in event else ""
+    if session is None:
+        what = "" if event["action"] == "logout" else " [dim]not logged in[/]"
+        return f"[bold green]{label}[/]{what}{rtt}"
+    expires = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(session["expires_at_ms"] / 1000))
+    return (
+        f"[bold green]{label}[/] [bold]{escape(session['user_id'])}[/]  "
+        f"session={escape(session['session_id'])}  token expires {expires}  "
+        f"session ttl {session['session_ttl_s']} s{rtt}"
+    )
 
 
 def _header(event: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from client_sdk.client import AsyncClient
-from client_sdk.errors import ConnectionClosed, ServerError
+from client_sdk.errors import ClientError, ConnectionClosed, ServerError
 from protocol.errors import ProtocolError, RegistryError
 from protocol.frame import Flags, Frame, FrameDecoder
 from protocol.registry import MessageRegistry
@@ -28,6 +28,7 @@ from tools.repl.events import (
     fields_event,
     frame_event,
     server_error_event,
+    session_event,
 )
 from tools.repl.parsing import (
     HELP_TEXT,
@@ -40,8 +41,25 @@ from tools.repl.parsing import (
     session_message,
     split_command,
     split_message,
+    split_words,
 )
 from tools.repl.printers import Printer
+
+#: How the session commands are typed, for their errors.
+COMMANDS_USAGE = {
+    "login": "login USER PASSWORD [DEVICE], or login {json}",
+    "resume": "resume TOKEN [LAST_PUSH_SEQ], or resume {json}",
+}
+
+
+def _push_seq(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InputError(f"LAST_PUSH_SEQ is a number, got {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise InputError(f"LAST_PUSH_SEQ must be 0 to 2**64-1, got {text}")
+    return value
 
 
 class Session:
@@ -198,6 +216,9 @@ class Session:
         except ProtocolError as exc:  # e.g. a message too large for a frame
             self.printer.event(client_error("protocol", str(exc), line=lineno))
             ok = False
+        except ClientError as exc:  # a reply of the wrong type, say
+            self.printer.event(client_error("protocol", str(exc), line=lineno))
+            ok = False
         if not ok:
             self.failures += 1
         return True
@@ -234,12 +255,16 @@ class Session:
                 self.printer.event(
                     client_error(
                         "unavailable",
-                        f"not available: this server has no {verb} message (sessions issue)",
+                        f"not available: this server has no {verb} message (no sessions)",
                         line=lineno,
                     )
                 )
                 return False
-            return await self._request(build_message(self.registry, target, rest), lineno)
+            event = await self._session_command(verb, target, rest)
+        elif verb == "session":
+            if rest:
+                raise InputError("usage: session")
+            event = session_event("show", self.client.session)
         elif verb == "sleep":
             try:
                 seconds = float(rest)
@@ -255,6 +280,37 @@ class Session:
             event["line"] = lineno
         self.printer.event(event)
         return True
+
+    async def _session_command(self, verb: str, target: str, rest: str) -> dict[str, Any]:
+        """login, logout, refresh, resume through the SDK, so the client keeps the
+        session it shows. Arguments as words, or as the message's JSON."""
+        client, timeout = self.client, self.timeout
+        as_json = rest.startswith("{")
+        # A dynamic class from Describe: its fields are read by name.
+        fields: Any = build_message(self.registry, target, rest) if as_json else None
+        start = time.perf_counter()
+        if verb == "login":
+            if fields is not None:
+                args = [getattr(fields, f) for f in ("user", "password", "device")]
+            else:
+                args = split_words(rest, COMMANDS_USAGE["login"], 2, 3)
+            await client.login(*args, timeout=timeout)
+        elif verb == "resume":
+            if fields is not None:
+                token, last = fields.token, fields.last_push_seq
+            else:
+                words = split_words(rest, COMMANDS_USAGE["resume"], 1, 2)
+                token, last = words[0], _push_seq(words[1] if len(words) > 1 else "0")
+            await client.resume(token, last, timeout=timeout)
+        elif verb == "refresh":
+            if rest and fields is None:
+                raise InputError("usage: refresh")
+            await client.refresh_token(timeout=timeout)
+        else:
+            if rest and fields is None:
+                raise InputError("usage: logout")
+            await client.logout(timeout=timeout)
+        return session_event(verb, client.session, rtt=time.perf_counter() - start)
 
     async def _request(self, message: Message, lineno: int | None) -> bool:
         msg_id, payload = self.registry.encode(message)
