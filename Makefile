@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 7000
+# The demo users `make run` accepts (alice/demo-alice, bob/demo-bob, carol/demo-carol).
+USERS ?= examples/demo-users.txt
 
 .PHONY: run test lint check proto bench-micro clean
 
@@ -21,7 +23,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/tickwire serve --host $(HOST) --port $(PORT)
+	$(BIN)/tickwire serve --host $(HOST) --port $(PORT) --set users_file=$(USERS)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

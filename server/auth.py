@@ -143,7 +143,9 @@ def add_user(path: Path, name: str, password: str, *, n: int = DEFAULT_N) -> boo
     """Add `name` to the users file (created if missing) or replace its hash.
     Returns True when the user was new."""
     if not name or ":" in name or name != name.strip() or "\n" in name:
-        raise UsersFileError(f"user name {name!r}: must be non-empty, without ':' or spaces")
+        raise UsersFileError(
+            f"user name {name!r}: must be non-empty, without ':', newlines or surrounding spaces"
+        )
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     entry = f"{name}:{hash_password(password, n=n)}"
     new = True

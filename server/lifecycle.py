@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from server.app import App
+from server.auth import UsersFileError
 from server.config import ServerConfig
 from server.reload import AppLoader, reload_into, watch
 from server.server import Server
@@ -99,6 +100,11 @@ class Restarter:
             self.running = False
 
     async def _restart(self) -> bool:
+        try:
+            await self.server.before_handover()
+        except StoreError as exc:
+            log.error("restart: cannot write the store snapshot (%s); still serving", exc)
+            return False
         listen_fd = self.server.listening_socket().fileno()
         ready_r, ready_w = os.pipe()
         env = dict(os.environ, **{LISTEN_FD_ENV: str(listen_fd), READY_FD_ENV: str(ready_w)})
@@ -125,6 +131,7 @@ class Restarter:
             os.close(ready_r)
         if line == b"ready\n":
             log.info("restart: successor %d is serving; draining this process", proc.pid)
+            self.server.after_handover()
             return True
         code = proc.poll()
         if code is None:
@@ -177,7 +184,11 @@ def run(
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        server = Server(*apps, config=config)
+        try:
+            server = Server(*apps, config=config)
+        except UsersFileError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
         try:
             await server.start(sock=inherited_socket())
         except StoreError as exc:

@@ -29,7 +29,7 @@ from server.metrics import MetricsEndpoint, Timing
 from server.middleware import AuthGate, Counters, Deadline, ErrorRecovery, Middleware, compose
 from server.sessions import DuplicateLogin, SessionManager
 from server.stats import Stats
-from server.store import Store, StoreError, open_store
+from server.store import MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
 
 log = logging.getLogger("tickwire.server")
@@ -202,6 +202,19 @@ class Server:
             log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
         self.accepting = True
         self._sweeper = loop.create_task(self._sweep(), name="tickwire-sweep")
+
+    async def before_handover(self) -> None:
+        """A successor is about to start and restore the memory store's snapshot: write it
+        now, so sessions made since the last periodic snapshot come along."""
+        store = self.store
+        if isinstance(store, MemoryStore) and store.path is not None:
+            await self.sessions.flush()
+            await store.snapshot()
+
+    def after_handover(self) -> None:
+        """The successor serves: the snapshot file is its own from now on."""
+        if isinstance(self.store, MemoryStore):
+            self.store.release_snapshot()
 
     def listening_socket(self) -> Any:
         """The listening socket (what a restart hands to the successor)."""

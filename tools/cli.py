@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         ids_cmd,
         restart_cmd,
         serve_cmd,
+        users_cmd,
     )
 
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode_cmd.register(sub)
     config_cmd.register(sub)
     restart_cmd.register(sub)
+    users_cmd.register(sub)
     return parser
 
 

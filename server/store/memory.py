@@ -630,9 +630,18 @@ class MemoryStore(Store):
             self.snapshots += 1
         log.debug("store snapshot written", extra={"path": str(path), "bytes": len(blob)})
 
+    def release_snapshot(self) -> None:
+        """Write the snapshot file no more (periodically or at close): another process
+        owns it now. A zero-downtime restart calls this once the successor, which
+        restored from the file, serves; the old process's last changes must not then
+        overwrite the successor's snapshots."""
+        self.path = None
+
     async def _snapshot_loop(self) -> None:
         while True:
             await asyncio.sleep(self.snapshot_interval)
+            if self.path is None:
+                return
             if self._changes == self._saved_changes:
                 continue
             try:
