@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -318,6 +319,32 @@ async def test_without_remember_a_refused_resume_loses_the_session(
     finally:
         await client.close()
         await fresh.stop(timeout=1)
+
+
+async def test_the_session_is_resumed_on_the_server_that_comes_back_after_a_goaway(
+    start_server: StartServer, clients: list[AsyncClient], tmp_path: Path
+) -> None:
+    """A server stop sends GoAway SERVER_SHUTDOWN; its successor restores the memory
+    store from the snapshot, so the client's automatic Resume finds the session."""
+    snapshot = str(tmp_path / "store.snapshot")
+    server = await start(start_server, store_snapshot_path=snapshot)
+    client = await connect(server, clients, FAST)
+    await client.login("alice", "pw-a")
+    session = session_of(client)
+    port = server.address[1]
+    await server.stop(timeout=1, reconnect_after_ms=50)
+    successor = Server(
+        private_app(),
+        config=ServerConfig(host="127.0.0.1", port=port, store_snapshot_path=snapshot),
+        authenticator=MemoryUsers(USERS),
+    )
+    await successor.start()
+    try:
+        assert await whoami(client) == f"alice/{session.session_id}"
+        assert client.reconnects == 1 and session_of(client).token == session.token
+    finally:
+        await client.close()
+        await successor.stop(timeout=1)
 
 
 async def test_a_server_shutdown_closes_with_its_reason_and_keeps_the_session(
