@@ -272,7 +272,7 @@ class Server:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
         # Sessions that lost their connection are written as disconnected, with their data.
-        await self.sessions.flush()
+        await self.sessions.flush(timeout=max(1.0, deadline - loop.time()))
         if self.store is not None:
             # Handlers are done: the memory store's final snapshot sees everything.
             try:

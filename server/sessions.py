@@ -235,11 +235,21 @@ class SessionManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def flush(self) -> None:
+    async def flush(self, timeout: float | None = None) -> None:
         """Wait for the store writes and callbacks still running (at stop, before the
-        store closes, so the final snapshot holds every disconnected session)."""
+        store closes, so the final snapshot holds every disconnected session). After
+        `timeout` seconds, what still runs (a callback that hangs) is cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                for task in self._tasks:
+                    task.cancel()
+                log.warning("%d session tasks still running at stop: cancelled", len(self._tasks))
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                return
+            await asyncio.wait(list(self._tasks), timeout=left)
 
     # -- login, resume, refresh, logout -------------------------------------------------
 
@@ -439,6 +449,10 @@ class SessionManager:
         self.live[session.session_id] = session
         self._by_user.setdefault(session.user_id, []).append(session)
         self._fire(self._on_connected, session)
+        if conn.closed:
+            # It closed while the store calls were awaited, so its connection_lost found
+            # no session: the session must not stay "live" on a dead connection.
+            self._detach(session, EndReason.CLOSED, persist=True)
 
     def _detach(self, session: Session, reason: EndReason, *, persist: bool) -> None:
         """Take `session` off its connection and this node's index. With `persist` (the

@@ -469,3 +469,51 @@ async def test_resume_with_a_garbage_token_is_refused_and_the_connection_stays(
         with pytest.raises(Unauthenticated):
             await client.request(ResumeRequest(token=token))
     assert isinstance(await client.request(Ping()), Pong)
+
+
+class WaitingUsers:
+    """An authenticator that holds every login until released (a slow user database)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def authenticate(self, user: str, password: str, device: str) -> str | None:
+        self.asked.set()
+        await self.release.wait()
+        return user
+
+
+async def test_a_connection_closed_during_login_leaves_no_live_session(
+    start_server: StartServer, clients: Connect, store_config: dict[str, Any]
+) -> None:
+    auth = WaitingUsers()
+    server = await start_server(authenticator=auth, **store_config)
+    client = await clients(server)
+    pending = asyncio.ensure_future(client.request(LoginRequest(user="alice", password="x")))
+    await asyncio.wait_for(auth.asked.wait(), 5)
+    # The server drops it (a client that only closes its socket is a half-close, whose
+    # pending Login is still answered before the server closes).
+    [conn] = server.connections
+    conn.transport.abort()
+    await wait_for(lambda: not server.connections)
+    auth.release.set()
+    with pytest.raises(Exception):  # noqa: B017 - the client is closed; any failure will do
+        await pending
+    await asyncio.sleep(0.1)
+    assert server.sessions.live == {}
+    assert await server.sessions.sessions_of("alice") == []
+
+
+async def test_a_hanging_disconnect_callback_cannot_hold_up_a_stop(clients: Connect) -> None:
+    server = Server(config=ServerConfig(host="127.0.0.1", port=0), authenticator=USERS)
+    await server.start()
+
+    async def hang(session: Session, reason: EndReason) -> None:
+        await asyncio.Event().wait()
+
+    server.sessions.on_disconnected(hang)
+    client = await clients(server)
+    await login(client)
+    await asyncio.wait_for(server.stop(timeout=0.5), 10)
+    assert not server.sessions._tasks
