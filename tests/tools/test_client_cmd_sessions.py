@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,13 @@ from server import Server
 from server.auth import MemoryUsers
 from tests.conftest import StartServer
 from tests.integration.testapp import app_registry, make_app
-from tests.tools.test_client_cmd import address_of, run_cli, run_session
+from tests.tools.test_client_cmd import (
+    Terminal,
+    address_of,
+    run_cli,
+    run_session,
+    terminal_env,
+)
 from tools.repl import (
     COMMANDS,
     EXIT_FAILED,
@@ -147,6 +154,27 @@ async def test_cli_human_output_of_the_session(start_server: StartServer) -> Non
     assert "logged in alice  session=" in out and "token expires 20" in out
     assert "\ntoken " in out and "session alice  session=" in out
     assert "logged out" in out and "Traceback" not in err
+
+
+async def test_repl_prompt_shows_who_is_logged_in(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start(start_server)
+    address = address_of(server)
+    term = Terminal("client", address, env=terminal_env(tmp_path))
+    try:
+        await term.expect(f"{address}>")
+        term.type("login alice pw-a\r")
+        await term.expect("logged in alice")
+        await term.expect(f"alice@{address}>")
+        term.type("logout\r")
+        await term.expect("logged out")
+        term.type("quit\r")
+        assert await term.wait() == 0
+    finally:
+        term.close()
+    after_logout = term.text.rsplit("logged out", 1)[1]
+    assert f"{address}>" in after_logout and f"alice@{address}>" not in after_logout
 
 
 def test_session_events_render_for_people() -> None:

@@ -111,6 +111,13 @@ def history_path(option: str | None, environ: dict[str, str] | None = None) -> P
     return Path(chosen).expanduser()
 
 
+def prompt_text(session: Session) -> str:
+    """`HOST:PORT> `, with `USER@` in front while the connection is logged in."""
+    logged_in = session.client.session
+    who = f"{logged_in.user_id}@" if logged_in is not None else ""
+    return f"{who}{session.address}> "
+
+
 async def run_interactive(session: Session, history: Path) -> int:
     """The prompt_toolkit REPL. Pushes print above the prompt while the user types
     (patch_stdout); Ctrl-C abandons the running command, not the session."""
@@ -145,7 +152,7 @@ async def run_interactive(session: Session, history: Path) -> int:
         with patch_stdout(raw=True):
             while not session.client.closed:
                 try:
-                    line = await prompt.prompt_async(f"{session.address}> ")
+                    line = await prompt.prompt_async(prompt_text(session))
                 except KeyboardInterrupt:
                     continue
                 except EOFError:
