@@ -104,16 +104,26 @@ class ResumeRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., last_push_seq: _Optional[int] = ...) -> None: ...
 
 class ResumeReply(_message.Message):
-    __slots__ = ("user_id", "session_id", "expires_at_ms", "session_ttl_s")
+    __slots__ = ("user_id", "session_id", "expires_at_ms", "session_ttl_s", "push_gap", "last_push_seq")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    PUSH_GAP_FIELD_NUMBER: _ClassVar[int]
+    LAST_PUSH_SEQ_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     expires_at_ms: int
     session_ttl_s: int
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., session_ttl_s: _Optional[int] = ...) -> None: ...
+    push_gap: bool
+    last_push_seq: int
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., session_ttl_s: _Optional[int] = ..., push_gap: _Optional[bool] = ..., last_push_seq: _Optional[int] = ...) -> None: ...
+
+class PushAck(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class EchoRequest(_message.Message):
     __slots__ = ("data",)
