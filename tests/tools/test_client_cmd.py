@@ -408,6 +408,18 @@ class Terminal:
         except TimeoutError:
             raise AssertionError(f"{needle!r} not shown; the screen had:\n{self.text}") from None
 
+    async def expect_after(self, marker: str, needle: str, timeout: float = 15.0) -> None:
+        """`needle` shown after the last `marker`: a new prompt after a reply, say."""
+        try:
+            async with asyncio.timeout(timeout):
+                while needle not in self.text.rpartition(marker)[2]:
+                    self._data.clear()
+                    await self._data.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"{needle!r} not shown after {marker!r}; the screen had:\n{self.text}"
+            ) from None
+
     def type(self, keys: str) -> None:
         os.write(self.fd, keys.encode())
 
@@ -481,6 +493,9 @@ async def test_repl_shows_a_push_while_the_user_is_typing(
         # The half-typed line survived the push; finish it.
         term.type('"data": "aGk="}\r')
         await term.expect("reply 11 system.EchoReply  RESPONSE  seq=")
+        # Ctrl-D only once the next prompt reads the keys: between prompts the terminal
+        # is in cooked mode, where the line discipline swallows it as end-of-file.
+        await term.expect_after("RESPONSE  seq=", f"{host}:{port}>")
         term.type("\x04")  # Ctrl-D
         assert await term.wait() == 0
     finally:

@@ -169,6 +169,7 @@ async def test_repl_prompt_shows_who_is_logged_in(
         await term.expect(f"alice@{address}>")
         term.type("logout\r")
         await term.expect("logged out")
+        await term.expect_after("logged out", f"{address}>")
         term.type("quit\r")
         assert await term.wait() == 0
     finally:
