@@ -62,7 +62,7 @@ class TargetDiff(msgspec.Struct, frozen=True):
 
 
 def load_report(path: str | Path) -> EchoReport:
-    """An echo or scenario report from `path`, or NotABenchResult saying why not."""
+    """An echo, scenario or login report from `path`, or NotABenchResult saying why not."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -74,11 +74,15 @@ def load_report(path: str | Path) -> EchoReport:
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "idle":
         raise NotABenchResult(
-            f"{path} is an idle bench result; compare works on echo and scenario results"
+            f"{path} is an idle bench result; compare works on echo, scenario and login results"
         )
-    if kind not in ("echo", "scenario"):
+    if kind == "restore":
         raise NotABenchResult(
-            f'{path} is not a tickwire bench result (no "kind": "echo" or "scenario"; '
+            f"{path} is a restore bench result; compare works on echo, scenario and login results"
+        )
+    if kind not in ("echo", "scenario", "login"):
+        raise NotABenchResult(
+            f'{path} is not a tickwire bench result (no "kind": "echo", "scenario" or "login"; '
             "write one with `tickwire bench echo --json FILE`)"
         )
     try:
@@ -132,6 +136,8 @@ _SHAPE = [
     ("duration", "duration_s"),
     ("requests", "requests"),
     ("cpu pin", "cpu_pin"),
+    ("store", "store"),
+    ("scrypt n", "scrypt_n"),
 ]
 
 

@@ -24,9 +24,11 @@ import time
 from multiprocessing.connection import Connection
 
 import msgspec
+from google.protobuf.message import DecodeError
 
 from bench.proc import Endpoint, rss_kib
 from bench.results import IdleReport, WorkerIdleResult
+from bench.wire import code_name
 from bench.workers import (
     ERROR_SAMPLES,
     BenchError,
@@ -44,8 +46,21 @@ _HEADER = struct.Struct(">IHBI")
 _HEADER_SIZE = 11
 _MIN_LENGTH = 7
 _PING, _PONG = 1, 2
+_ERROR, _GOAWAY = 3, 30
 _RESPONSE = 0x01
 _PING_SEQ = 1
+
+
+def closing_reason(msg_id: int, payload: bytes) -> str | None:
+    """ "AUTH_TIMEOUT: no login ..." for an Error or GoAway frame (what a server sends
+    before it closes a connection), None for any other frame."""
+    if msg_id == _ERROR:
+        error = system_pb2.Error.FromString(payload)
+        return f"Error {code_name(error.code)}: {error.message}"
+    if msg_id == _GOAWAY:
+        away = system_pb2.GoAway.FromString(payload)
+        return f"GoAway {code_name(away.reason)}: {away.message}"
+    return None
 
 
 class _IdleTotals:
@@ -76,7 +91,7 @@ class _IdleTotals:
 
 
 class IdleConnection(ClientConnection):
-    __slots__ = ("_buf", "_totals", "answered", "pinged")
+    __slots__ = ("_buf", "_totals", "answered", "pinged", "told")
 
     def __init__(self, totals: _IdleTotals) -> None:
         super().__init__()
@@ -84,6 +99,8 @@ class IdleConnection(ClientConnection):
         self._buf = b""
         self.pinged = False
         self.answered = False
+        #: Why the server said it closes this connection (its Error or GoAway), if it did.
+        self.told: str | None = None
 
     @property
     def open(self) -> bool:
@@ -116,12 +133,20 @@ class IdleConnection(ClientConnection):
                     self._totals.answered += 1
                     self._totals.settle()
             else:
-                self._totals.sample(f"unexpected frame msg_id={msg_id} flags={flags} seq={seq}")
+                try:
+                    reason = closing_reason(msg_id, data[pos - length + _MIN_LENGTH : pos])
+                except DecodeError:
+                    reason = None
+                if reason is not None:
+                    self.told = reason
+                else:
+                    self._totals.sample(f"unexpected frame msg_id={msg_id} flags={flags} seq={seq}")
         self._buf = data[pos:]
 
     def lost(self, exc: Exception | None) -> None:
         self._totals.dropped += 1
-        self._totals.sample(f"connection closed by server: {exc or 'EOF'}")
+        why = self.told or str(exc or "EOF")
+        self._totals.sample(f"connection closed by server: {why}")
         if self.pinged and not self.answered:
             self._totals.settle()
 

@@ -281,6 +281,9 @@ class Driven(NamedTuple):
     server_cpu_pct: float | None
     client_cpu_pct: float
     other_cpu_pct: float | None
+    #: CPU% of the `helper_pid` given to `drive` (the Redis a login run uses), not in
+    #: `other_cpu_pct`; None without one, or when it could not be read.
+    helper_cpu_pct: float | None = None
 
 
 class _Rate:
@@ -306,8 +309,12 @@ def drive(
     client_cpus: list[int] | None,
     progress: ProgressSink | None = None,
     label: str = "",
+    helper_pid: int | None = None,
 ) -> Driven:
-    """One measured run of `worker` processes against a server that is listening."""
+    """One measured run of `worker` processes against a server that is listening.
+
+    `helper_pid`: a process the server depends on (a local redis-server), whose CPU is
+    read over the window like the server's and kept out of "other"."""
     sink = progress
     if sink is not None:
         sink.begin(
@@ -328,7 +335,7 @@ def drive(
         measure_until_ns = measure_from_ns + int(params.window_s * 1e9)
         window = Window(start_ns, measure_from_ns, measure_until_ns)
         workers.send_all(("start", *window))
-        return _collect(workers, params, server, window, sink)
+        return _collect(workers, params, server, window, sink, helper_pid)
     finally:
         workers.close()
         if sink is not None:
@@ -341,6 +348,7 @@ def _collect(
     server: Endpoint,
     window: Window,
     sink: ProgressSink | None,
+    helper_pid: int | None = None,
 ) -> Driven:
     """Read progress and results until every worker has sent its result.
 
@@ -349,9 +357,11 @@ def _collect(
     """
     server_cpu = CpuSampler([server.pid], tree=True) if server.pid else None
     client_cpu = CpuSampler(workers.pids, tree=False)
+    helper_cpu = CpuSampler([helper_pid], tree=False) if helper_pid else None
     machine_cpu = MachineSampler()
     sampling = stopped = False
     readings: tuple[float | None, float | None, float | None] = (None, None, None)
+    helper_pct: float | None = None
 
     def start_sampling() -> None:
         nonlocal sampling
@@ -359,16 +369,19 @@ def _collect(
         machine_cpu.start()
         if server_cpu:
             server_cpu.start()
+        if helper_cpu:
+            helper_cpu.start()
         client_cpu.start()
 
     def stop_sampling() -> None:
-        nonlocal stopped, readings
+        nonlocal stopped, readings, helper_pct
         stopped = True
         readings = (
             server_cpu.stop() if server_cpu else None,
             client_cpu.stop(),
             machine_cpu.stop(),
         )
+        helper_pct = helper_cpu.stop() if helper_cpu else None
 
     fixed_end = params.requests is None
     n = len(workers.pipes)
@@ -437,10 +450,11 @@ def _collect(
         server_cpu_pct=server_pct,
         client_cpu_pct=client_pct or 0.0,
         other_cpu_pct=(
-            max(0.0, machine_pct - server_pct - (client_pct or 0.0))
+            max(0.0, machine_pct - server_pct - (client_pct or 0.0) - (helper_pct or 0.0))
             if machine_pct is not None and server_pct is not None
             else None
         ),
+        helper_cpu_pct=helper_pct,
     )
 
 

@@ -36,9 +36,14 @@ def require_matplotlib() -> None:
 
 
 def run_label(run: EchoRun, prefix: str = "") -> str:
-    what = run.scenario or (
-        f"echo open {run.rate:,.0f}/s" if run.mode == "open" else f"echo {run.conns}x{run.depth}"
-    )
+    if run.mode == "login":
+        what = f"login {run.store} n={run.scrypt_n}"
+    elif run.scenario is not None:
+        what = run.scenario
+    elif run.mode == "open":
+        what = f"echo open {run.rate:,.0f}/s"
+    else:
+        what = f"echo {run.conns}x{run.depth}"
     label = f"{run.target} {what}"
     if run.round > 1:
         label += f" r{run.round}"

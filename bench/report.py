@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bench.diff import TargetDiff
-from bench.results import Comparison, EchoRun, IdleReport
+from bench.results import Comparison, EchoRun, IdleReport, RestoreReport
 
 
 def _pct(value: float | None) -> str:
@@ -19,20 +19,21 @@ def _int(value: float | None) -> str:
 
 def load_shape(run: EchoRun) -> str:
     """How the load was made: "50 x 8" (closed loop: conns x depth), "50 @ 500/s" (open
-    loop: conns at a total rate), "50 conns" (scenario)."""
-    if run.scenario is not None:
+    loop: conns at a total rate), "50 conns" (scenario, login)."""
+    if run.scenario is not None or run.mode == "login":
         return f"{run.conns} conns"
     if run.mode == "open":
         return f"{run.conns} @ {run.rate or 0:,.0f}/s"
     return f"{run.conns} x {run.depth}"
 
 
-def echo_table(runs: list[EchoRun], title: str) -> Table:
+def echo_table(runs: list[EchoRun], title: str, *, noun: str = "replies") -> Table:
+    """The runs' numbers; `noun` names what was counted ("logins" for bench login)."""
     table = Table(title=title, title_justify="left")
     table.add_column("target")
     table.add_column("load", justify="right")
-    table.add_column("replies", justify="right")
-    table.add_column("replies/s", justify="right")
+    table.add_column(noun, justify="right")
+    table.add_column(f"{noun}/s", justify="right")
     table.add_column("p50 µs", justify="right")
     table.add_column("p99 µs", justify="right")
     table.add_column("p99.9 µs", justify="right")
@@ -87,6 +88,70 @@ def run_notes(run: EchoRun) -> list[str]:
             )
         notes.append(f"[{style}]{line}[/{style}]" if style else line)
     return notes
+
+
+def login_notes(run: EchoRun) -> list[str]:
+    """What a login run measured: the store, and whether scrypt dominated."""
+    n = run.scrypt_n or 0
+    cost = (
+        "the production cost: logins/s is mostly scrypt's"
+        if n >= 1 << 14
+        else "a cheap hash: this measures the session machinery, not scrypt"
+    )
+    notes = [f"store {run.store}, password hashes at scrypt n={n:,} ({cost})"]
+    if run.store_cpu_pct is not None:
+        notes.append(
+            f"redis-server CPU {run.store_cpu_pct:.0f}% in the window (not in other CPU; "
+            "Redis runs one command at a time, so 100% is its ceiling)"
+        )
+    return notes
+
+
+def restore_table(report: RestoreReport) -> Table:
+    table = Table(
+        title=f"restart with {report.sessions:,} sessions in a memory-store snapshot",
+        title_justify="left",
+    )
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row(
+        "snapshot", f"{report.snapshot_bytes / 1e6:,.1f} MB, {report.snapshot_keys:,} keys"
+    )
+    table.add_row("sessions made / written in", f"{report.build_s:.1f} s / {report.write_s:.1f} s")
+    met = report.start_median_s <= report.target_s
+    verdict = "[green]within[/green]" if met else "[red]over[/red]"
+    table.add_row(
+        "start to listening, restoring",
+        f"{report.start_median_s:.2f} s median ({verdict} {report.target_s:g} s); "
+        + " ".join(f"{s:.2f}" for s in report.start_s),
+    )
+    table.add_row(
+        "start to listening, no snapshot",
+        f"{report.empty_start_median_s:.2f} s median; "
+        + " ".join(f"{s:.2f}" for s in report.empty_start_s),
+    )
+    table.add_row(
+        "restore's share (difference)",
+        f"{report.start_median_s - report.empty_start_median_s:.2f} s",
+    )
+    restored = "-" if report.restored_keys is None else f"{report.restored_keys:,}"
+    expired = "-" if report.expired_keys is None else f"{report.expired_keys:,}"
+    if report.restored_keys != report.snapshot_keys:
+        restored = f"[red]{restored}[/red]"
+    table.add_row("keys restored / expired (server log)", f"{restored} / {expired}")
+    table.add_row(
+        "server RSS restored / empty",
+        f"{_int(report.rss_kib)} KiB / {_int(report.empty_rss_kib)} KiB",
+    )
+    resumed = f"{report.resumed:,} / {report.resume_sample:,}"
+    if report.resumed != report.resume_sample:
+        resumed = f"[red]{resumed}[/red]"
+    table.add_row("sampled sessions resumed", resumed)
+    table.add_row(
+        "made-up token refused",
+        "yes" if report.bogus_refused else "[red]no[/red]",
+    )
+    return table
 
 
 def comparison_table(comparison: Comparison) -> Table:

@@ -39,8 +39,9 @@ class WorkerEchoResult(WorkerResult, frozen=True, kw_only=True):
 
 
 class EchoRun(msgspec.Struct, frozen=True, kw_only=True):
-    """One measured request/reply run against one server: echo (closed or open loop), or a
-    scenario (`scenario` set; `depth` is then 1 and `size` 0)."""
+    """One measured request/reply run against one server: echo (closed or open loop), a
+    scenario (`scenario` set; `depth` is then 1 and `size` 0), or logins (`mode` "login":
+    a reply is a checked LoginReply, `store` and `scrypt_n` set)."""
 
     target: str
     round: int
@@ -77,6 +78,7 @@ class EchoRun(msgspec.Struct, frozen=True, kw_only=True):
     error_samples: list[str] = []
     #: "closed": `depth` requests in flight per connection, a new one per reply.
     #: "open": requests sent on a fixed schedule at `rate`, whatever the replies.
+    #: "login": `bench login`, every connection logging in again and again (closed loop).
     mode: str = "closed"
     #: Open loop: the requests/s asked for, over all processes and connections.
     rate: float | None = None
@@ -106,6 +108,14 @@ class EchoRun(msgspec.Struct, frozen=True, kw_only=True):
     #: The merged latency histogram, HdrHistogram's base64 compressed form
     #: (`HdrHistogram.decode(...)`), to merge or re-plot later.
     histogram: str = ""
+    #: Login runs: the server's store ("memory" or "redis") and the scrypt cost (n) of the
+    #: users' password hashes. None for other runs.
+    store: str | None = None
+    scrypt_n: int | None = None
+    #: Login runs on Redis: CPU% of the redis-server over the window, when it runs on
+    #: this machine and its pid could be read (INFO server); it is then not in
+    #: `other_cpu_pct`.
+    store_cpu_pct: float | None = None
 
 
 class Comparison(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,7 +134,8 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EchoReport(msgspec.Struct, frozen=True, kw_only=True):
-    #: "echo" or "scenario" (the same record; scenario runs carry their MODULE:FUNC).
+    #: "echo", "scenario" or "login" (the same record; scenario runs carry their
+    #: MODULE:FUNC, login runs their store and scrypt cost).
     kind: str = "echo"
     host: str
     runs: list[EchoRun]
@@ -157,4 +168,45 @@ class IdleReport(msgspec.Struct, frozen=True, kw_only=True):
     answered: int
     #: Connections the server closed while they sat idle or waited for their Pong.
     dropped: int
+    error_samples: list[str] = []
+
+
+class RestoreReport(msgspec.Struct, frozen=True, kw_only=True):
+    """`bench restore`: a restart of `tickwire serve` on a memory-store snapshot holding
+    `sessions` sessions, timed, and a sample of them resumed over the wire."""
+
+    kind: str = "restore"
+    host: str
+    sessions: int
+    #: The snapshot file: its size and the keys in it (3 per session: the session hash,
+    #: its token and the user's set of sessions).
+    snapshot_bytes: int
+    snapshot_keys: int
+    #: Seconds the in-process SessionManager took to make the sessions, and to write the
+    #: snapshot.
+    build_s: float
+    write_s: float
+    #: Per round: seconds from starting `tickwire serve` to its "listening" line, with the
+    #: snapshot, and with a snapshot path that holds no file (interpreter start, imports
+    #: and binding: the part of a start that is not the restore).
+    start_s: list[float]
+    empty_start_s: list[float]
+    start_median_s: float
+    empty_start_median_s: float
+    #: What the server logged it restored ("store snapshot restored keys=... expired=..."),
+    #: on the last round; None when it logged no such line.
+    restored_keys: int | None
+    expired_keys: int | None
+    #: VmRSS of the restored server when it started listening, and of the empty one.
+    rss_kib: int | None
+    empty_rss_kib: int | None
+    #: ResumeRequests sent with sampled tokens (over all rounds), and how many got the
+    #: ResumeReply of their own session.
+    resume_sample: int
+    resumed: int
+    #: A made-up token was refused with UNAUTHENTICATED in every round (the control: a
+    #: server that accepted any token would resume the sample too).
+    bogus_refused: bool
+    #: The issue's target: a restart with the sessions back within this many seconds.
+    target_s: float = 2.0
     error_samples: list[str] = []

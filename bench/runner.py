@@ -15,19 +15,39 @@ the per-round ratios.
 from __future__ import annotations
 
 import contextlib
+import secrets
+import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import msgspec
 from rich.console import Console
 
 from bench.echo import EchoParams, compare, run_echo
 from bench.idle import IdleParams, run_idle
+from bench.login import (
+    PRODUCTION_SCRYPT_N,
+    LoginParams,
+    LoginUser,
+    local_redis_pid,
+    run_login,
+)
 from bench.proc import Endpoint, ServerProcess, available_cpus, pin_process, server_command
 from bench.progress import ProgressSink
-from bench.report import comparison_table, echo_table, idle_table, run_notes
-from bench.results import EchoReport, EchoRun, IdleReport
+from bench.report import (
+    comparison_table,
+    echo_table,
+    idle_table,
+    login_notes,
+    restore_table,
+    run_notes,
+)
+from bench.restore import RestoreParams, run_restore
+from bench.results import EchoReport, EchoRun, IdleReport, RestoreReport
 from bench.scenario import ScenarioParams, run_scenario
 from bench.workers import BenchError
+from server.config import ServerConfig
 
 #: One measured run: (server, target name, round number) -> the run.
 RunOne = Callable[[Endpoint, str, int], EchoRun]
@@ -64,10 +84,19 @@ class ServerOptions(msgspec.Struct, frozen=True, kw_only=True):
     target: str = "tickwire"
     server_cmd: list[str] | None = None
     cpu_pin: bool = False
+    #: Config of a spawned `tickwire serve`, as ``KEY=VALUE`` for its ``--set``. Not
+    #: applied to --server-cmd or --target baseline (their commands are their own).
+    settings: list[str] = []
 
     def command(self) -> list[str]:
         """The command that starts the server under test when the bench starts it."""
-        return self.server_cmd or server_command(self.target, self.host)
+        if self.server_cmd:
+            return self.server_cmd
+        cmd = server_command(self.target, self.host)
+        if self.target == "tickwire":
+            for setting in self.settings:
+                cmd += ["--set", setting]
+        return cmd
 
 
 class EchoOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -201,6 +230,14 @@ class IdleOptions(msgspec.Struct, frozen=True, kw_only=True):
     server: ServerOptions = msgspec.field(default_factory=ServerOptions)
 
 
+#: A `tickwire serve` the idle bench spawns keeps quiet connections open however long the
+#: run: no AUTH_TIMEOUT (10 s by default: 15,000 connects take about that long, and the
+#: first ones would be closed before the last one opened) and no IDLE_TIMEOUT (300 s,
+#: within reach of a long --settle). The bench measures what a quiet connection costs,
+#: not the server's policy for quiet connections.
+IDLE_SETTINGS = ["auth_timeout=0", "idle_timeout=0"]
+
+
 def bench_idle(
     opts: IdleOptions,
     console: Console,
@@ -216,6 +253,7 @@ def bench_idle(
         external = Endpoint(server.host, server.port, server.server_pid)
         report = run_idle(opts.params, external, target="external", client_cpus=where.client_cpus)
     else:
+        server = msgspec.structs.replace(server, settings=[*IDLE_SETTINGS, *server.settings])
         cmd = server.command()
         log(f"{opts.params.conns} idle connections to {server.target} ({' '.join(cmd[1:])})")
         with _spawned(cmd, where) as process:
@@ -223,4 +261,102 @@ def bench_idle(
                 opts.params, process.endpoint, target=server.target, client_cpus=where.client_cpus
             )
     console.print(idle_table(report))
+    return report
+
+
+class LoginOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """`bench login`. `params.users` is left empty: `bench_login` makes the users."""
+
+    params: LoginParams
+    store: str = "memory"
+    redis_url: str | None = None
+    scrypt_n: int = PRODUCTION_SCRYPT_N
+    server: ServerOptions = msgspec.field(default_factory=ServerOptions)
+
+
+def make_users(conns: int, scrypt_n: int, path: Path) -> list[LoginUser]:
+    """`conns` users with random passwords, written to the users file at `path` with
+    their hashes at scrypt cost `scrypt_n` (hashed in threads: scrypt releases the GIL)."""
+    from server.auth import hash_password
+
+    tag = secrets.token_hex(3)  # runs against one Redis never share a user
+    users = [LoginUser(f"bench-{tag}-{i}", secrets.token_urlsafe(12)) for i in range(conns)]
+    with ThreadPoolExecutor(max(1, len(available_cpus()))) as pool:
+        hashes = list(pool.map(lambda u: hash_password(u.password, n=scrypt_n), users))
+    lines = [f"{u.name}:{h}" for u, h in zip(users, hashes, strict=True)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return users
+
+
+def login_settings(opts: LoginOptions, users_file: Path) -> list[str]:
+    """The `tickwire serve --set` config of a login bench."""
+    settings = [f"users_file={users_file}", f"store={opts.store}"]
+    if opts.store == "redis" and opts.redis_url:
+        settings.append(f"redis_url={opts.redis_url}")
+    return settings
+
+
+def bench_login(
+    opts: LoginOptions,
+    console: Console,
+    log: Callable[[str], None],
+    progress: ProgressSink | None = None,
+) -> EchoReport:
+    """Spawn `tickwire serve` with a users file made for the run, then log in on every
+    connection, again and again (`bench.login`)."""
+    server = opts.server
+    if server.port is not None or server.server_cmd is not None or server.target != "tickwire":
+        raise BenchError("bench login starts `tickwire serve` itself, with users it made")
+    where = placement(server.cpu_pin)
+    with tempfile.TemporaryDirectory(prefix="tickwire-bench-login-") as tmp:
+        users_file = Path(tmp) / "users"
+        log(f"hashing {opts.params.conns} passwords at scrypt n={opts.scrypt_n}")
+        users = make_users(opts.params.conns, opts.scrypt_n, users_file)
+        params = msgspec.structs.replace(opts.params, users=users)
+        server = msgspec.structs.replace(
+            server, settings=[*login_settings(opts, users_file), *server.settings]
+        )
+        cmd = server.command()
+        log(f"tickwire ({' '.join(cmd[1:])})")
+        store_pid = None
+        if opts.store == "redis":
+            store_pid = local_redis_pid(opts.redis_url or ServerConfig().redis_url)
+            if store_pid is None:
+                log("the Redis is not a local redis-server: its CPU is not read")
+
+        def run_one(endpoint: Endpoint, target: str, round_no: int) -> EchoRun:
+            return run_login(
+                params,
+                endpoint,
+                target=target,
+                store=opts.store,
+                scrypt_n=opts.scrypt_n,
+                round_no=round_no,
+                client_cpus=where.client_cpus,
+                progress=progress,
+                store_pid=store_pid,
+            )
+
+        run = _spawned_run("tickwire", cmd, where, 1, run_one)
+    console.print(echo_table([run], "login", noun="logins"))
+    for note in login_notes(run):
+        console.print(note, highlight=False)
+    return EchoReport(kind="login", host=server.host, runs=[run])
+
+
+class RestoreOptions(msgspec.Struct, frozen=True, kw_only=True):
+    params: RestoreParams
+    host: str = "127.0.0.1"
+
+
+def bench_restore(
+    opts: RestoreOptions,
+    console: Console,
+    log: Callable[[str], None],
+    progress: ProgressSink | None = None,
+) -> RestoreReport:
+    """`bench.restore` in a temporary directory (the snapshot can be large)."""
+    with tempfile.TemporaryDirectory(prefix="tickwire-bench-restore-") as tmp:
+        report = run_restore(opts.params, Path(tmp), host=opts.host, log=log)
+    console.print(restore_table(report))
     return report

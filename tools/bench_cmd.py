@@ -6,6 +6,8 @@
     tickwire bench scenario bench.scenarios:ping_echo --conns 20 --requests 50000
     tickwire bench compare before.json after.json
     tickwire bench idle --conns 15000
+    tickwire bench login --conns 50 --duration 5 [--scrypt-n 16] [--store redis]
+    tickwire bench restore --sessions 100000
 
 Exit status: 0 when the run was clean, 1 when it ran but saw errors (bad replies, connect
 errors, unanswered pings, fewer replies than --requests), 2 when it could not run at
@@ -31,15 +33,24 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from bench.progress import ProgressSink
-    from bench.results import EchoReport, EchoRun, IdleReport
-    from bench.runner import EchoOptions, IdleOptions, ScenarioOptions, ServerOptions
+    from bench.results import EchoReport, EchoRun, IdleReport, RestoreReport
+    from bench.runner import (
+        EchoOptions,
+        IdleOptions,
+        LoginOptions,
+        RestoreOptions,
+        ScenarioOptions,
+        ServerOptions,
+    )
 
 #: Runs where other processes used more CPU than this (% of one core) get a warning:
 #: their numbers measure the neighbours as much as the server.
 BUSY_MACHINE_PCT = 25.0
 
-_Options = TypeVar("_Options", bound="EchoOptions | IdleOptions | ScenarioOptions")
-_Report = TypeVar("_Report", bound="EchoReport | IdleReport")
+_Options = TypeVar(
+    "_Options", bound="EchoOptions | IdleOptions | ScenarioOptions | LoginOptions | RestoreOptions"
+)
+_Report = TypeVar("_Report", bound="EchoReport | IdleReport | RestoreReport")
 
 #: --duration when neither it nor --requests is given.
 DEFAULT_DURATION_S = 5.0
@@ -260,6 +271,84 @@ def register(subparsers: Any) -> None:
     _add_server_args(scenario)
     scenario.set_defaults(func=run_scenario_cmd)
 
+    login = kinds.add_parser(
+        "login",
+        help="logins per second and login latency (spawns tickwire serve with its own users)",
+        description="Every connection logs in as its own user, again and again (closed "
+        "loop); each login replaces the connection's previous session. The bench writes "
+        "the users file and starts `tickwire serve` on it. See docs/bench.md.",
+    )
+    _add_load_args(login, conns=50)
+    login.add_argument(
+        "--store",
+        choices=["memory", "redis"],
+        default="memory",
+        help="the server's session store (default: %(default)s)",
+    )
+    login.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="with --store redis: the Redis to use (default: the server's, "
+        "redis://127.0.0.1:6379/0); give the bench a db of its own, e.g. /15",
+    )
+    login.add_argument(
+        "--scrypt-n",
+        type=_checked(int, lambda v: v >= 2 and not v & (v - 1), "must be a power of 2, >= 2"),
+        default=1 << 14,
+        metavar="N",
+        help="scrypt cost of the users' password hashes (default: %(default)s, the "
+        "production cost; 16 measures the session machinery rather than scrypt)",
+    )
+    where = login.add_argument_group("server under test")
+    where.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    where.add_argument(
+        "--cpu-pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="pin the server to the first CPU and the load generators to the others",
+    )
+    where.add_argument(
+        "--connect-concurrency",
+        type=_positive_int,
+        default=100,
+        help="TCP handshakes in flight at once, over all processes (default: %(default)s)",
+    )
+    where.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more config for the spawned tickwire serve, e.g. duplicate_login=allow",
+    )
+    login.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+    login.set_defaults(func=run_login_cmd)
+
+    restore = kinds.add_parser(
+        "restore",
+        help="restart time with N sessions in a memory-store snapshot, and resumes",
+        description="Make N sessions in a memory-store snapshot, start `tickwire serve` on "
+        "it, time the start to 'listening' (and one without a snapshot), and resume a "
+        "sample of the sessions over the wire with their tokens.",
+    )
+    restore.add_argument(
+        "--sessions", type=_positive_int, default=100_000, help="default: %(default)s"
+    )
+    restore.add_argument(
+        "--sample",
+        type=_positive_int,
+        default=200,
+        help="sessions resumed over the wire per round (default: %(default)s)",
+    )
+    restore.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        help="starts with and without the snapshot (default: %(default)s)",
+    )
+    restore.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    restore.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+    restore.set_defaults(func=run_restore_cmd)
+
     diff = kinds.add_parser(
         "compare",
         help="the differences between two --json results",
@@ -284,7 +373,7 @@ def _check_server_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _write_json(path: str, report: EchoReport | IdleReport) -> None:
+def _write_json(path: str, report: EchoReport | IdleReport | RestoreReport) -> None:
     import msgspec
 
     data = msgspec.json.format(msgspec.json.encode(report), indent=2)
@@ -612,7 +701,86 @@ def run_idle_cmd(args: argparse.Namespace) -> int:
     if report is None:
         return 2
     clean = report.connect_errors == 0 and report.answered == report.opened
+    if report.dropped:
+        err.print(
+            f"[red]the server closed {report.dropped} of the {report.opened} connections "
+            "while they were quiet: they were not measured. A server whose auth_timeout or "
+            "idle_timeout is shorter than the run closes quiet connections (the bench starts "
+            "its own with --set auth_timeout=0 --set idle_timeout=0).[/red]",
+            highlight=False,
+        )
     if not clean:
+        for sample in report.error_samples:
+            err.print(f"  {escape(sample)}", highlight=False)
+    return 0 if clean else 1
+
+
+def run_login_cmd(args: argparse.Namespace) -> int:
+    from bench.login import LoginParams
+    from bench.runner import LoginOptions, ServerOptions
+
+    err = _console(stderr=True)
+    problem = _check_plot(args)
+    window = _window(args)
+    if problem is None and isinstance(window, str):
+        problem = window
+    if problem is None and args.redis_url is not None and args.store != "redis":
+        problem = "--redis-url is for --store redis"
+    if problem is None:
+        bad = [s for s in args.set if not s.partition("=")[0] or "=" not in s]
+        if bad:
+            problem = f"--set takes KEY=VALUE, got {bad[0]!r}"
+    if problem:
+        return _refuse(err, "login", problem)
+    assert not isinstance(window, str)
+    duration, requests, time_limit = window
+    options = LoginOptions(
+        params=LoginParams(
+            conns=args.conns,
+            procs=args.procs,
+            connect_concurrency=args.connect_concurrency,
+            duration=duration,
+            requests=requests,
+            time_limit=time_limit,
+            warmup=args.warmup,
+            users=[],
+        ),
+        store=args.store,
+        redis_url=args.redis_url,
+        scrypt_n=args.scrypt_n,
+        server=ServerOptions(host=args.host, cpu_pin=args.cpu_pin, settings=list(args.set)),
+    )
+    from bench.runner import bench_login
+
+    return _finish_load("login", _run_bench("login", bench_login, options, args, err), args, err)
+
+
+def run_restore_cmd(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from bench.restore import RestoreParams
+    from bench.runner import RestoreOptions, bench_restore
+
+    err = _console(stderr=True)
+    options = RestoreOptions(
+        params=RestoreParams(sessions=args.sessions, sample=args.sample, rounds=args.rounds),
+        host=args.host,
+    )
+    report = _run_bench("restore", bench_restore, options, args, err)
+    if report is None:
+        return 2
+    clean = (
+        report.resumed == report.resume_sample
+        and report.bogus_refused
+        and report.restored_keys == report.snapshot_keys
+    )
+    if not clean:
+        if report.restored_keys != report.snapshot_keys:
+            err.print(
+                f"[red]the server restored {report.restored_keys} keys of "
+                f"{report.snapshot_keys}[/red]",
+                highlight=False,
+            )
         for sample in report.error_samples:
             err.print(f"  {escape(sample)}", highlight=False)
     return 0 if clean else 1
