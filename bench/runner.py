@@ -231,10 +231,10 @@ class IdleOptions(msgspec.Struct, frozen=True, kw_only=True):
 
 
 #: A `tickwire serve` the idle bench spawns keeps quiet connections open however long the
-#: run: no AUTH_TIMEOUT (10 s by default: 15,000 connects take about that long, and the
-#: first ones would be closed before the last one opened) and no IDLE_TIMEOUT (300 s,
-#: within reach of a long --settle). The bench measures what a quiet connection costs,
-#: not the server's policy for quiet connections.
+#: run: no AUTH_TIMEOUT (10 s by default: opening 15,000 connections and the settle can
+#: take longer, and the first ones would be closed before the memory is read) and no
+#: IDLE_TIMEOUT (300 s, within reach of a long --settle). The bench measures what a
+#: quiet connection costs, not the server's policy for quiet connections.
 IDLE_SETTINGS = ["auth_timeout=0", "idle_timeout=0"]
 
 
