@@ -194,11 +194,6 @@ def run(
         except StoreError as exc:
             log.error("cannot start: %s", exc)
             return 2
-        write_pid_file(config.pid_file)
-        report_ready()
-        host, port = server.address
-        # Last: whoever waits for this line may rely on the pid file being written.
-        log.info("tickwire listening on %s:%d", host, port)
         stop = asyncio.Event()
         reconnect_after_ms = 0
         restarter = Restarter(server, argv) if argv is not None else None
@@ -235,6 +230,13 @@ def run(
             loop.add_signal_handler(signal.SIGUSR1, reload_into, server, loader)
             if autoreload:
                 tasks.add(loop.create_task(watch(server, loader)))
+        # Only now that every signal has its handler: a SIGHUP or SIGTERM sent the moment
+        # the pid file or the listening line appears must not meet the default action.
+        write_pid_file(config.pid_file)
+        report_ready()
+        host, port = server.address
+        # Last: whoever waits for this line may rely on the pid file being written.
+        log.info("tickwire listening on %s:%d", host, port)
         if on_started is not None:
             result = on_started(server)
             if result is not None:
