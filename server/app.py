@@ -20,7 +20,8 @@ Ping, Echo, Describe, Hello, Login and Resume are public.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+import sys
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from enum import Enum
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -77,6 +78,14 @@ class Context:
     def session(self) -> Session | None:
         """The logged-in session of this connection; never None in a private handler."""
         return self.conn.session
+
+    def push(self, message: Message) -> None:
+        """Push `message` to this connection's session. It goes out in this connection's
+        next write, ahead of this handler's own reply."""
+        session = self.conn.session
+        if session is None:
+            raise RuntimeError("ctx.push needs a logged-in session: pushes are per session")
+        self.conn.server.pushes.to_sessions((session,), message)
 
 
 class Route:
@@ -139,6 +148,8 @@ class App:
         self.routes: dict[type[Message], Route] = {}
         self.modules: list[ModuleType] = []
         self.middleware: list[Middleware] = []
+        #: Push types delivered latest-value, with their key functions (server/push.py).
+        self.latest: dict[type[Message], Callable[[Any], Hashable]] = {}
 
     def handler(
         self,
@@ -183,6 +194,20 @@ class App:
     def add_module(self, module: ModuleType) -> None:
         """Declare a generated ``_pb2`` module whose messages (replies, pushes) this app sends."""
         self.modules.append(module)
+
+    def latest_value(self, message_type: type[Message], key: Callable[[Any], Hashable]) -> None:
+        """Push `message_type` latest-value: unsequenced, and while a client lags a newer
+        message with the same `key(msg)` replaces the one not yet sent. Everything else
+        this app pushes is reliable (sequenced, acknowledged, replayed)."""
+        if declared_id(message_type.DESCRIPTOR) is None:
+            raise ValueError(f"{message_type.DESCRIPTOR.full_name} declares no message ID")
+        self.latest[message_type] = key
+        self.add_module_of(message_type)
+
+    def add_module_of(self, message_type: type[Message]) -> None:
+        module = sys.modules.get(message_type.__module__)
+        if module is not None and module not in self.modules:
+            self.modules.append(module)
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add a layer inside the server's default ones; layers run in the order added."""

@@ -175,6 +175,27 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "connected, allow keeps both (several devices)."
         ),
     ] = "replace"
+    push_buffer: Annotated[
+        int,
+        _doc(
+            "Reliable pushes a session keeps until the client acknowledges them (replayed "
+            "after a Resume); past it the oldest go and a Resume reports a gap.",
+            ge=1,
+            le=1_000_000,
+        ),
+    ] = 1024
+    inbox_max: Annotated[
+        int,
+        _doc(
+            "Offline pushes kept per user (the oldest go first); delivered at the next login.",
+            ge=1,
+            le=1_000_000,
+        ),
+    ] = 1000
+    inbox_ttl: Annotated[
+        float,
+        _doc("Seconds an offline push is kept before it is dropped.", gt=0, le=365 * 86_400),
+    ] = 7 * 86_400.0
     store: Annotated[
         Literal["memory", "redis"],
         _doc(

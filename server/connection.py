@@ -68,6 +68,7 @@ class Connection(asyncio.Protocol):
         "fatal",
         "frames",
         "id",
+        "latest",
         "mailbox",
         "opened_tick",
         "out",
@@ -108,6 +109,8 @@ class Connection(asyncio.Protocol):
         #: refusals means the peer spoke a public message, which stops the auth timeout.
         self.frames = 0
         self.refused = 0
+        #: Latest-value pushes parked while writes are paused, by key (server/push.py).
+        self.latest: dict[Any, bytes] | None = None
         #: Sequence number of this connection in the server's life: ties open and close lines.
         self.id = 0
         self.write_paused_tick = 0
@@ -155,6 +158,8 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.latest:
+            self.server.pushes.release_latest(self)
         self.dispatcher.reschedule(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -12,7 +12,7 @@ import logging
 import math
 import resource
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,9 +25,11 @@ from server.auth import Authenticator, UsersFile
 from server.config import ServerConfig
 from server.connection import CloseReason, Connection
 from server.dispatch import Dispatcher
+from server.inbox import Inbox
 from server.metrics import MetricsEndpoint, Timing
 from server.middleware import AuthGate, Counters, Deadline, ErrorRecovery, Middleware, compose
-from server.sessions import DuplicateLogin, SessionManager
+from server.push import Pusher, Room
+from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
 from server.store import MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
@@ -53,7 +55,16 @@ class Server:
             session_ttl=self.config.session_ttl,
             token_ttl=self.config.token_ttl,
             duplicate_login=DuplicateLogin(self.config.duplicate_login),
+            push_buffer=self.config.push_buffer,
         )
+        self.sessions.on_end = self._session_ended
+        #: Push to sessions, users, rooms, everyone (server/push.py).
+        self.pushes = Pusher(self)
+        #: Reliable pushes for users with no session here, kept in the store (at start).
+        self.inbox: Inbox | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # at start
+        self._push_tasks: set[asyncio.Task[None]] = set()
+        self._unacked_writes: dict[str, set[asyncio.Task[None]]] = {}
         self.apps: list[App] = []
         self.registry = system_registry()
         self.routes: dict[int, Route] = {}
@@ -117,6 +128,8 @@ class Server:
         if chains:
             self._build_chains(app_routes)
         describe_reply = registry.describe()
+        latest = {t: key for app in all_apps for t, key in app.latest.items()}
+        self.pushes.latest_keys = latest
         self.apps, self.registry, self._app_routes, self.routes = (
             all_apps,
             registry,
@@ -177,6 +190,8 @@ class Server:
             max_keys=config.store_max_keys or None,
         )
         self.sessions.bind(self.store)
+        self.inbox = Inbox(self.store, max_per_user=config.inbox_max, ttl=config.inbox_ttl)
+        self.loop = loop
         self.executor = ThreadPoolExecutor(
             self.config.blocking_threads, thread_name_prefix="tickwire-blocking"
         )
@@ -215,6 +230,106 @@ class Server:
         """The successor serves: the snapshot file is its own from now on."""
         if isinstance(self.store, MemoryStore):
             self.store.release_snapshot()
+
+    # -- push -------------------------------------------------------------------------
+
+    def push(self, user_id: str, message: Message) -> int:
+        """Push `message` to every session of `user_id` on this node (connected, or
+        waiting for a Resume that will replay it). With none, a reliable push goes to the
+        user's offline inbox, delivered at the next login. Returns the sessions reached."""
+        return self.multicast((user_id,), message)
+
+    def multicast(self, user_ids: Iterable[str], message: Message) -> int:
+        """`push` to several users, encoded once; the offline ones share one stored body."""
+        sessions: list[Session] = []
+        offline: list[str] = []
+        reachable = self.sessions.reachable
+        for user_id in user_ids:
+            found = reachable(user_id)
+            if found:
+                sessions.extend(found)
+            else:
+                offline.append(user_id)
+        count = self.pushes.to_sessions(sessions, message) if sessions else 0
+        if offline and type(message) not in self.pushes.latest_keys:
+            msg_id, payload = self.pushes.encode(message)
+            self._to_inbox(offline, msg_id, payload)
+        return count
+
+    def broadcast(self, message: Message) -> int:
+        """Push `message` to every session on this node."""
+        return self.pushes.to_sessions(self.sessions.all_sessions(), message)
+
+    def room(self, name: str) -> Room:
+        """The room `name` on this node (created on first use): join, leave, broadcast."""
+        return self.pushes.room(name)
+
+    def _to_inbox(self, user_ids: list[str], msg_id: int, payload: bytes) -> asyncio.Task[None]:
+        inbox = self.inbox
+        if inbox is None:
+            raise RuntimeError("the server has not started: no inbox yet")
+        self.pushes.offline += len(user_ids)
+
+        async def put() -> None:
+            try:
+                await inbox.put(user_ids, msg_id, payload)
+            except StoreError as exc:
+                log.error("offline push to %d users lost: %s", len(user_ids), exc)
+
+        task = self.loop.create_task(put())
+        self._push_tasks.add(task)
+        task.add_done_callback(self._push_tasks.discard)
+        return task
+
+    def _keep_unacked(self, session: Session) -> None:
+        """A session's unacknowledged pushes go to its user's inbox, in order (one write
+        after the other, so the inbox keeps their order)."""
+        items = list(session.pushes.items)
+        session.pushes.items.clear()
+        if not items or self.inbox is None:
+            return
+        inbox, user_id = self.inbox, session.user_id
+
+        async def keep() -> None:
+            for _, msg_id, payload in items:
+                try:
+                    await inbox.put([user_id], msg_id, payload)
+                except StoreError as exc:
+                    log.error("unacknowledged push to %s lost: %s", user_id, exc)
+
+        task = self.loop.create_task(keep())
+        self._push_tasks.add(task)
+        task.add_done_callback(self._push_tasks.discard)
+        pending = self._unacked_writes.setdefault(user_id, set())
+        pending.add(task)
+
+        def done(_: asyncio.Task[None]) -> None:
+            pending.discard(task)
+            if not pending and self._unacked_writes.get(user_id) is pending:
+                del self._unacked_writes[user_id]
+
+        task.add_done_callback(done)
+
+    async def inbox_settled(self, user_id: str) -> None:
+        """Wait until the unacknowledged pushes of the user's ended sessions are in the
+        inbox (a login that replaced a session takes them right after)."""
+        pending = self._unacked_writes.get(user_id)
+        if pending:
+            await asyncio.wait(list(pending))
+
+    def _session_ended(self, session: Session, reason: EndReason) -> None:
+        for name in list(session.rooms):
+            self.pushes.room(name).leave(session)
+        # Replaced by a newer login, or never resumed: what it was pushed and never
+        # acknowledged reaches the user at the next login. A logout or a removal asked
+        # for the session to end, pushes included.
+        if reason in (EndReason.REPLACED, EndReason.EXPIRED):
+            self._keep_unacked(session)
+
+    async def flush_pushes(self, timeout: float | None = None) -> None:
+        """Wait until the offline-inbox writes in flight are done."""
+        if self._push_tasks:
+            await asyncio.wait(list(self._push_tasks), timeout=timeout)
 
     def listening_socket(self) -> Any:
         """The listening socket (what a restart hands to the successor)."""
@@ -271,8 +386,12 @@ class Server:
         await self.dispatcher.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
-        # Sessions that lost their connection are written as disconnected, with their data.
+        # Sessions that lost their connection are written as disconnected, with their data;
+        # what they were pushed but never acknowledged goes to their users' inboxes.
         await self.sessions.flush(timeout=max(1.0, deadline - loop.time()))
+        for session in self.sessions.all_sessions():
+            self._keep_unacked(session)
+        await self.flush_pushes(timeout=max(1.0, deadline - loop.time()))
         if self.store is not None:
             # Handlers are done: the memory store's final snapshot sees everything.
             try:
@@ -340,6 +459,7 @@ class Server:
             await asyncio.sleep(self.config.sweep_interval)
             self.tick += 1
             try:
+                self.sessions.expire_waiting()
                 self.sweep_once()
             except Exception:  # one bad tick must not end every timeout for good
                 log.exception("connection sweep failed")

@@ -33,6 +33,7 @@ import msgspec
 
 from protocol.errors import ErrorCode
 from server.errors import HandlerError
+from server.push import PushBuffer
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -68,6 +69,8 @@ class EndReason(StrEnum):
     RESUMED_ELSEWHERE = "resumed_elsewhere"
     #: `remove_user` ended it.
     REMOVED = "removed"
+    #: It waited longer than session_ttl for a Resume.
+    EXPIRED = "expired"
 
 
 class SessionInfo(msgspec.Struct, frozen=True):
@@ -100,10 +103,14 @@ class Session:
         "data",
         "device",
         "expires_at_ms",
+        "held",
         "manager",
+        "pushes",
+        "rooms",
         "session_id",
         "token_hash",
         "user_id",
+        "waiting_since",
     )
 
     def __init__(
@@ -116,6 +123,7 @@ class Session:
         created_ms: int,
         expires_at_ms: int,
         data: dict[str, Any] | None = None,
+        last_push_seq: int = 0,
     ) -> None:
         self.manager = manager
         self.user_id = user_id
@@ -126,6 +134,15 @@ class Session:
         self.expires_at_ms = expires_at_ms
         self.data: dict[str, Any] = data if data is not None else {}
         self.conn: Connection | None = None
+        #: Reliable pushes not yet acknowledged (server/push.py).
+        self.pushes = PushBuffer(manager.push_buffer, last_push_seq)
+        #: Names of the rooms this session is in.
+        self.rooms: set[str] = set()
+        #: Monotonic time its connection ended (it waits for a Resume); 0 while connected.
+        self.waiting_since = 0.0
+        #: Pushes are buffered but not written until the Login/Resume reply is out
+        #: (Pusher.release), so the client sees its new session's pushes after the reply.
+        self.held = False
 
     async def save(self) -> None:
         """Write `data` to the store now (it is also written when the connection ends)."""
@@ -181,8 +198,10 @@ class SessionManager:
         token_ttl: float,
         duplicate_login: DuplicateLogin,
         node: str | None = None,
+        push_buffer: int = 1024,
     ) -> None:
         self.session_ttl = session_ttl
+        self.push_buffer = push_buffer
         self.token_ttl = token_ttl
         self.duplicate_login = duplicate_login
         self.node = node or default_node_id()
@@ -190,6 +209,13 @@ class SessionManager:
         #: Live sessions of this node, by session id and by user id.
         self.live: dict[str, Session] = {}
         self._by_user: dict[str, list[Session]] = {}
+        #: Sessions of this node whose connection ended, waiting `session_ttl` for a
+        #: Resume; pushes to them are buffered for the replay.
+        self.waiting: dict[str, Session] = {}
+        self._waiting_by_user: dict[str, list[Session]] = {}
+        #: Called with a session that ended for good (not one waiting for a Resume), so
+        #: the push layer can take it out of rooms and keep its unacknowledged pushes.
+        self.on_end: Callable[[Session, EndReason], None] | None = None
         self._locks: dict[str, _UserLock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_connected: list[ConnectedCallback] = []
@@ -330,9 +356,10 @@ class SessionManager:
         for info in others:
             await self._end(info.session_id, EndReason.REPLACED)
 
-    async def resume(self, conn: Connection, token: str) -> Session:
+    async def resume(self, conn: Connection, token: str, last_push_seq: int = 0) -> Session:
         """Continue the session `token` belongs to on `conn`; a connection still holding it
-        (on this node) gets GoAway SESSION_REPLACED."""
+        (on this node) gets GoAway SESSION_REPLACED. `last_push_seq` is the last push the
+        client saw."""
         hashed = token_hash(token)
         refused = HandlerError(
             ErrorCode.UNAUTHENTICATED, "token unknown, expired, rotated or logged out"
@@ -359,17 +386,27 @@ class SessionManager:
                 self._kick(
                     live, EndReason.RESUMED_ELSEWHERE, "session resumed on another connection"
                 )
+            waiting = self.waiting.get(session_id)
+            if waiting is not None:
+                self._unwait(waiting)
             if conn.session is not None:
-                self._detach(conn.session, EndReason.CLOSED, persist=True)
-            session = live or Session(
-                self,
-                user_id,
-                session_id,
-                current.get("device", b"").decode(),
-                hashed,
-                int(current.get("created", b"0")),
-                int(current.get("expires", b"0")),
-                _load_data(current.get("data")),
+                self._detach(conn.session, EndReason.CLOSED)
+            # From the store (another node, or before a restart): the pushes are not here,
+            # but the sequence goes on after both what the store and the client saw.
+            session = (
+                live
+                or waiting
+                or Session(
+                    self,
+                    user_id,
+                    session_id,
+                    current.get("device", b"").decode(),
+                    hashed,
+                    int(current.get("created", b"0")),
+                    int(current.get("expires", b"0")),
+                    _load_data(current.get("data")),
+                    max(int(current.get("pseq", b"0")), last_push_seq),
+                )
             )
             await store.hset(_session_key(session_id), self._where(conn))
             await store.expire(_session_key(session_id), self._connected_ttl)
@@ -406,7 +443,7 @@ class SessionManager:
         await self._locked(session.user_id, lambda: self._logout(session, EndReason.LOGOUT))
 
     async def _logout(self, session: Session, reason: EndReason) -> None:
-        self._detach(session, reason, persist=False)
+        self._detach(session, reason)
         await self._delete(session.session_id, session.user_id, session.token_hash)
 
     async def _delete(self, sid: str, user_id: str, hashed: str | None) -> None:
@@ -424,13 +461,17 @@ class SessionManager:
         live = self.live.get(sid)
         if live is not None:
             self._kick(live, reason, _KICK_TEXT[reason])
+        else:
+            waiting = self.waiting.get(sid)
+            if waiting is not None:
+                self._detach(waiting, reason)
         if record:
             user = record["user"].decode()
             await self._delete(sid, user, record.get("token", b"").decode())
 
     def _kick(self, session: Session, reason: EndReason, text: str) -> None:
         conn = session.conn
-        self._detach(session, reason, persist=False)
+        self._detach(session, reason)
         if conn is not None:
             conn.close_with(ErrorCode.SESSION_REPLACED, text, goaway=True)
 
@@ -444,6 +485,7 @@ class SessionManager:
         return {"node": self.node.encode(), "conn": str(conn.id).encode()}
 
     def _attach(self, session: Session, conn: Connection) -> None:
+        session.held = True
         session.conn = conn
         conn.session = session
         self.live[session.session_id] = session
@@ -452,41 +494,95 @@ class SessionManager:
         if conn.closed:
             # It closed while the store calls were awaited, so its connection_lost found
             # no session: the session must not stay "live" on a dead connection.
-            self._detach(session, EndReason.CLOSED, persist=True)
+            self._detach(session, EndReason.CLOSED)
 
-    def _detach(self, session: Session, reason: EndReason, *, persist: bool) -> None:
-        """Take `session` off its connection and this node's index. With `persist` (the
-        connection ended, a Resume may follow) the store learns it is disconnected, gets
-        its data, and starts the session_ttl countdown."""
+    def _detach(self, session: Session, reason: EndReason) -> None:
+        """Take `session` off its connection. CLOSED (the connection ended): the session
+        waits `session_ttl` for a Resume, here (pushes buffered) and in the store (its
+        data written). Any other reason but RESUMED_ELSEWHERE ends it for good."""
         conn = session.conn
         if conn is not None and conn.session is session:
             conn.session = None
         session.conn = None
         if self.live.pop(session.session_id, None) is None:
+            if reason is not EndReason.CLOSED and self._unwait(session):
+                self._ended(session, reason)
             return
-        same_user = self._by_user.get(session.user_id)
-        if same_user is not None:
-            same_user.remove(session)
-            if not same_user:
-                del self._by_user[session.user_id]
-        if persist:
+        _drop(self._by_user, session)
+        if reason is EndReason.CLOSED:
+            session.waiting_since = time.monotonic()
+            self.waiting[session.session_id] = session
+            self._waiting_by_user.setdefault(session.user_id, []).append(session)
             self._spawn(self._persist_disconnected(session))
+        elif reason is not EndReason.RESUMED_ELSEWHERE:
+            self._ended(session, reason)
         self._fire(self._on_disconnected, session, reason)
 
+    def _unwait(self, session: Session) -> bool:
+        if self.waiting.pop(session.session_id, None) is None:
+            return False
+        _drop(self._waiting_by_user, session)
+        session.waiting_since = 0.0
+        return True
+
+    def _ended(self, session: Session, reason: EndReason) -> None:
+        if self.on_end is not None:
+            try:
+                self.on_end(session, reason)
+            except Exception:
+                log.exception("session end hook failed for %r", session)
+
+    def expire_waiting(self) -> int:
+        """End the sessions that waited longer than `session_ttl` for a Resume (the
+        sweep calls this); returns how many."""
+        limit = time.monotonic() - self.session_ttl
+        expired = []
+        for session in self.waiting.values():  # in the order they started waiting
+            if session.waiting_since > limit:
+                break
+            expired.append(session)
+        for session in expired:
+            self._unwait(session)
+            self._ended(session, EndReason.EXPIRED)
+        return len(expired)
+
+    def reachable(self, user_id: str) -> list[Session]:
+        """The user's sessions on this node a push can go to: connected ones, and those
+        waiting for a Resume (which will replay it)."""
+        return [*self._by_user.get(user_id, ()), *self._waiting_by_user.get(user_id, ())]
+
+    def all_sessions(self) -> list[Session]:
+        """Every session held on this node, connected or waiting."""
+        return [*self.live.values(), *self.waiting.values()]
+
     async def _persist_disconnected(self, session: Session) -> None:
+        # Under the user's lock, and only while the session still waits: a Resume that
+        # got in first must not be overwritten with "disconnected" (and a short TTL).
+        await self._locked(session.user_id, lambda: self._write_disconnected(session))
+
+    async def _write_disconnected(self, session: Session) -> None:
+        if session.conn is not None:
+            return
         store = self.store
         key = _session_key(session.session_id)
         # Only if it is still ours: a Resume elsewhere may already have moved it.
         if await store.hget(key, "token") != session.token_hash.encode():
             return
-        await store.hset(key, {"conn": b"", "data": _encode(session.data)})
+        await store.hset(
+            key,
+            {
+                "conn": b"",
+                "data": _encode(session.data),
+                "pseq": str(session.pushes.last_seq).encode(),
+            },
+        )
         await store.expire(key, self.session_ttl)
 
     def connection_closed(self, conn: Connection) -> None:
         """The connection is gone: its session (if any) waits `session_ttl` for a Resume."""
         session = conn.session
         if session is not None:
-            self._detach(session, EndReason.CLOSED, persist=True)
+            self._detach(session, EndReason.CLOSED)
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -548,6 +644,14 @@ class SessionManager:
 
         result: int = await self._locked(user_id, work)
         return result
+
+
+def _drop(index: dict[str, list[Session]], session: Session) -> None:
+    same_user = index.get(session.user_id)
+    if same_user is not None and session in same_user:
+        same_user.remove(session)
+        if not same_user:
+            del index[session.user_id]
 
 
 _KICK_TEXT = {

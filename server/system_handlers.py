@@ -23,6 +23,7 @@ from protocol.proto.system_pb2 import (
     LogoutRequest,
     Ping,
     Pong,
+    PushAck,
     RefreshTokenRequest,
     ResumeReply,
     ResumeRequest,
@@ -85,6 +86,11 @@ def system_app() -> App:
             log.info("login refused", extra={"conn": ctx.conn.id, "user": msg.user})
             raise HandlerError(ErrorCode.UNAUTHENTICATED, "wrong user name or password")
         session, token = await server.sessions.login(ctx.conn, user_id, msg.device)
+        try:
+            await _take_inbox(ctx, session)
+        finally:
+            # After the reply is written: the new session's pushes (the inbox first).
+            server.loop.call_soon(server.pushes.release, session, 0)
         log.info(
             "login",
             extra={"conn": ctx.conn.id, "user": user_id, "session": session.session_id},
@@ -104,19 +110,59 @@ def system_app() -> App:
 
     @app.handler(ResumeRequest)
     async def resume(ctx: Context, msg: ResumeRequest) -> ResumeReply:
-        session = await ctx.server.sessions.resume(ctx.conn, msg.token)
+        server = ctx.server
+        seen = msg.last_push_seq
+        session = await server.sessions.resume(ctx.conn, msg.token, seen)
+        _, gap = session.pushes.since(seen)
+        last = session.pushes.last_seq
+        try:
+            await _take_inbox(ctx, session)
+        finally:
+            # After the reply: what the client missed, in order, then anything new.
+            server.loop.call_soon(server.pushes.release, session, seen)
         log.info(
             "resume",
-            extra={"conn": ctx.conn.id, "user": session.user_id, "session": session.session_id},
+            extra={
+                "conn": ctx.conn.id,
+                "user": session.user_id,
+                "session": session.session_id,
+                "gap": gap,
+            },
         )
         return ResumeReply(
             user_id=session.user_id,
             session_id=session.session_id,
             expires_at_ms=session.expires_at_ms,
-            session_ttl_s=int(ctx.server.config.session_ttl),
+            session_ttl_s=int(server.config.session_ttl),
+            push_gap=gap,
+            last_push_seq=last,
         )
 
+    @app.handler(PushAck, public=False)
+    def push_ack(ctx: Context, msg: PushAck) -> None:
+        session = ctx.session
+        if session is not None:
+            session.pushes.ack(msg.seq)
+        return None
+
     return app
+
+
+async def _take_inbox(ctx: Context, session: Session) -> None:
+    """Move the user's offline pushes into the session's buffer (sequenced; written when
+    the session is released after its reply)."""
+    inbox = ctx.server.inbox
+    if inbox is None:
+        return
+    await ctx.server.inbox_settled(session.user_id)
+    buffer = session.pushes
+    items = await inbox.take(session.user_id)
+    if len(buffer.items) + len(items) > buffer.limit:
+        # Taken out of the store, so dropping any would lose it: the buffer grows to fit
+        # (the inbox is bounded by inbox_max, so this is too).
+        buffer.limit = len(buffer.items) + len(items)
+    for msg_id, payload in items:
+        buffer.add(msg_id, payload)
 
 
 def _session(ctx: Context) -> Session:

@@ -1,0 +1,308 @@
+"""Server push: reliable pushes (sequenced per session, buffered until acknowledged,
+replayed after a Resume), latest-value pushes (replaced by newer values of the same key
+while a client lags), rooms, and one write per connection per loop iteration.
+
+How a push travels: the message is encoded once, whatever the number of recipients. A
+reliable push takes the session's next push sequence, goes into the session's bounded
+`PushBuffer` (a tuple sharing the one payload), and its 11-byte header plus the shared
+payload are appended to the connection's pending output; a latest-value push is one
+frame (seq 0, so the very same bytes) appended as is, or parked in the connection's
+`latest` map under its key while the connection is write-paused. A connection that got
+output is put on the `dirty` list, and one ``call_soon`` per loop iteration writes every
+dirty connection's output with one ``write`` — so a member of ten rooms that each
+broadcast in one iteration costs one syscall, not ten.
+
+A push made while a handler runs goes out in the same write as the replies of that
+connection's turn, ahead of the handler's own reply. A reliable push to a connection
+that is write-paused still goes to its transport (it must not be dropped) until the
+buffer passes `slow_consumer_bytes`; then the connection is closed with SLOW_CONSUMER:
+a client that stops reading costs at most that much.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import Message
+from hdrh.histogram import HdrHistogram
+
+from protocol.frame import HEADER, MIN_LENGTH, Flags
+
+if TYPE_CHECKING:
+    from server.connection import Connection
+    from server.server import Server
+    from server.sessions import Session
+
+log = logging.getLogger("tickwire.push")
+
+_PUSH = int(Flags.PUSH)
+_pack = HEADER.pack
+
+#: A pushed frame's parts, as the buffer keeps them: (seq, msg_id, payload).
+Buffered = tuple[int, int, bytes]
+LatestKey = Callable[[Any], Hashable]
+
+
+class Delivery(StrEnum):
+    #: Sequenced, buffered until acknowledged, replayed after a Resume, stored in the
+    #: offline inbox when the user has no session. The default.
+    RELIABLE = "reliable"
+    #: Unsequenced (seq 0): while a client lags, a newer value of the same key replaces
+    #: the older one instead of queueing behind it; never buffered, never stored.
+    LATEST = "latest"
+
+
+class PushBuffer:
+    """A session's reliable pushes not yet acknowledged, oldest first, at most `limit`.
+
+    Past the limit the oldest are dropped: a Resume that would need them is told there
+    is a gap (ResumeReply.push_gap) instead of getting a partial replay unannounced."""
+
+    __slots__ = ("dropped", "items", "last_seq", "limit")
+
+    def __init__(self, limit: int, last_seq: int = 0) -> None:
+        self.limit = limit
+        self.last_seq = last_seq
+        self.items: deque[Buffered] = deque()
+        self.dropped = 0
+
+    def add(self, msg_id: int, payload: bytes) -> int:
+        seq = self.last_seq + 1
+        self.last_seq = seq
+        items = self.items
+        items.append((seq, msg_id, payload))
+        if len(items) > self.limit:
+            items.popleft()
+            self.dropped += 1
+        return seq
+
+    def ack(self, seq: int) -> int:
+        """Forget every push up to `seq`; returns how many went."""
+        items = self.items
+        gone = 0
+        while items and items[0][0] <= seq:
+            items.popleft()
+            gone += 1
+        return gone
+
+    def since(self, seq: int) -> tuple[list[Buffered], bool]:
+        """The pushes after `seq` still held, and whether some after it are not."""
+        missing = [item for item in self.items if item[0] > seq]
+        wanted = seq + 1
+        gap = wanted <= self.last_seq and (not missing or missing[0][0] != wanted)
+        return missing, gap
+
+
+class Room:
+    """A named set of sessions on this node that broadcasts go to.
+
+    Members are sessions, not connections: a member whose connection dropped stays in
+    the room while its session waits for a Resume, and what the room said meanwhile is
+    replayed to it. A session that ends (logout, replaced, expired) leaves its rooms.
+    """
+
+    __slots__ = ("members", "name", "pusher")
+
+    def __init__(self, pusher: Pusher, name: str) -> None:
+        self.pusher = pusher
+        self.name = name
+        self.members: dict[str, Session] = {}
+
+    def join(self, session: Session) -> bool:
+        """Add `session`; False if it was already a member."""
+        if session.session_id in self.members:
+            return False
+        self.members[session.session_id] = session
+        session.rooms.add(self.name)
+        return True
+
+    def leave(self, session: Session) -> bool:
+        if self.members.pop(session.session_id, None) is None:
+            return False
+        session.rooms.discard(self.name)
+        if not self.members:
+            self.pusher.rooms.pop(self.name, None)
+        return True
+
+    def __contains__(self, session: object) -> bool:
+        return getattr(session, "session_id", None) in self.members
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def user_ids(self) -> set[str]:
+        return {s.user_id for s in self.members.values()}
+
+    def broadcast(self, message: Message, *, exclude: Session | str | None = None) -> int:
+        """Push `message` to every member (but `exclude`: a session, or a user id whose
+        sessions are all skipped); returns how many sessions it went to."""
+        members: Iterable[Session] = self.members.values()
+        if exclude is not None:
+            if isinstance(exclude, str):
+                members = [s for s in members if s.user_id != exclude]
+            else:
+                members = [s for s in members if s is not exclude]
+        return self.pusher.to_sessions(members, message)
+
+
+class Pusher:
+    """The server's push machinery (``server.pushes``)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.rooms: dict[str, Room] = {}
+        #: Message types pushed as latest-value, with the function giving a value's key.
+        self.latest_keys: dict[type[Message], LatestKey] = {}
+        self.dirty: list[Connection] = []
+        self._scheduled = False
+        self._starts: list[float] = []
+        #: Microseconds from a fan-out's call to the write of its last member.
+        self.fanout_us = HdrHistogram(1, 60_000_000, 2)
+        self.reliable = 0
+        self.latest = 0
+        self.conflated = 0
+        self.offline = 0
+
+    # -- declaring ----------------------------------------------------------------------
+
+    def latest_value(self, message_type: type[Message], key: LatestKey) -> None:
+        """Push `message_type` as latest-value; `key(msg)` names what a newer one replaces
+        (a symbol, an account): values of different keys never replace each other."""
+        self.latest_keys[message_type] = key
+
+    def room(self, name: str) -> Room:
+        """The room called `name`, created on first use (and dropped when it empties)."""
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(self, name)
+        return room
+
+    # -- pushing ------------------------------------------------------------------------
+
+    def encode(self, message: Message) -> tuple[int, bytes]:
+        msg_id = self.server.registry._id_by_class.get(type(message))
+        if msg_id is None:
+            raise ValueError(
+                f"{type(message).__qualname__} has no message ID in this server's registry: "
+                "declare its module with App.add_module so clients can decode it"
+            )
+        return msg_id, message.SerializeToString()
+
+    def to_sessions(self, sessions: Iterable[Session], message: Message) -> int:
+        """Push `message` to each session (encoded once); returns how many."""
+        msg_id, payload = self.encode(message)
+        key_of = self.latest_keys.get(type(message))
+        self._starts.append(time.perf_counter())
+        if key_of is None:
+            count = self._reliable(sessions, msg_id, payload)
+        else:
+            count = self._latest(sessions, msg_id, payload, (msg_id, key_of(message)))
+        self._schedule()
+        return count
+
+    def _reliable(self, sessions: Iterable[Session], msg_id: int, payload: bytes) -> int:
+        # The fan-out loop: per member, a sequence number, a buffer entry sharing the
+        # payload, an 11-byte header and two list appends.
+        pack = _pack
+        length = MIN_LENGTH + len(payload)
+        push = _PUSH
+        dirty = self.dirty
+        count = 0
+        for session in sessions:
+            buffer = session.pushes
+            seq = buffer.last_seq + 1
+            buffer.last_seq = seq
+            items = buffer.items
+            items.append((seq, msg_id, payload))
+            if len(items) > buffer.limit:
+                items.popleft()
+                buffer.dropped += 1
+            conn = session.conn
+            if conn is not None and not session.held and not conn.closed:
+                out = conn.out
+                if not out:
+                    dirty.append(conn)
+                out.append(pack(length, msg_id, push, seq))
+                out.append(payload)
+            count += 1
+        self.reliable += count
+        return count
+
+    def _latest(
+        self, sessions: Iterable[Session], msg_id: int, payload: bytes, key: Hashable
+    ) -> int:
+        frame = _pack(MIN_LENGTH + len(payload), msg_id, _PUSH, 0) + payload
+        dirty = self.dirty
+        count = 0
+        for session in sessions:
+            conn = session.conn
+            if conn is None or session.held or conn.closed:
+                continue  # a latest value is not kept for later: the next one will do
+            if conn.write_paused:
+                parked = conn.latest
+                if parked is None:
+                    parked = conn.latest = {}
+                elif key in parked:
+                    self.conflated += 1
+                parked[key] = frame
+            else:
+                out = conn.out
+                if not out:
+                    dirty.append(conn)
+                out.append(frame)
+            count += 1
+        self.latest += count
+        return count
+
+    def release(self, session: Session, after: int) -> None:
+        """The Login or Resume reply is written: send what the session holds after push
+        `after` (a replay, the inbox, pushes made meanwhile), in sequence order, and let
+        new pushes through from now on."""
+        session.held = False
+        conn = session.conn
+        if conn is None or conn.closed:
+            return
+        self.replay(conn, [item for item in session.pushes.items if item[0] > after])
+
+    def replay(self, conn: Connection, items: Iterable[Buffered]) -> None:
+        """Send buffered pushes again with their own sequence numbers."""
+        out = conn.out
+        if not out:
+            self.dirty.append(conn)
+        for seq, msg_id, payload in items:
+            out.append(_pack(MIN_LENGTH + len(payload), msg_id, _PUSH, seq))
+            out.append(payload)
+        self._schedule()
+
+    def release_latest(self, conn: Connection) -> None:
+        """The connection can be written again: its parked latest values go out."""
+        parked = conn.latest
+        conn.latest = None
+        if parked:
+            if not conn.out:
+                self.dirty.append(conn)
+            conn.out.extend(parked.values())
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.server.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for conn in dirty:
+            if conn.out:
+                conn.flush()
+        if self._starts:
+            done = time.perf_counter()
+            record = self.fanout_us.record_value
+            for started in self._starts:
+                record(max(1, int((done - started) * 1e6)))
+            self._starts.clear()
