@@ -157,10 +157,9 @@ async def _take_inbox(ctx: Context, session: Session) -> None:
     await ctx.server.inbox_settled(session.user_id)
     buffer = session.pushes
     items = await inbox.take(session.user_id)
-    if len(buffer.items) + len(items) > buffer.limit:
-        # Taken out of the store, so dropping any would lose it: the buffer grows to fit
-        # (the inbox is bounded by inbox_max, so this is too).
-        buffer.limit = len(buffer.items) + len(items)
+    # Taken out of the store, so dropping any would lose it: the buffer grows to fit
+    # (the inbox is bounded by inbox_max, so this is too).
+    buffer.make_room(len(items))
     for msg_id, payload in items:
         buffer.add(msg_id, payload)
 

@@ -355,3 +355,17 @@ async def test_pushing_an_unregistered_type_is_refused(start_server: StartServer
     server = await start_server(push_app(), authenticator=USERS)
     with pytest.raises(ValueError, match="no message ID"):
         server.push("alice", Timestamp(seconds=1))
+
+
+async def test_an_inbox_longer_than_the_push_buffer_is_delivered_whole(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(push_app(), authenticator=USERS, push_buffer=2)
+    for tag in range(1, 6):
+        server.push("alice", pb.SleepReply(tag=tag))
+    await server.flush_pushes()
+    client = await clients(server)
+    got = collect(client)
+    await client.request(LoginRequest(user="alice", password="a"))
+    await wait_for(lambda: tags(got) == [1, 2, 3, 4, 5])
+    assert [p.seq for p in got] == [1, 2, 3, 4, 5]
