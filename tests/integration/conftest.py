@@ -1,8 +1,10 @@
-"""Fixtures for the integration tests that spawn real server processes."""
+"""Fixtures of the integration tests: leftover server processes, and the store backends
+the session and push tests run on."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -18,3 +20,12 @@ async def no_leftover_servers() -> AsyncIterator[None]:
             proc.kill()
             await proc.wait()
         LOGS.pop(proc, None)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Server config overrides for each store backend; Redis is a real redis-server."""
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return {"store": "redis", "redis_url": url}
+    return {}

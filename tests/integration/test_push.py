@@ -75,14 +75,6 @@ async def clients() -> AsyncIterator[Connect]:
         await client.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_config(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "redis":
-        url: str = request.getfixturevalue("redis_url")
-        return {"store": "redis", "redis_url": url}
-    return {}
-
-
 def collect(client: AsyncClient) -> list[Push]:
     got: list[Push] = []
     for kind in (pb.SleepReply, pb.UnorderedSleepRequest, pb.BigReply):

@@ -62,15 +62,6 @@ def notes_app() -> App:
     return app
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_config(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Both store backends run the session tests; Redis is a real redis-server."""
-    if request.param == "redis":
-        url: str = request.getfixturevalue("redis_url")
-        return {"store": "redis", "redis_url": url}
-    return {}
-
-
 @pytest.fixture
 async def clients() -> AsyncIterator[Callable[[Server], Awaitable[AsyncClient]]]:
     opened: list[AsyncClient] = []
