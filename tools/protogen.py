@@ -1,4 +1,4 @@
-"""Regenerate the committed protobuf code from protocol/proto/*.proto (`make proto`).
+"""Regenerate the committed protobuf code from the .proto files of PROTO_DIRS (`make proto`).
 
 The generated modules are committed so that installing tickwire needs no protoc; a test
 regenerates them into a temporary directory and compares, so the two never drift.
@@ -13,8 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-#: Folders whose .proto files are compiled: the protocol's own, and the test application's.
-PROTO_DIRS = ("protocol/proto", "tests/proto")
+#: Folders whose .proto files are compiled: the protocol's own, the example chat service's
+#: (served by `tickwire serve` by default), and the test application's.
+PROTO_DIRS = ("protocol/proto", "examples/chat", "tests/proto")
 
 
 def proto_sources(root: Path = ROOT) -> list[Path]:
