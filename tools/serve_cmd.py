@@ -8,16 +8,31 @@ from typing import Any
 
 from server.config import ConfigError, ServerConfig, load_config, parse_assignments
 
+#: What `tickwire serve` runs when no --app is given (docs/chat.md).
+DEFAULT_APP = "examples.chat.service:app"
+
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("serve", help="run a tickwire server")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run a tickwire server",
+        description="Run a tickwire server in the foreground. Without --app it serves the "
+        "example chat app (examples/chat, docs/chat.md) beside the system handlers; --app "
+        "replaces it, --no-chat leaves it out.",
+    )
     add_config_args(p)
     p.add_argument(
         "--app",
         action="append",
         default=[],
         metavar="MODULE:ATTR",
-        help="an App to serve besides the system handlers (repeatable)",
+        help="an App to serve besides the system handlers (repeatable); any --app replaces "
+        f"the default example chat app (add --app {DEFAULT_APP} to keep it)",
+    )
+    p.add_argument(
+        "--no-chat",
+        action="store_true",
+        help="without --app, serve the system handlers only: no example chat app",
     )
     p.add_argument(
         "--reload",
@@ -60,6 +75,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def app_specs(args: argparse.Namespace) -> list[str]:
+    """The --app apps; without any, the example chat app unless --no-chat."""
+    if args.app:
+        return list(args.app)
+    return [] if args.no_chat else [DEFAULT_APP]
+
+
 def serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
@@ -72,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
     from server.reload import AppLoader
 
     configure_logging(config.log_level, config.log_format)
-    loader = AppLoader(args.app)
+    loader = AppLoader(app_specs(args))
     try:
         apps = loader.load()
     except Exception as exc:

@@ -1,0 +1,2 @@
+"""Example services shipped with tickwire: `examples.chat` is what `tickwire serve` runs
+by default."""

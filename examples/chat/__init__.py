@@ -1,0 +1,1 @@
+"""The example chat service (`service.app`), served by `tickwire serve` by default."""

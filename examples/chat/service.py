@@ -1,0 +1,183 @@
+"""The example chat service: join a room, say lines to it, leave it (docs/chat.md).
+
+`tickwire serve` runs it when no ``--app`` is given, so ``make run`` and two clients show
+server push working. Every handler is private: log in first.
+
+Decisions, each a choice a real service could make differently:
+
+- **The sayer gets its own line.** `SayRequest` broadcasts the `Line` to every member of
+  the room, the sayer's session included. Every member then sees one transcript in one
+  order, with the server's timestamp, built from pushes alone; a client does not have to
+  merge its own lines into it. The push goes out ahead of the `SayReply`.
+- **History lives in the store** (``ctx.cache``), not in this process: a ring of the last
+  `history` lines per room, in a hash under ``app:chat:history:<room>`` plus a counter
+  under ``app:chat:seq:<room>``, both expiring `history_ttl` seconds after the room's
+  last line. So it outlives a handler reload (``--reload`` re-imports this module), a
+  zero-downtime ``tickwire restart`` and a stop with ``store_snapshot_path`` set, and with
+  ``store = "redis"`` every node shows the same history. Room membership does not: rooms
+  are per node (``server.room``), so after a restart clients join again, and the history
+  catches them up. The price is that join and say are async handlers (a store call each).
+- A session that joins sees, in the reply, the history up to the moment it joined; a
+  line said while the history is being read may, on Redis, also arrive as a push just
+  before the reply (a duplicate, never a gap).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import IntEnum
+
+from examples.chat import chat_pb2
+from examples.chat.chat_pb2 import (
+    JoinReply,
+    JoinRequest,
+    LeaveReply,
+    LeaveRequest,
+    Line,
+    MemberJoined,
+    MemberLeft,
+    SayReply,
+    SayRequest,
+)
+from protocol.errors import ErrorCode
+from server import App, Context, HandlerError
+from server.sessions import Session
+from server.store import Store, StoreError
+
+log = logging.getLogger("tickwire.chat")
+
+#: Lines a join gets back (the room's last ones), unless make_app is told otherwise.
+HISTORY = 50
+#: Longest line, in characters (Unicode code points).
+MAX_TEXT = 1000
+#: Longest room name, in characters.
+MAX_ROOM = 64
+#: Seconds a room's history is kept after its last line.
+HISTORY_TTL = 7 * 24 * 3600.0
+
+_SEQ_BYTES = 8
+
+
+class ChatError(IntEnum):
+    """The service's application error codes (HandlerError, 100 and up)."""
+
+    #: SayRequest.text longer than the limit.
+    LINE_TOO_LONG = 100
+    #: Say or leave in a room this session has not joined.
+    NOT_IN_ROOM = 101
+    #: A room name that is empty, too long, or has unprintable characters.
+    BAD_ROOM = 102
+    #: SayRequest.text empty or only whitespace.
+    EMPTY_LINE = 103
+
+
+def _session(ctx: Context) -> Session:
+    session = ctx.session
+    if session is None:  # private handlers never run without one; this is for the types
+        raise HandlerError(ErrorCode.UNAUTHENTICATED, "log in first")
+    return session
+
+
+def _room_name(name: str) -> str:
+    if not name or len(name) > MAX_ROOM or not name.isprintable():
+        raise HandlerError(
+            ChatError.BAD_ROOM,
+            f"bad room name {name!r}: 1-{MAX_ROOM} printable characters",
+        )
+    return name
+
+
+def _not_in(room: str) -> HandlerError:
+    return HandlerError(
+        ChatError.NOT_IN_ROOM, f"you are not in room {room!r}: send chat.JoinRequest first"
+    )
+
+
+async def read_history(cache: Store, room: str, limit: int) -> list[Line]:
+    """The room's last `limit` lines, oldest first."""
+    if limit <= 0:
+        return []
+    stored = await cache.hgetall(f"history:{room}")
+    entries = sorted(
+        (int.from_bytes(value[:_SEQ_BYTES], "big"), value[_SEQ_BYTES:]) for value in stored.values()
+    )
+    return [Line.FromString(body) for _, body in entries[-limit:]]
+
+
+async def append_history(cache: Store, room: str, line: Line, limit: int, ttl: float) -> None:
+    """Keep `line` as the room's newest, in a ring of `limit` slots."""
+    seq = await cache.incr(f"seq:{room}")
+    history, counter = f"history:{room}", f"seq:{room}"
+    value = seq.to_bytes(_SEQ_BYTES, "big") + line.SerializeToString()
+    await cache.hset(history, {str(seq % limit): value})
+    await cache.expire(history, ttl)
+    await cache.expire(counter, ttl)
+
+
+def make_app(
+    *,
+    history: int = HISTORY,
+    max_text: int = MAX_TEXT,
+    history_ttl: float = HISTORY_TTL,
+) -> App:
+    """A chat App keeping `history` lines per room (0: none) and refusing lines longer
+    than `max_text` characters."""
+    if history < 0 or max_text < 1 or history_ttl <= 0:
+        raise ValueError("history must be >= 0, max_text >= 1 and history_ttl > 0")
+    app = App("chat")
+    app.add_module(chat_pb2)  # Line, MemberJoined and MemberLeft are pushed, never requested
+
+    @app.handler(JoinRequest)
+    async def join(ctx: Context, msg: JoinRequest) -> JoinReply:
+        session = _session(ctx)
+        name = _room_name(msg.room)
+        room = ctx.server.room(name)
+        new_user = session.user_id not in room.user_ids()
+        room.join(session)
+        if new_user:
+            room.broadcast(MemberJoined(room=name, user=session.user_id), exclude=session)
+        lines = await read_history(ctx.cache, name, history)
+        return JoinReply(room=name, history=lines, members=sorted(room.user_ids()))
+
+    @app.handler(SayRequest)
+    async def say(ctx: Context, msg: SayRequest) -> SayReply:
+        session = _session(ctx)
+        if msg.room not in session.rooms:
+            raise _not_in(msg.room)
+        text = msg.text
+        if len(text) > max_text:
+            raise HandlerError(
+                ChatError.LINE_TOO_LONG,
+                f"line too long: {len(text)} characters, at most {max_text}",
+            )
+        if not text.strip():
+            raise HandlerError(ChatError.EMPTY_LINE, "empty line")
+        line = Line(
+            room=msg.room, user=session.user_id, text=text, time_ms=time.time_ns() // 1_000_000
+        )
+        ctx.server.room(msg.room).broadcast(line)
+        if history:
+            try:
+                await append_history(ctx.cache, msg.room, line, history, history_ttl)
+            except StoreError as exc:
+                # The line reached the room; only its place in the history is lost.
+                log.warning("chat history of %r not written: %s", msg.room, exc)
+        return SayReply()
+
+    @app.handler(LeaveRequest)
+    def leave(ctx: Context, msg: LeaveRequest) -> LeaveReply:
+        session = _session(ctx)
+        if msg.room not in session.rooms:
+            raise _not_in(msg.room)
+        room = ctx.server.room(msg.room)
+        room.leave(session)
+        if session.user_id not in room.user_ids():
+            room.broadcast(MemberLeft(room=msg.room, user=session.user_id))
+        return LeaveReply()
+
+    return app
+
+
+#: What `tickwire serve` runs by default (`examples.chat.service:app`).
+app = make_app()
