@@ -1,7 +1,7 @@
 """tickwire's Python client SDK. It imports `protocol`, never `server`."""
 
 from client_sdk.blocking import Client
-from client_sdk.client import AsyncClient, Push, Reconnect, Session
+from client_sdk.client import AsyncClient, Push, PushGap, Reconnect, Session
 from client_sdk.errors import (
     AuthTimeout,
     BadFlags,
@@ -41,6 +41,7 @@ __all__ = [
     "InternalError",
     "Overloaded",
     "Push",
+    "PushGap",
     "RateLimited",
     "Reconnect",
     "ServerError",

@@ -15,9 +15,12 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from client_sdk.client import (
+    ACK_DELAY,
+    ACK_EVERY,
     AsyncClient,
     Push,
     PushCallback,
+    PushGapCallback,
     Reconnect,
     ReconnectCallback,
     Session,
@@ -40,6 +43,8 @@ class Client:
         *,
         timeout: float = 10.0,
         reconnect: Reconnect | None = None,
+        ack_delay: float = ACK_DELAY,
+        ack_every: int = ACK_EVERY,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -49,7 +54,15 @@ class Client:
         self._pushes: queue.Queue[Push | None] | None = None
         try:
             self._client: AsyncClient = self._run(
-                AsyncClient.connect(host, port, registry, timeout=timeout, reconnect=reconnect),
+                AsyncClient.connect(
+                    host,
+                    port,
+                    registry,
+                    timeout=timeout,
+                    reconnect=reconnect,
+                    ack_delay=ack_delay,
+                    ack_every=ack_every,
+                ),
                 timeout,
             )
         except BaseException:
@@ -114,7 +127,7 @@ class Client:
         return self._run(self._client.logout(timeout=timeout))
 
     def resume(
-        self, token: str, last_push_seq: int = 0, *, timeout: float | None = 10.0
+        self, token: str, last_push_seq: int | None = None, *, timeout: float | None = 10.0
     ) -> ResumeReply:
         return self._run(self._client.resume(token, last_push_seq, timeout=timeout))
 
@@ -130,6 +143,22 @@ class Client:
 
     def on_session_lost(self, callback: SessionLostCallback) -> None:
         self._loop.call_soon_threadsafe(self._client.on_session_lost, callback)
+
+    def on_push_gap(self, callback: PushGapCallback) -> None:
+        """`callback(gap)` runs on the loop thread when a Resume reports lost pushes."""
+        self._loop.call_soon_threadsafe(self._client.on_push_gap, callback)
+
+    @property
+    def last_push_seq(self) -> int:
+        return self._client.last_push_seq
+
+    @property
+    def push_gap(self) -> bool:
+        return self._client.push_gap
+
+    @property
+    def duplicate_pushes(self) -> int:
+        return self._client.duplicate_pushes
 
     @property
     def closed(self) -> bool:

@@ -8,7 +8,6 @@ the server side, so a pipelining client does not pay a syscall per request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import random
@@ -51,6 +50,7 @@ from protocol.proto.system_pb2 import (
     LoginRequest,
     LogoutReply,
     Ping,
+    PushAck,
     ResumeReply,
     ResumeRequest,
     Welcome,
@@ -75,6 +75,11 @@ _LOGOUT_ID = 9
 _LOGOUT_REPLY_ID = 12
 _RESUME_ID = 13
 _RESUME_REPLY_ID = 14
+_PUSH_ACK_ID = 15
+#: Default PushAck batching: one acknowledgement at most this long after the first push
+#: it covers, or as soon as this many pushes wait for one (whichever comes first).
+ACK_DELAY = 0.05
+ACK_EVERY = 64
 #: Closes after which reconnecting would only repeat them: the session lives on another
 #: connection now (two devices would kick each other forever), or this client never
 #: logged in (the server would close the next connection for the same reason).
@@ -94,6 +99,19 @@ class Push(NamedTuple):
 
 
 PushCallback = Callable[[Push], Any]
+
+
+class PushGap(NamedTuple):
+    """A Resume's reply said some pushes are gone: of those after `seen` (the last one
+    this client handed to the application) up to `last_push_seq` (the server's newest),
+    some were dropped from the server's bounded buffer and will never arrive. The
+    application should re-sync its state (fetch it afresh) rather than rely on pushes."""
+
+    seen: int
+    last_push_seq: int
+
+
+PushGapCallback = Callable[[PushGap], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -187,7 +205,11 @@ class AsyncClient:
         registry: MessageRegistry | None = None,
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
+        ack_delay: float = ACK_DELAY,
+        ack_every: int = ACK_EVERY,
     ) -> None:
+        if ack_delay < 0 or ack_every < 1:
+            raise ValueError("ack_delay must be >= 0 and ack_every >= 1")
         self.registry = registry or system_registry()
         self._decoder = FrameDecoder(max_frame)
         self._transport: asyncio.Transport | None = None
@@ -227,7 +249,29 @@ class AsyncClient:
         self._max_request = 0
         #: The logged-in session (login, resume), None when there is none.
         self.session: Session | None = None
+        #: The highest reliable push sequence handed to the application in this session.
         self._last_push_seq = 0
+        #: A session this client logged in or resumed itself (login(), resume()): its
+        #: pushes are deduplicated by sequence. A LoginRequest sent with request() is not
+        #: known here, so its pushes pass through as they come, unacknowledged.
+        self._tracking = False
+        #: That session is attached to the current connection (its Login/Resume reply
+        #: came on it): acknowledgements may go out.
+        self._attached = False
+        #: The highest sequence a PushAck was sent for in this session (on this connection).
+        self._acked_seq = 0
+        self._ack_delay = ack_delay
+        self._ack_every = ack_every
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_soon = False
+        self._push_gap_callbacks: list[PushGapCallback] = []
+        #: Reliable pushes dropped because the application had them already (a replay).
+        self.duplicate_pushes = 0
+        #: PushAck frames sent.
+        self.acks_sent = 0
+        #: True after a Resume whose reply said some pushes are gone (see on_push_gap);
+        #: reset by the next Resume or Login.
+        self.push_gap = False
         self._credentials: tuple[str, str, str] | None = None
         self._auto_refresh = False
         self._refresher: asyncio.Task[None] | None = None
@@ -246,10 +290,13 @@ class AsyncClient:
         timeout: float = 10.0,
         max_frame: int = DEFAULT_MAX_FRAME,
         reconnect: Reconnect | None = None,
+        ack_delay: float = ACK_DELAY,
+        ack_every: int = ACK_EVERY,
     ) -> AsyncClient:
         """Connect once (failing here if the server is not there); with `reconnect`, the
-        client then gets its connection back by itself whenever it drops."""
-        client = cls(registry, max_frame=max_frame)
+        client then gets its connection back by itself whenever it drops. `ack_delay` and
+        `ack_every` batch the automatic push acknowledgements (see on_push)."""
+        client = cls(registry, max_frame=max_frame, ack_delay=ack_delay, ack_every=ack_every)
         client._address = (host, port)
         client._connect_timeout = timeout
         client._reconnect = reconnect
@@ -297,6 +344,7 @@ class AsyncClient:
             self._reconnecting.cancel()
         transport = self._transport
         if transport is not None and not transport.is_closing():
+            self._send_ack()  # what the application got needs no replay
             self._flush()
             transport.close()
         self._fail(ConnectionClosed("client closed the connection"))
@@ -458,10 +506,13 @@ class AsyncClient:
         renews the token at 80% of its lifetime.
         """
         request = LoginRequest(user=user, password=password, device=device)
+        self._send_ack()  # the current session's, if any: it goes out ahead of the Login
 
         def new_session(frame: Frame) -> None:
             if not frame.flags & _ERROR:
-                self._last_push_seq = 0  # pushes right behind the reply are numbered anew
+                # Pushes right behind the reply are the new session's, numbered anew.
+                self._track_session(0)
+                self.push_gap = False
 
         reply = await self._system_call(
             _LOGIN_ID, request, LoginReply, _LOGIN_REPLY_ID, timeout=timeout, on_reply=new_session
@@ -498,6 +549,7 @@ class AsyncClient:
     async def logout(self, *, timeout: float | None = 10.0) -> LogoutReply:
         """End the session; the connection stays open, unauthenticated. `client.session`
         and remembered credentials are dropped even if the request fails."""
+        self._send_ack()
         try:
             return await self._system_call(
                 _LOGOUT_ID, None, LogoutReply, _LOGOUT_REPLY_ID, timeout=timeout
@@ -508,22 +560,43 @@ class AsyncClient:
             self._set_session(None)
 
     async def resume(
-        self, token: str, last_push_seq: int = 0, *, timeout: float | None = 10.0
+        self, token: str, last_push_seq: int | None = None, *, timeout: float | None = 10.0
     ) -> ResumeReply:
         """Continue a session on this connection with its token (a client with a
         Reconnect policy does this by itself after a reconnect). A refused token raises
-        Unauthenticated."""
-        request = ResumeRequest(token=token, last_push_seq=last_push_seq)
+        Unauthenticated.
+
+        `last_push_seq` is the last push the application got; the server replays those
+        after it. By default: this client's `last_push_seq` when `token` is its own
+        session's, else 0 (everything the server still holds). Pushes of this client's
+        own session that the replay repeats are dropped, not handed over twice."""
+        if last_push_seq is None:
+            own = self.session is not None and self.session.token == token
+            last_push_seq = self._last_push_seq if own else 0
+        seen = last_push_seq
+        request = ResumeRequest(token=token, last_push_seq=seen)
 
         def resumed(frame: Frame) -> None:
             # Pushes the server replays come right behind the reply: count from what we
             # asked for, unless this is the session we were counting already.
             if frame.flags & _ERROR or frame.msg_id != _RESUME_REPLY_ID:
                 return
-            with contextlib.suppress(DecodeError):
-                session_id = ResumeReply.FromString(frame.payload).session_id
-                if self.session is None or self.session.session_id != session_id:
-                    self._last_push_seq = last_push_seq
+            try:
+                reply = ResumeReply.FromString(frame.payload)
+            except DecodeError:
+                return  # _system_call raises UnexpectedReply
+            same = (
+                self._tracking
+                and self.session is not None
+                and self.session.session_id == reply.session_id
+            )
+            self._track_session(self._last_push_seq if same else seen)
+            self.push_gap = reply.push_gap
+            if reply.push_gap:
+                self._report_gap(PushGap(self._last_push_seq, reply.last_push_seq))
+            if self._last_push_seq:
+                # Acknowledgements sent on the old connection may never have arrived.
+                self._schedule_ack()
 
         try:
             reply = await self._system_call(
@@ -547,8 +620,74 @@ class AsyncClient:
 
     @property
     def last_push_seq(self) -> int:
-        """The highest push sequence seen in this session (what a Resume sends)."""
+        """The highest push sequence handed to the application in this session (what a
+        Resume sends)."""
         return self._last_push_seq
+
+    def on_push_gap(self, callback: PushGapCallback) -> None:
+        """Run `callback(gap)` (sync or async) when a Resume's reply says some pushes
+        after the last one the application got are gone for good (the server's buffer
+        dropped them): the application should re-sync its state. A sync callback runs
+        before the replayed pushes are handed over; `client.push_gap` is True until the
+        next Resume or Login."""
+        self._push_gap_callbacks.append(callback)
+
+    def _report_gap(self, gap: PushGap) -> None:
+        log.warning("pushes %d..%d may be missing (push_gap)", gap.seen + 1, gap.last_push_seq)
+        for callback in self._push_gap_callbacks:
+            try:
+                result = callback(gap)
+            except Exception:
+                log.exception("push-gap callback %r raised", callback)
+                continue
+            if inspect.isawaitable(result):
+                self._spawn(self._logged(result, callback))
+
+    def _track_session(self, last_push_seq: int) -> None:
+        """A Login or Resume reply just arrived on this connection: the session's pushes
+        are counted from `last_push_seq`, and acknowledged from here on."""
+        self._cancel_ack()
+        self._last_push_seq = last_push_seq
+        self._acked_seq = 0
+        self._tracking = True
+        self._attached = True
+
+    # -- acknowledgements -------------------------------------------------------------
+
+    def _schedule_ack(self) -> None:
+        """Reliable pushes were handed over: acknowledge them soon, batched."""
+        if not self._attached:
+            return
+        if self._last_push_seq - self._acked_seq >= self._ack_every:
+            # Once per loop iteration at most: a burst read in one go costs one ack.
+            if not self._ack_soon:
+                self._ack_soon = True
+                asyncio.get_running_loop().call_soon(self._send_ack)
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(self._ack_delay, self._send_ack)
+
+    def _cancel_ack(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+
+    def _send_ack(self) -> None:
+        """Acknowledge every push handed to the application so far (one seq-0 PushAck),
+        if there is something new to acknowledge and a session on this connection."""
+        self._ack_soon = False
+        self._cancel_ack()
+        seq = self._last_push_seq
+        if (
+            not self._attached
+            or seq <= self._acked_seq
+            or self._down is not None
+            or self._closed is not None
+            or self._transport is None
+        ):
+            return
+        self._acked_seq = seq
+        self.acks_sent += 1
+        self._send(encode_frame(_PUSH_ACK_ID, 0, 0, PushAck(seq=seq).SerializeToString()))
 
     async def _system_call(
         self,
@@ -579,6 +718,8 @@ class AsyncClient:
         # pushes right behind the reply were counted before the caller resumed.
         if session is None:
             self._last_push_seq = 0
+            self._tracking = self._attached = False
+            self._cancel_ack()
         self.session = session
         self._schedule_refresh()
 
@@ -632,7 +773,7 @@ class AsyncClient:
         try:
             await result
         except Exception:
-            log.exception("session-lost callback %r raised", callback)
+            log.exception("callback %r raised", callback)
 
     async def _restore_session(self) -> bool:
         """On a reconnected connection, before anything else: Resume the session, or log
@@ -693,7 +834,13 @@ class AsyncClient:
         self._observers.append(observer)
 
     def on_push(self, message_type: type[Message], callback: PushCallback) -> None:
-        """Call `callback(push)` for every push of `message_type` (in the event loop)."""
+        """Call `callback(push)` for every push of `message_type` (in the event loop).
+
+        In a session from login() or resume(), each reliable push (seq > 0) is handed
+        over once, in sequence order, and acknowledged without user code (batched: one
+        PushAck at most `ack_delay` after a push, or after `ack_every` pushes); one the
+        application got already (a replay after a Resume) is dropped and counted in
+        `duplicate_pushes`. Latest-value pushes (seq 0) pass straight through."""
         self._push_callbacks.setdefault(message_type, []).append(callback)
 
     async def pushes(self) -> AsyncIterator[Push]:
@@ -795,17 +942,27 @@ class AsyncClient:
             error = server_error(self.goaway.reason, self.goaway.message)
             self._fail(ConnectionClosed("server sent GoAway", error))
             return
-        if frame.seq > self._last_push_seq:
-            self._last_push_seq = frame.seq
+        seq = frame.seq
+        if seq:
+            if seq <= self._last_push_seq and self._tracking:
+                # A replay repeating what the application got already in this session.
+                self.duplicate_pushes += 1
+                return
+            if seq > self._last_push_seq:
+                self._last_push_seq = seq
+            if self._tracking:
+                # Acknowledged once handed over below (a callback that raises is logged:
+                # it is not delivered again either).
+                self._schedule_ack()
         try:
             message = self.registry.decode(frame.msg_id, frame.payload)
         except RemoteProtocolError as exc:
             # A newer server may push types this client predates; one odd push must not
-            # cost the connection or the frames after it.
+            # cost the connection or the frames after it (nor be replayed forever).
             self.unknown_pushes += 1
-            log.warning("skipped push seq %d: %s", frame.seq, exc)
+            log.warning("skipped push seq %d: %s", seq, exc)
             return
-        push = Push(message, frame.msg_id, frame.seq)
+        push = Push(message, frame.msg_id, seq)
         for callback in self._push_callbacks.get(type(message), ()):
             try:
                 callback(push)
@@ -821,6 +978,9 @@ class AsyncClient:
         if self._down is None:
             self._down = exc
             self._up.clear()
+            # The session is not on a connection until the next Login/Resume reply.
+            self._attached = False
+            self._cancel_ack()
             if exc.code == ErrorCode.SESSION_REPLACED and exc.error is not None:
                 # Ours lives on another connection now; it is not coming back here.
                 for pending in self._lose_session(exc.error):
