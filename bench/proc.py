@@ -35,9 +35,14 @@ def server_command(target: str, host: str) -> list[str]:
 
     Both print ``tickwire listening on HOST:PORT`` to stderr once they accept connections;
     that line, not a guessed port, is how the bench finds them.
+
+    ``--no-chat``: the system handlers only. `tickwire serve` runs the example chat app by
+    default; no bench calls it, and leaving it out keeps the server under test the same
+    as before it existed (and results comparable across that change).
     """
     if target == "tickwire":
-        return [sys.executable, "-m", "tools.cli", "serve", "--host", host, "--port", "0"]
+        serve = [sys.executable, "-m", "tools.cli", "serve", "--no-chat"]
+        return [*serve, "--host", host, "--port", "0"]
     if target == "baseline":
         return [sys.executable, "-m", "bench.baseline", "--host", host, "--port", "0"]
     raise ValueError(f"unknown target {target!r}")
