@@ -114,6 +114,8 @@ def system_app() -> App:
         seen = msg.last_push_seq
         session = await server.sessions.resume(ctx.conn, msg.token, seen)
         _, gap = session.pushes.since(seen)
+        # What the client says it saw needs no replay ever again: an implicit PushAck.
+        session.pushes.ack(seen)
         last = session.pushes.last_seq
         try:
             await _take_inbox(ctx, session)

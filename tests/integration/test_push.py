@@ -163,6 +163,9 @@ async def test_resume_replays_what_was_missed_after_the_reply_then_new_pushes(
             (4, 4),
             (5, 5),
         ]
+        # last_push_seq=2 acknowledged 1 and 2: the buffer holds only what came after.
+        [session] = server.sessions.local_sessions("alice")
+        assert [seq for seq, _, _ in session.pushes.items] == [3, 4, 5]
     finally:
         await again.close()
 
