@@ -105,8 +105,9 @@ class Connection(asyncio.Protocol):
         self.rx_tick = self.opened_tick = server.tick
         #: The logged-in session (server/sessions.py), None before login and after logout.
         self.session: Session | None = None
-        #: Frames received, and how many of them the auth gate refused: more frames than
-        #: refusals means the peer spoke a public message, which stops the auth timeout.
+        #: Frames received, and how many of them ran no handler (the auth gate refused
+        #: them, or they were unknown, undecodable, badly flagged, shed): more frames than
+        #: refusals means a public handler ran, which stops the auth timeout.
         self.frames = 0
         self.refused = 0
         #: Latest-value pushes parked while writes are paused, by key (server/push.py).

@@ -220,11 +220,13 @@ class Dispatcher:
             msg_id, flags, seq, payload = popleft()
             route = get_route(msg_id)
             if route is None or flags & not_runnable:
+                conn.refused += 1  # ran no handler: does not stop the auth timeout
                 append(self._refuse(msg_id, flags, seq))
                 continue
             try:
                 msg = route.parse(payload)
             except DecodeError:
+                conn.refused += 1
                 append(self._undecodable(route, seq, payload))
                 continue
             if route.awaited:

@@ -27,9 +27,25 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{seconds}.{int(record.msecs):03d}Z"
 
 
+#: A field value longer than this is cut (a peer-chosen user name may be 1 MiB).
+MAX_FIELD = 200
+
+
+def _field(value: Any) -> str:
+    """A field as one safe token: values that came from peers (user names, say) may hold
+    newlines or spaces that would forge or split log lines, so such a value is quoted
+    with its control characters escaped, and any value is cut at MAX_FIELD characters."""
+    text = str(value)
+    if len(text) > MAX_FIELD:
+        text = text[:MAX_FIELD] + f"...({len(text)} chars)"
+    if not text.isprintable() or " " in text or '"' in text or not text:
+        return repr(text)
+    return text
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in _extra(record).items())
+        fields = " ".join(f"{k}={_field(v)}" for k, v in _extra(record).items())
         line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
         if fields:
             line = f"{line} {fields}"
@@ -48,7 +64,15 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update(_extra(record))
+        # JSON escapes control characters itself; only the length needs a bound.
+        entry.update(
+            {
+                k: v[:MAX_FIELD] + f"...({len(v)} chars)"
+                if isinstance(v, str) and len(v) > MAX_FIELD
+                else v
+                for k, v in _extra(record).items()
+            }
+        )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         try:

@@ -21,6 +21,7 @@ a client that stops reading costs at most that much.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -32,9 +33,11 @@ from google.protobuf.message import Message
 from hdrh.histogram import HdrHistogram
 
 from protocol.frame import HEADER, MIN_LENGTH, Flags
+from server.store import StoreError
 
 if TYPE_CHECKING:
     from server.connection import Connection
+    from server.inbox import Inbox
     from server.server import Server
     from server.sessions import Session
 
@@ -106,47 +109,56 @@ class PushBuffer:
 class Room:
     """A named set of sessions on this node that broadcasts go to.
 
+    A `Room` is a handle: the members live in the pusher under the room's name, so a
+    handle kept in a variable, or made again by ``server.room(name)``, always sees the
+    same members, and a room nobody is in takes no memory (making a handle, or
+    broadcasting to an empty room, stores nothing).
+
     Members are sessions, not connections: a member whose connection dropped stays in
     the room while its session waits for a Resume, and what the room said meanwhile is
     replayed to it. A session that ends (logout, replaced, expired) leaves its rooms.
     """
 
-    __slots__ = ("members", "name", "pusher")
+    __slots__ = ("name", "pusher")
 
     def __init__(self, pusher: Pusher, name: str) -> None:
         self.pusher = pusher
         self.name = name
-        self.members: dict[str, Session] = {}
+
+    @property
+    def members(self) -> dict[str, Session]:
+        """The members by session id (a copy)."""
+        return dict(self.pusher.room_members.get(self.name, {}))
 
     def join(self, session: Session) -> bool:
         """Add `session`; False if it was already a member."""
-        if session.session_id in self.members:
+        members = self.pusher.room_members.setdefault(self.name, {})
+        if session.session_id in members:
             return False
-        self.members[session.session_id] = session
+        members[session.session_id] = session
         session.rooms.add(self.name)
         return True
 
     def leave(self, session: Session) -> bool:
-        if self.members.pop(session.session_id, None) is None:
-            return False
-        session.rooms.discard(self.name)
-        if not self.members:
-            self.pusher.rooms.pop(self.name, None)
-        return True
+        return self.pusher.leave(self.name, session)
 
     def __contains__(self, session: object) -> bool:
-        return getattr(session, "session_id", None) in self.members
+        members = self.pusher.room_members.get(self.name)
+        return members is not None and getattr(session, "session_id", None) in members
 
     def __len__(self) -> int:
-        return len(self.members)
+        return len(self.pusher.room_members.get(self.name, ()))
 
     def user_ids(self) -> set[str]:
-        return {s.user_id for s in self.members.values()}
+        return {s.user_id for s in self.pusher.room_members.get(self.name, {}).values()}
 
     def broadcast(self, message: Message, *, exclude: Session | str | None = None) -> int:
         """Push `message` to every member (but `exclude`: a session, or a user id whose
         sessions are all skipped); returns how many sessions it went to."""
-        members: Iterable[Session] = self.members.values()
+        found = self.pusher.room_members.get(self.name)
+        if not found:
+            return 0
+        members: Iterable[Session] = found.values()
         if exclude is not None:
             if isinstance(exclude, str):
                 members = [s for s in members if s.user_id != exclude]
@@ -160,7 +172,8 @@ class Pusher:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.rooms: dict[str, Room] = {}
+        #: Members of every room with any, by room name then session id.
+        self.room_members: dict[str, dict[str, Session]] = {}
         #: Message types pushed as latest-value, with the function giving a value's key.
         self.latest_keys: dict[type[Message], LatestKey] = {}
         self.dirty: list[Connection] = []
@@ -181,11 +194,22 @@ class Pusher:
         self.latest_keys[message_type] = key
 
     def room(self, name: str) -> Room:
-        """The room called `name`, created on first use (and dropped when it empties)."""
-        room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(self, name)
-        return room
+        """A handle on the room called `name` (it holds members once someone joins)."""
+        return Room(self, name)
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        """Every room with members, by name (handles, made on each call: for inspection)."""
+        return {name: Room(self, name) for name in self.room_members}
+
+    def leave(self, name: str, session: Session) -> bool:
+        members = self.room_members.get(name)
+        if members is None or members.pop(session.session_id, None) is None:
+            return False
+        session.rooms.discard(name)
+        if not members:
+            del self.room_members[name]
+        return True
 
     # -- pushing ------------------------------------------------------------------------
 
@@ -306,3 +330,87 @@ class Pusher:
             for started in self._starts:
                 record(max(1, int((done - started) * 1e6)))
             self._starts.clear()
+
+
+class OfflineQueue:
+    """Writes pushes to the offline inbox one after the other, in the order they were
+    made, and lets a login wait for the writes that concern its user.
+
+    One writer, because concurrent puts would reach a user's inbox in the order their
+    store calls finish (on Redis, across pool connections), not the order of the pushes.
+    Each put is concurrent inside (one body, a reference per user), so a multicast to
+    many offline users still goes at the store's pace.
+    """
+
+    def __init__(self, inbox: Inbox, loop: asyncio.AbstractEventLoop) -> None:
+        self.inbox = inbox
+        self.loop = loop
+        self._queue: deque[tuple[int, list[str], int, bytes]] = deque()
+        self._next = 0
+        self._done = -1
+        #: The newest queued write of each user with one in the queue.
+        self._last: dict[str, int] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.lost = 0
+
+    def put(self, user_ids: list[str], msg_id: int, payload: bytes) -> None:
+        index = self._next
+        self._next += 1
+        self._queue.append((index, user_ids, msg_id, payload))
+        last = self._last
+        for user_id in user_ids:
+            last[user_id] = index
+        if self._writer is None:
+            self._writer = self.loop.create_task(self._write(), name="tickwire-inbox-writer")
+
+    async def _write(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                index, user_ids, msg_id, payload = queue[0]
+                try:
+                    await self.inbox.put(user_ids, msg_id, payload)
+                except StoreError as exc:
+                    self.lost += len(user_ids)
+                    log.error("offline push to %d users lost: %s", len(user_ids), exc)
+                queue.popleft()
+                self._finished(index, user_ids)
+        finally:
+            self._writer = None
+            if queue:  # cancelled with work left (a stop past its deadline)
+                self.lost += sum(len(item[1]) for item in queue)
+
+    def _finished(self, index: int, user_ids: list[str]) -> None:
+        self._done = index
+        last = self._last
+        for user_id in user_ids:
+            if last.get(user_id) == index:
+                del last[user_id]
+        if self._waiters:
+            still = []
+            for wanted, future in self._waiters:
+                if wanted <= index:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    still.append((wanted, future))
+            self._waiters = still
+
+    async def settled(self, user_id: str) -> None:
+        """Return once every write queued so far for `user_id` is in the inbox."""
+        wanted = self._last.get(user_id)
+        if wanted is None or wanted <= self._done:
+            return
+        future = self.loop.create_future()
+        self._waiters.append((wanted, future))
+        await future
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until the queue is written (at most `timeout` seconds)."""
+        writer = self._writer
+        if writer is not None:
+            await asyncio.wait([writer], timeout=timeout)
+
+    def __len__(self) -> int:
+        return len(self._queue)

@@ -28,7 +28,7 @@ from server.dispatch import Dispatcher
 from server.inbox import Inbox
 from server.metrics import MetricsEndpoint, Timing
 from server.middleware import AuthGate, Counters, Deadline, ErrorRecovery, Middleware, compose
-from server.push import Pusher, Room
+from server.push import OfflineQueue, Pusher, Room
 from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
 from server.store import MemoryStore, Store, StoreError, open_store
@@ -63,8 +63,8 @@ class Server:
         #: Reliable pushes for users with no session here, kept in the store (at start).
         self.inbox: Inbox | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # at start
-        self._push_tasks: set[asyncio.Task[None]] = set()
-        self._unacked_writes: dict[str, set[asyncio.Task[None]]] = {}
+        #: Writes to the inbox, one at a time and in push order (created at start).
+        self.offline: OfflineQueue | None = None
         self.apps: list[App] = []
         self.registry = system_registry()
         self.routes: dict[int, Route] = {}
@@ -191,6 +191,7 @@ class Server:
         )
         self.sessions.bind(self.store)
         self.inbox = Inbox(self.store, max_per_user=config.inbox_max, ttl=config.inbox_ttl)
+        self.offline = OfflineQueue(self.inbox, loop)
         self.loop = loop
         self.executor = ThreadPoolExecutor(
             self.config.blocking_threads, thread_name_prefix="tickwire-blocking"
@@ -261,75 +262,42 @@ class Server:
         return self.pushes.to_sessions(self.sessions.all_sessions(), message)
 
     def room(self, name: str) -> Room:
-        """The room `name` on this node (created on first use): join, leave, broadcast."""
+        """A handle on the room `name` of this node: join, leave, members, broadcast."""
         return self.pushes.room(name)
 
-    def _to_inbox(self, user_ids: list[str], msg_id: int, payload: bytes) -> asyncio.Task[None]:
-        inbox = self.inbox
-        if inbox is None:
+    def _to_inbox(self, user_ids: list[str], msg_id: int, payload: bytes) -> None:
+        if self.offline is None:
             raise RuntimeError("the server has not started: no inbox yet")
         self.pushes.offline += len(user_ids)
-
-        async def put() -> None:
-            try:
-                await inbox.put(user_ids, msg_id, payload)
-            except StoreError as exc:
-                log.error("offline push to %d users lost: %s", len(user_ids), exc)
-
-        task = self.loop.create_task(put())
-        self._push_tasks.add(task)
-        task.add_done_callback(self._push_tasks.discard)
-        return task
+        self.offline.put(user_ids, msg_id, payload)
 
     def _keep_unacked(self, session: Session) -> None:
-        """A session's unacknowledged pushes go to its user's inbox, in order (one write
-        after the other, so the inbox keeps their order)."""
+        """A session's unacknowledged pushes go to its user's inbox, in order."""
         items = list(session.pushes.items)
         session.pushes.items.clear()
-        if not items or self.inbox is None:
-            return
-        inbox, user_id = self.inbox, session.user_id
-
-        async def keep() -> None:
+        if self.offline is not None:
             for _, msg_id, payload in items:
-                try:
-                    await inbox.put([user_id], msg_id, payload)
-                except StoreError as exc:
-                    log.error("unacknowledged push to %s lost: %s", user_id, exc)
-
-        task = self.loop.create_task(keep())
-        self._push_tasks.add(task)
-        task.add_done_callback(self._push_tasks.discard)
-        pending = self._unacked_writes.setdefault(user_id, set())
-        pending.add(task)
-
-        def done(_: asyncio.Task[None]) -> None:
-            pending.discard(task)
-            if not pending and self._unacked_writes.get(user_id) is pending:
-                del self._unacked_writes[user_id]
-
-        task.add_done_callback(done)
+                self.offline.put([session.user_id], msg_id, payload)
 
     async def inbox_settled(self, user_id: str) -> None:
-        """Wait until the unacknowledged pushes of the user's ended sessions are in the
-        inbox (a login that replaced a session takes them right after)."""
-        pending = self._unacked_writes.get(user_id)
-        if pending:
-            await asyncio.wait(list(pending))
+        """Wait until every offline push queued so far for the user is in the inbox (a
+        login takes the inbox right after)."""
+        if self.offline is not None:
+            await self.offline.settled(user_id)
 
     def _session_ended(self, session: Session, reason: EndReason) -> None:
         for name in list(session.rooms):
-            self.pushes.room(name).leave(session)
+            self.pushes.leave(name, session)
         # Replaced by a newer login, or never resumed: what it was pushed and never
         # acknowledged reaches the user at the next login. A logout or a removal asked
         # for the session to end, pushes included.
-        if reason in (EndReason.REPLACED, EndReason.EXPIRED):
+        if reason in (EndReason.REPLACED, EndReason.EXPIRED, EndReason.FAILED):
             self._keep_unacked(session)
 
     async def flush_pushes(self, timeout: float | None = None) -> None:
-        """Wait until the offline-inbox writes in flight are done."""
-        if self._push_tasks:
-            await asyncio.wait(list(self._push_tasks), timeout=timeout)
+        """Wait until the offline-inbox writes queued so far are done."""
+        if self.offline is not None:
+            await self.offline.drain(timeout)
 
     def listening_socket(self) -> Any:
         """The listening socket (what a restart hands to the successor)."""

@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ import msgspec
 
 from protocol.errors import ErrorCode
 from server.errors import HandlerError
-from server.push import PushBuffer
+from server.push import Buffered, PushBuffer
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -71,6 +71,8 @@ class EndReason(StrEnum):
     REMOVED = "removed"
     #: It waited longer than session_ttl for a Resume.
     EXPIRED = "expired"
+    #: Its Login or Resume failed half-way (a store error, the handler's deadline).
+    FAILED = "failed"
 
 
 class SessionInfo(msgspec.Struct, frozen=True):
@@ -104,8 +106,10 @@ class Session:
         "device",
         "expires_at_ms",
         "held",
+        "held_from",
         "manager",
         "pushes",
+        "restored",
         "rooms",
         "session_id",
         "token_hash",
@@ -124,6 +128,7 @@ class Session:
         expires_at_ms: int,
         data: dict[str, Any] | None = None,
         last_push_seq: int = 0,
+        pushed: list[Buffered] | None = None,
     ) -> None:
         self.manager = manager
         self.user_id = user_id
@@ -136,6 +141,14 @@ class Session:
         self.conn: Connection | None = None
         #: Reliable pushes not yet acknowledged (server/push.py).
         self.pushes = PushBuffer(manager.push_buffer, last_push_seq)
+        if pushed:
+            self.pushes.items.extend(pushed)
+        #: The pushes a session rebuilt from the store came back with; a server stop also
+        #: put them in the user's inbox, so the Resume takes them out of it once.
+        self.restored: list[Buffered] = list(pushed or ())
+        #: The push sequence when the session was last held (attached): pushes after it
+        #: have not been written yet.
+        self.held_from = 0
         #: Names of the rooms this session is in.
         self.rooms: set[str] = set()
         #: Monotonic time its connection ended (it waits for a Resume); 0 while connected.
@@ -145,8 +158,15 @@ class Session:
         self.held = False
 
     async def save(self) -> None:
-        """Write `data` to the store now (it is also written when the connection ends)."""
-        await self.manager.store.hset(_session_key(self.session_id), {"data": _encode(self.data)})
+        """Write `data` to the store now (it is also written when the connection ends).
+        A session that has ended is not written: that would bring its record back."""
+        manager = self.manager
+        if not manager.holds(self):
+            return
+        key = _session_key(self.session_id)
+        await manager.store.hset(key, {"data": _encode(self.data)})
+        # Had it ended during that write, the record is back with no expiry: give it one.
+        await manager.store.expire(key, manager._connected_ttl)
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} user={self.user_id!r} device={self.device!r}>"
@@ -316,24 +336,33 @@ class SessionManager:
                 now,
                 now + int(self.token_ttl * 1000),
             )
-            store = self.store
-            await store.set(_token_key(hashed), session.session_id.encode(), ttl=self.token_ttl)
-            await store.hset(
-                _session_key(session.session_id),
-                {
-                    "user": user_id.encode(),
-                    "device": device.encode(),
-                    "token": hashed.encode(),
-                    "created": str(now).encode(),
-                    "expires": str(session.expires_at_ms).encode(),
-                    "data": _encode(session.data),
-                    **self._where(conn),
-                },
-            )
-            await store.expire(_session_key(session.session_id), self._connected_ttl)
-            await store.sadd(_user_key(user_id), session.session_id.encode())
-            await store.expire(_user_key(user_id), self._connected_ttl)
+            # Reachable before the first await: a push made while the record is written
+            # waits in the (held) session's buffer rather than in the offline inbox.
             self._attach(session, conn)
+            store = self.store
+            try:
+                await store.set(_token_key(hashed), session.session_id.encode(), ttl=self.token_ttl)
+                await store.hset(
+                    _session_key(session.session_id),
+                    {
+                        "user": user_id.encode(),
+                        "device": device.encode(),
+                        "token": hashed.encode(),
+                        "created": str(now).encode(),
+                        "expires": str(session.expires_at_ms).encode(),
+                        "data": _encode(session.data),
+                        **self._where(conn),
+                    },
+                )
+                await store.expire(_session_key(session.session_id), self._connected_ttl)
+                await store.sadd(_user_key(user_id), session.session_id.encode())
+                await store.expire(_user_key(user_id), self._connected_ttl)
+            except BaseException:
+                # A store error or the handler's deadline: no half-written session may
+                # stay behind (a phantom "connected" one would lock `reject` users out).
+                self._detach(session, EndReason.FAILED)
+                self._spawn(self._delete(session.session_id, user_id, hashed))
+                raise
             return session, token
 
         result: tuple[Session, str] = await self._locked(user_id, work)
@@ -391,35 +420,65 @@ class SessionManager:
                 self._unwait(waiting)
             if conn.session is not None:
                 self._detach(conn.session, EndReason.CLOSED)
-            # From the store (another node, or before a restart): the pushes are not here,
-            # but the sequence goes on after both what the store and the client saw.
             session = (
                 live
                 or waiting
-                or Session(
-                    self,
-                    user_id,
-                    session_id,
-                    current.get("device", b"").decode(),
-                    hashed,
-                    int(current.get("created", b"0")),
-                    int(current.get("expires", b"0")),
-                    _load_data(current.get("data")),
-                    max(int(current.get("pseq", b"0")), last_push_seq),
-                )
+                or self._from_store(session_id, user_id, hashed, current, last_push_seq)
             )
-            await store.hset(_session_key(session_id), self._where(conn))
-            await store.expire(_session_key(session_id), self._connected_ttl)
+            # Reachable before the first await (see login).
             self._attach(session, conn)
+            try:
+                await store.hset(_session_key(session_id), self._where(conn))
+                await store.expire(_session_key(session_id), self._connected_ttl)
+                await store.expire(_user_key(user_id), self._connected_ttl)
+            except BaseException:
+                self._detach(session, EndReason.CLOSED)  # back to waiting for a Resume
+                raise
             return session
 
         result: Session = await self._locked(user_id, work)
         return result
 
-    async def refresh(self, session: Session) -> str:
-        """A new token for `session`; the old one is refused from now on."""
+    def _from_store(
+        self, sid: str, user_id: str, hashed: str, record: dict[str, bytes], seen: int
+    ) -> Session:
+        """A session this node does not hold (another node had it, or the process
+        restarted): data and the pushes held at its disconnect come from the record."""
+        pushed = _load_pushed(record.get("pbuf"))
+        stored = int(record.get("pseq", b"0") or 0)
+        # The client may have seen pushes after the stored sequence (a node that still
+        # had it connected); go on after those, but never further than a buffer's worth
+        # past what the store knows: the client's number is not to be trusted blindly.
+        base = max(stored, min(seen, stored + self.push_buffer))
+        return Session(
+            self,
+            user_id,
+            sid,
+            record.get("device", b"").decode(),
+            hashed,
+            int(record.get("created", b"0")),
+            int(record.get("expires", b"0")),
+            _load_data(record.get("data")),
+            base,
+            pushed,
+        )
+
+    def holds(self, session: Session) -> bool:
+        """Whether `session` is alive on this node (connected, or waiting for a Resume)."""
+        sid = session.session_id
+        return self.live.get(sid) is session or self.waiting.get(sid) is session
+
+    def _check_current(self, session: Session, conn: Connection) -> None:
+        # A Refresh or Logout queued behind the lock may find the session resumed on
+        # another connection, replaced or ended: it must not act on it from here.
+        if self.live.get(session.session_id) is not session or session.conn is not conn:
+            raise HandlerError(ErrorCode.UNAUTHENTICATED, "the session ended")
+
+    async def refresh(self, session: Session, conn: Connection | None = None) -> str:
+        """A new token for `session` (on `conn`); the old one is refused from now on."""
 
         async def work() -> str:
+            self._check_current(session, conn if conn is not None else session.conn)  # type: ignore[arg-type]
             store = self.store
             token = secrets.token_urlsafe(32)
             hashed = token_hash(token)
@@ -432,15 +491,22 @@ class SessionManager:
                 {"token": hashed.encode(), "expires": str(session.expires_at_ms).encode()},
             )
             await store.expire(_session_key(session.session_id), self._connected_ttl)
+            await store.expire(_user_key(session.user_id), self._connected_ttl)
             await store.delete(_token_key(old))
             return token
 
         result: str = await self._locked(session.user_id, work)
         return result
 
-    async def logout(self, session: Session) -> None:
-        """End `session`: its token is refused, its connection stays open, unauthenticated."""
-        await self._locked(session.user_id, lambda: self._logout(session, EndReason.LOGOUT))
+    async def logout(self, session: Session, conn: Connection | None = None) -> None:
+        """End `session` (on `conn`): its token is refused, its connection stays open,
+        unauthenticated."""
+
+        async def work() -> None:
+            self._check_current(session, conn if conn is not None else session.conn)  # type: ignore[arg-type]
+            await self._logout(session, EndReason.LOGOUT)
+
+        await self._locked(session.user_id, work)
 
     async def _logout(self, session: Session, reason: EndReason) -> None:
         self._detach(session, reason)
@@ -486,6 +552,7 @@ class SessionManager:
 
     def _attach(self, session: Session, conn: Connection) -> None:
         session.held = True
+        session.held_from = session.pushes.last_seq
         session.conn = conn
         conn.session = session
         self.live[session.session_id] = session
@@ -574,6 +641,8 @@ class SessionManager:
                 "conn": b"",
                 "data": _encode(session.data),
                 "pseq": str(session.pushes.last_seq).encode(),
+                # For a Resume on another node or after a restart: the replay it needs.
+                "pbuf": _encode_pushed(session.pushes.items),
             },
         )
         await store.expire(key, self.session_ttl)
@@ -658,6 +727,23 @@ _KICK_TEXT = {
     EndReason.REPLACED: "the same user logged in elsewhere",
     EndReason.REMOVED: "the session was ended by the server",
 }
+
+
+_decode_pushed = msgspec.msgpack.Decoder(list[tuple[int, int, bytes]]).decode
+
+
+def _encode_pushed(items: Iterable[Buffered]) -> bytes:
+    return _encode(list(items))
+
+
+def _load_pushed(raw: bytes | None) -> list[Buffered]:
+    if not raw:
+        return []
+    try:
+        return _decode_pushed(raw)
+    except msgspec.DecodeError:
+        log.warning("a session's stored pushes are not readable; resuming without them")
+        return []
 
 
 def _load_data(raw: bytes | None) -> dict[str, Any]:

@@ -100,12 +100,12 @@ def system_app() -> App:
     @app.handler(RefreshTokenRequest, public=False)
     async def refresh(ctx: Context, msg: RefreshTokenRequest) -> LoginReply:
         session = _session(ctx)
-        token = await ctx.server.sessions.refresh(session)
+        token = await ctx.server.sessions.refresh(session, ctx.conn)
         return _login_reply(ctx, session, token)
 
     @app.handler(LogoutRequest, public=False)
     async def logout(ctx: Context, msg: LogoutRequest) -> LogoutReply:
-        await ctx.server.sessions.logout(_session(ctx))
+        await ctx.server.sessions.logout(_session(ctx), ctx.conn)
         return LogoutReply()
 
     @app.handler(ResumeRequest)
@@ -151,19 +151,52 @@ def system_app() -> App:
 
 
 async def _take_inbox(ctx: Context, session: Session) -> None:
-    """Move the user's offline pushes into the session's buffer (sequenced; written when
-    the session is released after its reply)."""
-    inbox = ctx.server.inbox
+    """Move the user's offline pushes into the session's buffer, ahead of the pushes made
+    while the Login/Resume was handled (nothing has been written of those yet, so they
+    are renumbered after the inbox): the client sees them in the order they were made."""
+    server = ctx.server
+    inbox = server.inbox
     if inbox is None:
         return
-    await ctx.server.inbox_settled(session.user_id)
+    await server.inbox_settled(session.user_id)
+    taken = await inbox.take(session.user_id)
+    if session.restored:
+        # A stop put these in the inbox as well as in the session record the Resume
+        # restored them from (with their sequence numbers): deliver them once.
+        taken = _without(taken, [(msg_id, payload) for _, msg_id, payload in session.restored])
+        session.restored = []
+    if not taken:
+        return
     buffer = session.pushes
-    items = await inbox.take(session.user_id)
+    held_from = session.held_from
+    fresh = [item for item in buffer.items if item[0] > held_from]
+    if fresh:
+        for _ in fresh:
+            buffer.items.pop()
+        buffer.last_seq = held_from
     # Taken out of the store, so dropping any would lose it: the buffer grows to fit
     # (the inbox is bounded by inbox_max, so this is too).
-    buffer.make_room(len(items))
-    for msg_id, payload in items:
+    buffer.make_room(len(taken) + len(fresh))
+    for msg_id, payload in taken:
         buffer.add(msg_id, payload)
+    for _, msg_id, payload in fresh:
+        buffer.add(msg_id, payload)
+
+
+def _without(
+    items: list[tuple[int, bytes]], remove: list[tuple[int, bytes]]
+) -> list[tuple[int, bytes]]:
+    """`items` minus one occurrence of each of `remove` (a multiset difference), in order."""
+    counts: dict[tuple[int, bytes], int] = {}
+    for item in remove:
+        counts[item] = counts.get(item, 0) + 1
+    kept = []
+    for item in items:
+        if counts.get(item, 0) > 0:
+            counts[item] -= 1
+        else:
+            kept.append(item)
+    return kept
 
 
 def _session(ctx: Context) -> Session:
