@@ -8,6 +8,7 @@
     tickwire bench idle --conns 15000
     tickwire bench login --conns 50 --duration 5 [--scrypt-n 16] [--store redis]
     tickwire bench restore --sessions 100000
+    tickwire bench fanout --members 10000 --duration 5 [--burst 8] [--stalled 20]
 
 Exit status: 0 when the run was clean, 1 when it ran but saw errors (bad replies, connect
 errors, unanswered pings, fewer replies than --requests), 2 when it could not run at
@@ -348,6 +349,80 @@ def register(subparsers: Any) -> None:
     restore.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     restore.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
     restore.set_defaults(func=run_restore_cmd)
+
+    fanout = kinds.add_parser(
+        "fanout",
+        help="room broadcast to N members: deliveries/s read by other processes, fan-out "
+        "p50/p99, stalled members (spawns tickwire serve with the bench app)",
+        description="Every member logs in as its own user and joins one room; a driver "
+        "connection makes the server broadcast to it in a closed loop; receivers in other "
+        "processes count the pushes. See docs/bench.md.",
+    )
+    fanout.add_argument(
+        "--members", type=_positive_int, default=10_000, help="default: %(default)s"
+    )
+    fanout.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=DEFAULT_DURATION_S,
+        help="measured seconds (default: %(default)s)",
+    )
+    fanout.add_argument(
+        "--warmup",
+        type=_non_negative_float,
+        default=1.0,
+        help="seconds of broadcasting before measuring (default: %(default)s)",
+    )
+    fanout.add_argument(
+        "--burst",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="broadcasts per Trigger, made in one handler call: the server writes them to "
+        "a member in one write (default: %(default)s)",
+    )
+    fanout.add_argument(
+        "--size",
+        type=_non_negative_int,
+        default=64,
+        help="bytes of data in each pushed message (default: %(default)s)",
+    )
+    fanout.add_argument(
+        "--ack-every",
+        type=_non_negative_int,
+        default=256,
+        metavar="N",
+        help="each member sends a PushAck every N pushes; 0: never (default: %(default)s)",
+    )
+    fanout.add_argument(
+        "--stalled",
+        type=_non_negative_int,
+        default=0,
+        metavar="S",
+        help="members that stop reading for the whole run (default: %(default)s)",
+    )
+    fanout.add_argument(
+        "--procs",
+        type=_positive_int,
+        default=2,
+        help="receiver processes holding the members (default: %(default)s)",
+    )
+    fanout.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    fanout.add_argument(
+        "--connect-concurrency",
+        type=_positive_int,
+        default=100,
+        help="handshakes and logins in flight at once, over all processes (default: %(default)s)",
+    )
+    fanout.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more config for the spawned tickwire serve, e.g. slow_consumer_bytes=1048576",
+    )
+    fanout.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+    fanout.set_defaults(func=run_fanout_cmd)
 
     diff = kinds.add_parser(
         "compare",
@@ -784,6 +859,64 @@ def run_restore_cmd(args: argparse.Namespace) -> int:
         for sample in report.error_samples:
             err.print(f"  {escape(sample)}", highlight=False)
     return 0 if clean else 1
+
+
+def run_fanout_cmd(args: argparse.Namespace) -> int:
+    import msgspec
+    from rich.markup import escape
+
+    from bench.fanout import FanoutOptions, FanoutParams, bench_fanout
+    from bench.proc import ServerStartError
+    from bench.workers import BenchError
+
+    err = _console(stderr=True)
+    bad = [s for s in args.set if not s.partition("=")[0] or "=" not in s]
+    if bad:
+        return _refuse(err, "fanout", f"--set takes KEY=VALUE, got {bad[0]!r}")
+    if args.stalled >= args.members:
+        return _refuse(err, "fanout", "--stalled must leave at least one member reading")
+    if args.procs > args.members:
+        return _refuse(err, "fanout", "--procs must not exceed --members")
+    options = FanoutOptions(
+        params=FanoutParams(
+            conns=args.members,
+            procs=args.procs,
+            connect_concurrency=args.connect_concurrency,
+            users=[],
+            duration=args.duration,
+            warmup=args.warmup,
+            burst=args.burst,
+            size=args.size,
+            ack_every=args.ack_every,
+            stalled=args.stalled,
+        ),
+        host=args.host,
+        settings=list(args.set),
+    )
+    out = _console(stderr=args.json == "-")
+    try:
+        report = bench_fanout(options, out, _logger(err))
+    except (BenchError, ServerStartError) as exc:
+        err.print(f"[red]tickwire bench fanout: {escape(str(exc))}[/red]", highlight=False)
+        return 2
+    if args.json:
+        data = msgspec.json.format(msgspec.json.encode(report), indent=2)
+        if args.json == "-":
+            sys.stdout.buffer.write(data + b"\n")
+            sys.stdout.flush()
+        else:
+            Path(args.json).write_bytes(data + b"\n")
+    if report.other_cpu_pct is not None and report.other_cpu_pct > BUSY_MACHINE_PCT:
+        err.print(
+            f"[yellow]other processes used {report.other_cpu_pct:.0f}% CPU during the run; "
+            "its numbers are not those of a quiet machine[/yellow]",
+            highlight=False,
+        )
+    if not report.clean:
+        for sample in report.error_samples:
+            err.print(f"  {escape(sample)}", highlight=False)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,866 @@
+"""The fan-out bench: a room broadcast to N members, counted by receivers in other processes.
+
+    tickwire bench fanout --members 10000 --duration 5
+    tickwire bench fanout --members 10000 --duration 5 --burst 8
+    tickwire bench fanout --members 2000 --duration 5 --stalled 20 --size 4096 \\
+        --set slow_consumer_bytes=1048576
+
+The push issue's target: a room broadcast to 10,000 members (64-byte message) delivers
+at least 500,000 pushes/s, measured by receivers in other processes, with the time from
+the broadcast call to the last member's write reported as p50/p99; a member that stops
+reading costs the server no more memory than its pending limit.
+
+1. **Users and server.** The parent writes a users file (one user per member, scrypt
+   n=16: the logins are set-up, not the thing measured) and spawns `tickwire serve
+   --no-chat --app bench.fanout_app:app` on it, without auth or idle timeouts.
+2. **Members.** `--procs` receiver processes (spawn context, uvloop each) open their share
+   of the connections; each logs in as its own user and sends FanoutJoin. Frames are
+   parsed raw (the SDK would measure itself): a receiver walks the length prefixes of
+   what it reads, counts the FanoutPush frames, checks that each member's push seq goes
+   up by exactly one (a gap or a repeat is an error), and with `--ack-every N` sends a
+   PushAck for the last seq every N pushes, as a real client does. `--stalled S` members
+   (spread over the processes) pause reading on their sockets once joined and never
+   read during the run.
+3. **Driver.** The parent holds one more connection and sends FanoutTrigger{count =
+   `--burst`} in a closed loop from the start of the warm-up to the end of the window;
+   each Trigger is `--burst` broadcasts in one handler call, so the server writes them
+   to a member in one write. At the start of the window it sends FanoutStats{reset}, at
+   its end FanoutStats: the server's fan-out histogram of the window alone.
+4. **Counting.** A push counts for deliveries/s when a receiver reads it inside the
+   window (receivers and parent share CLOCK_MONOTONIC). After the window the parent
+   tells the receivers how many broadcasts were made in all; every reading member must
+   then reach exactly that seq: expected deliveries (broadcasts x reading members) are
+   compared with the pushes received over the whole run, so any loss shows. Then the
+   stalled members read again, to see whether the server cut them off (SLOW_CONSUMER).
+
+The server's RSS is read after the joins (before), every 100 ms during the run (peak)
+and at the end of the window (after); its CPU, the receivers' and the rest of the
+machine's over the window, as in the other benches (`bench.proc`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import msgspec
+import uvloop
+from google.protobuf.message import DecodeError, Message
+from hdrh.histogram import HdrHistogram
+
+from bench.load import apportion, sleep_until, wait_for_start
+from bench.login import LoginUser, first_conn
+from bench.proc import (
+    CpuSampler,
+    Endpoint,
+    MachineSampler,
+    ServerProcess,
+    raise_nofile_limit,
+    rss_kib,
+)
+from bench.proto.bench_pb2 import (
+    FanoutJoin,
+    FanoutJoinReply,
+    FanoutPush,
+    FanoutStats,
+    FanoutStatsReply,
+    FanoutTrigger,
+    FanoutTriggerReply,
+)
+from bench.wire import FrameClient, WireError, code_name, msg_id_of
+from bench.workers import (
+    ERROR_SAMPLES,
+    BenchError,
+    ClientConnection,
+    LoadParams,
+    Share,
+    Workers,
+    open_connections,
+    run_worker,
+    split,
+)
+from protocol.errors import ErrorCode
+from protocol.proto.system_pb2 import Error, GoAway, LoginReply, LoginRequest, PushAck
+
+#: The issue's target, shown next to the measured rate.
+TARGET_DELIVERIES_PER_S = 500_000
+#: The users' password hashes: cheap, the logins are set-up.
+SCRYPT_N = 16
+#: The app the bench serves.
+APP = "bench.fanout_app:app"
+
+_FRAME = struct.Struct(">IHBI")  # length, msg_id, flags, seq
+_HEADER_LEN = _FRAME.size  # 11
+_MIN_LENGTH = 7
+_MAX_FRAME = 1 << 24
+_RESPONSE = 0x01
+_ERROR = 0x02
+_PUSH = 0x04
+_PUSH_ID = msg_id_of(FanoutPush)
+_ERROR_ID = msg_id_of(Error)
+_GOAWAY_ID = msg_id_of(GoAway)
+_PUSH_ACK_ID = msg_id_of(PushAck)
+_SLOW_CONSUMER = int(ErrorCode.SLOW_CONSUMER)
+
+_CALL_TIMEOUT_S = 30.0
+#: After the window: how long reading members may take to reach the last broadcast.
+_DRAIN_S = 30.0
+#: After the stalled members read again: how long for the server's close to reach them.
+_STALLED_READ_S = 5.0
+_RSS_EVERY_S = 0.1
+#: SO_RCVBUF of a stalled member's socket (the kernel doubles it). Not below a few
+#: loopback MSS (64 KiB): a receive window smaller than one segment never reopens in
+#: full, and the connection crawls on zero-window probes once reading resumes.
+_STALLED_RCVBUF = 128 * 1024
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+M = TypeVar("M", bound=Message)
+
+
+class FanoutParams(LoadParams, frozen=True, kw_only=True):
+    """`conns` members from `procs` receiver processes; `users[i]` is member i's."""
+
+    users: list[LoginUser]
+    duration: float
+    warmup: float = 1.0
+    burst: int = 1
+    size: int = 64
+    ack_every: int = 256
+    stalled: int = 0
+
+
+class WorkerFanoutResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What one receiver process hands back."""
+
+    connect_errors: int
+    join_errors: int
+    #: Members that logged in and joined; `stalled` of them did not read during the run.
+    joined: int
+    stalled: int
+    #: Pushes read inside the window by reading members, per second of the window too.
+    window_pushes: int
+    throughput: list[int]
+    #: Pushes read by reading members over the whole run (warm-up and drain included).
+    total_pushes: int
+    #: Reading members that did not reach the last broadcast's seq within the drain.
+    behind: int
+    #: Reading members whose connection ended during the run.
+    lost: int
+    errors: int
+    #: Stalled members whose connection the server ended, and those of them that read
+    #: its Error SLOW_CONSUMER first; pushes the stalled members read after the run.
+    stalled_cut: int
+    stalled_saw_slow_consumer: int
+    stalled_pushes: int
+    error_samples: list[str] = []
+
+
+class FanoutReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One `tickwire bench fanout` run: the JSON of --json."""
+
+    kind: str = "fanout"
+    host: str
+    members: int
+    procs: int
+    burst: int
+    size: int
+    ack_every: int
+    stalled: int
+    warmup_s: float
+    duration_s: float
+    #: The window as the driver saw it: from its Stats reset to its last Stats, which
+    #: follows the Trigger in flight at the end of `duration_s` (receivers count pushes
+    #: read within `duration_s` exactly).
+    elapsed_s: float
+    joined: int
+    connect_errors: int
+    join_errors: int
+    triggers: int
+    #: Broadcasts in the window (between the two Stats) and over the whole run.
+    broadcasts_window: int
+    broadcasts_total: int
+    #: Pushes the reading members read inside the window, and that over `duration_s`.
+    deliveries_window: int
+    deliveries_per_s: float
+    #: Broadcasts in the window x reading members (approximate: a push in flight at either
+    #: edge of the window counts on the side its member read it).
+    expected_window: int
+    #: Over the whole run: broadcasts x reading members, and what they read (exact).
+    expected_total: int
+    delivered_total: int
+    behind: int
+    lost: int
+    errors: int
+    throughput: list[int]
+    #: Server side, from its fan-out histogram for the window: microseconds from a
+    #: broadcast call to the write of its last member.
+    fanout_count: int
+    fanout_p50_us: int
+    fanout_p90_us: int
+    fanout_p99_us: int
+    fanout_max_us: int
+    fanout_histogram: str
+    server_cpu_pct: float | None
+    #: The part of it spent in the kernel (system time): the writes, and on loopback
+    #: the TCP work of delivering them, which Linux charges to the sender.
+    server_sys_pct: float | None = None
+    receiver_cpu_pct: float
+    driver_cpu_pct: float | None
+    other_cpu_pct: float | None
+    machine_cpus: int
+    rss_before_kib: int | None
+    rss_peak_kib: int | None
+    rss_after_kib: int | None
+    slow_consumer_bytes: int
+    slow_consumer_closes: int
+    writes_paused: int
+    #: At the end of the window, from the server: bytes waiting in all its transports,
+    #: the most in one, and connections it had closed whose socket was not gone yet.
+    pending_bytes: int = 0
+    pending_bytes_max: int = 0
+    closing: int = 0
+    stalled_cut: int
+    stalled_saw_slow_consumer: int
+    stalled_pushes: int
+    error_samples: list[str] = []
+
+    @property
+    def lossless(self) -> bool:
+        return self.delivered_total == self.expected_total and not self.behind
+
+    @property
+    def clean(self) -> bool:
+        return (
+            self.lossless
+            and not self.errors
+            and not self.lost
+            and not self.connect_errors
+            and not self.join_errors
+            and self.joined == self.members
+            and self.deliveries_window > 0
+        )
+
+
+# -- receiver side ----------------------------------------------------------------------
+
+
+class _Totals:
+    """Counters of one receiver process, shared by its members."""
+
+    __slots__ = (
+        "ack_every",
+        "bins",
+        "error_samples",
+        "errors",
+        "measure_from_ns",
+        "measure_until_ns",
+        "window_pushes",
+    )
+
+    def __init__(self, ack_every: int) -> None:
+        self.ack_every = ack_every
+        self.measure_from_ns = 0
+        self.measure_until_ns = 0
+        self.window_pushes = 0
+        self.bins: list[int] = []
+        self.errors = 0
+        self.error_samples: list[str] = []
+
+    def error(self, what: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < ERROR_SAMPLES:
+            self.error_samples.append(what)
+
+    def counted(self, pushes: int) -> None:
+        now = time.monotonic_ns()
+        if self.measure_from_ns <= now < self.measure_until_ns:
+            self.window_pushes += pushes
+            index = (now - self.measure_from_ns) // 1_000_000_000
+            bins = self.bins
+            if index >= len(bins):
+                bins.extend([0] * (index + 1 - len(bins)))
+            bins[index] += pushes
+
+
+class Member(ClientConnection):
+    """One member's connection: requests one at a time (login, join), then pushes."""
+
+    __slots__ = (
+        "_buf",
+        "_seq",
+        "_waiter",
+        "closed_error",
+        "done",
+        "last_seq",
+        "name",
+        "received",
+        "stalled",
+        "totals",
+        "unacked",
+    )
+
+    def __init__(self, totals: _Totals) -> None:
+        super().__init__()
+        self.totals = totals
+        self.name = "?"
+        self._buf = b""
+        self._seq = 0
+        self._waiter: asyncio.Future[tuple[int, int, bytes]] | None = None
+        self.last_seq = 0
+        self.received = 0
+        self.unacked = 0
+        self.stalled = False
+        #: The code of an unsolicited Error or GoAway the server sent before closing.
+        self.closed_error: int | None = None
+        #: Set when the connection ended (for whatever reason).
+        self.done = asyncio.Event()
+
+    @property
+    def open(self) -> bool:
+        return self._transport is not None
+
+    def send(self, msg_id: int, seq: int, payload: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(_FRAME.pack(_MIN_LENGTH + len(payload), msg_id, 0, seq) + payload)
+
+    async def call(self, request: Message, reply_type: type[M]) -> M:
+        """Send `request`, return its reply; WireError for anything else."""
+        if self._transport is None:
+            raise WireError("the connection is closed")
+        self._seq += 1
+        seq = self._seq
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self.send(msg_id_of(type(request)), seq, request.SerializeToString())
+        try:
+            msg_id, got_seq, body = await asyncio.wait_for(waiter, _CALL_TIMEOUT_S)
+        except TimeoutError:
+            raise WireError(
+                f"no reply to {type(request).__name__} within {_CALL_TIMEOUT_S:g} s"
+            ) from None
+        finally:
+            self._waiter = None
+        if msg_id == _ERROR_ID:
+            error = Error.FromString(body)
+            raise WireError(f"{type(request).__name__}: {code_name(error.code)}: {error.message}")
+        if got_seq != seq or msg_id != msg_id_of(reply_type):
+            raise WireError(f"expected a {reply_type.__name__} to seq {seq}, got msg_id={msg_id}")
+        try:
+            return reply_type.FromString(body)
+        except DecodeError as exc:
+            raise WireError(f"undecodable {reply_type.__name__}: {exc}") from None
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        end_of_data = len(buf)
+        pos = 0
+        last = self.last_seq
+        pushes = 0
+        unpack = _FRAME.unpack_from
+        while end_of_data - pos >= _HEADER_LEN:
+            length, msg_id, flags, seq = unpack(buf, pos)
+            end = pos + 4 + length
+            if end > end_of_data:
+                if not _MIN_LENGTH <= length <= _MAX_FRAME:
+                    self._fail(f"{self.name}: frame length {length} out of range")
+                    return
+                break
+            if msg_id == _PUSH_ID and flags & _PUSH:
+                if seq != last + 1:
+                    self.totals.error(f"{self.name}: push seq {seq} after {last}")
+                last = seq
+                pushes += 1
+            else:
+                self._frame(msg_id, flags, seq, buf[pos + _HEADER_LEN : end])
+            pos = end
+        self._buf = buf[pos:] if pos < end_of_data else b""
+        if pushes:
+            self.last_seq = last
+            if self.stalled:
+                self.received += pushes
+                return
+            self.received += pushes
+            totals = self.totals
+            totals.counted(pushes)
+            every = totals.ack_every
+            if every:
+                self.unacked += pushes
+                if self.unacked >= every:
+                    self.unacked = 0
+                    self.send(_PUSH_ACK_ID, 0, PushAck(seq=last).SerializeToString())
+
+    def _frame(self, msg_id: int, flags: int, seq: int, body: bytes) -> None:
+        waiter = self._waiter
+        if seq and flags & (_RESPONSE | _ERROR) and waiter is not None and not waiter.done():
+            waiter.set_result((msg_id, seq, body))
+        elif msg_id == _ERROR_ID and flags & _ERROR:
+            self.closed_error = Error.FromString(body).code
+        elif msg_id == _GOAWAY_ID:
+            self.closed_error = GoAway.FromString(body).reason
+        else:
+            self.totals.error(f"{self.name}: unexpected frame msg_id={msg_id} flags={flags}")
+
+    def _fail(self, what: str) -> None:
+        self.totals.error(what)
+        self.close()
+        self.done.set()
+
+    def close(self) -> None:
+        super().close()
+        self.done.set()
+
+    def lost(self, exc: Exception | None) -> None:
+        self.done.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(WireError(f"{self.name}: the server closed the connection"))
+
+    def pause(self) -> None:
+        """Stop reading, with a small kernel receive buffer: on Linux loopback a reader's
+        buffer may grow to tcp_rmem's maximum (often 6-32 MiB), which would hold minutes
+        of pushes before any of them waited in the server's own memory, the thing
+        measured here."""
+        self.stalled = True
+        transport = self._transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _STALLED_RCVBUF)
+            transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+
+async def _recv(pipe: Connection) -> tuple[Any, ...]:
+    message: tuple[Any, ...] = await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+    return message
+
+
+async def _fanout_worker(
+    pipe: Connection, share: Share, params: FanoutParams
+) -> WorkerFanoutResult:
+    totals = _Totals(params.ack_every)
+    connect_samples: list[str] = []
+
+    def connect_error(what: str) -> None:
+        if len(connect_samples) < ERROR_SAMPLES:
+            connect_samples.append(what)
+
+    opened = cast(
+        list[Member], await open_connections(share, lambda: Member(totals), connect_error)
+    )
+    first = first_conn(params.conns, params.procs, share.index)
+    gate = asyncio.Semaphore(max(1, share.connect_concurrency))
+    join_errors = 0
+
+    async def enroll(member: Member, user: LoginUser) -> bool:
+        nonlocal join_errors
+        member.name = user.name
+        async with gate:
+            try:
+                await member.call(LoginRequest(user=user.name, password=user.password), LoginReply)
+                await member.call(FanoutJoin(), FanoutJoinReply)
+            except WireError as exc:
+                join_errors += 1
+                totals.error(f"{user.name}: {exc}")
+                member.close()
+                return False
+        return True
+
+    joined_flags = await asyncio.gather(
+        *(enroll(m, params.users[first + i]) for i, m in enumerate(opened))
+    )
+    members = [m for m, ok in zip(opened, joined_flags, strict=True) if ok]
+    stalled_here = apportion(params.stalled, split(params.conns, params.procs))[share.index]
+    stalled_here = min(stalled_here, len(members))
+    stalled = members[len(members) - stalled_here :] if stalled_here else []
+    reading = members[: len(members) - stalled_here]
+    for member in stalled:
+        member.pause()
+    pipe.send(("ready", len(members), len(stalled)))
+
+    window = await wait_for_start(pipe)
+    if window is None:
+        for member in members:
+            member.close()
+        raise BenchError("parent aborted the run")
+    totals.measure_from_ns = window.measure_from_ns
+    totals.measure_until_ns = window.measure_until_ns
+    final = await _recv(pipe)
+    if final[0] != "final":
+        for member in members:
+            member.close()
+        raise BenchError("parent aborted the run")
+    broadcasts: int = final[1]
+
+    # Every reading member must reach the last broadcast's seq.
+    deadline = time.monotonic() + _DRAIN_S
+    while time.monotonic() < deadline:
+        if all(m.last_seq >= broadcasts or not m.open for m in reading):
+            break
+        await asyncio.sleep(0.05)
+    behind = [m for m in reading if m.last_seq < broadcasts]
+    lost = [m for m in reading if not m.open]
+    for member in behind[:ERROR_SAMPLES]:
+        totals.error(f"{member.name}: read up to push {member.last_seq} of {broadcasts}")
+
+    # The stalled members read again: what did the server do with them?
+    for member in stalled:
+        member.resume()
+    if stalled:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(m.done.wait() for m in stalled)), _STALLED_READ_S
+            )
+    stalled_cut = [m for m in stalled if not m.open]
+    saw = [m for m in stalled_cut if m.closed_error == _SLOW_CONSUMER]
+    stalled_pushes = sum(m.received for m in stalled)
+    for member in members:
+        member.close()
+    await asyncio.sleep(0)
+    return WorkerFanoutResult(
+        connect_errors=share.conns - len(opened),
+        join_errors=join_errors,
+        joined=len(members),
+        stalled=len(stalled),
+        window_pushes=totals.window_pushes,
+        throughput=totals.bins,
+        total_pushes=sum(m.received for m in reading),
+        behind=len(behind),
+        lost=len(lost),
+        errors=totals.errors,
+        stalled_cut=len(stalled_cut),
+        stalled_saw_slow_consumer=len(saw),
+        stalled_pushes=stalled_pushes,
+        error_samples=(connect_samples + totals.error_samples)[:ERROR_SAMPLES],
+    )
+
+
+def fanout_worker(pipe: Connection, share: Share, params: FanoutParams) -> None:
+    """Entry point of one receiver process."""
+    run_worker(pipe, share.cpus, lambda: _fanout_worker(pipe, share, params))
+
+
+# -- parent side -----------------------------------------------------------------------
+
+
+def _user_sys_seconds(pid: int) -> tuple[float, float] | None:
+    """User and system CPU time of one process, from /proc/PID/stat (Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+class _Driven(msgspec.Struct, kw_only=True):
+    elapsed_s: float = 0.0
+    triggers: int = 0
+    broadcasts_window: int = 0
+    broadcasts_total: int = 0
+    fanout_histogram: bytes = b""
+    server_cpu_pct: float | None = None
+    server_sys_pct: float | None = None
+    receiver_cpu_pct: float = 0.0
+    driver_cpu_pct: float | None = None
+    machine_cpu_pct: float | None = None
+    rss_before_kib: int | None = None
+    rss_peak_kib: int | None = None
+    rss_after_kib: int | None = None
+    slow_consumer_closes: int = 0
+    writes_paused: int = 0
+    pending_bytes: int = 0
+    pending_bytes_max: int = 0
+    closing: int = 0
+    error: str | None = None
+
+
+async def _drive(
+    params: FanoutParams,
+    server: Endpoint,
+    workers: Workers,
+    members: int,
+    log: Callable[[str], None],
+) -> _Driven:
+    """The driver connection: Triggers in a closed loop, Stats at the window's edges, CPU
+    and RSS readings around them."""
+    driven = _Driven()
+    client = await FrameClient.connect(server.host, server.port)
+    try:
+        probe = await client.call(FanoutTrigger(count=0, size=params.size), FanoutTriggerReply)
+        if probe.members != members:
+            raise BenchError(
+                f"the room has {probe.members} members, the receivers joined {members}"
+            )
+        broadcasts = probe.broadcasts
+
+        def rss() -> int | None:
+            return rss_kib(server.pid) if server.pid else None
+
+        driven.rss_before_kib = driven.rss_peak_kib = rss()
+        peak_stop = asyncio.Event()
+
+        async def watch_rss() -> None:
+            while not peak_stop.is_set():
+                now = rss()
+                if now is not None and (driven.rss_peak_kib is None or now > driven.rss_peak_kib):
+                    driven.rss_peak_kib = now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(peak_stop.wait(), _RSS_EVERY_S)
+
+        start_ns = time.monotonic_ns() + 100_000_000
+        measure_from_ns = start_ns + int(params.warmup * 1e9)
+        measure_until_ns = measure_from_ns + int(params.duration * 1e9)
+        workers.send_all(("start", start_ns, measure_from_ns, measure_until_ns))
+        server_cpu = CpuSampler([server.pid], tree=True) if server.pid else None
+        receiver_cpu = CpuSampler(workers.pids, tree=False)
+        driver_cpu = CpuSampler([os.getpid()], tree=False)
+        machine_cpu = MachineSampler()
+        watcher = asyncio.create_task(watch_rss())
+        await sleep_until(start_ns)
+        log(f"broadcasting: {params.warmup:g} s warm-up, then {params.duration:g} s measured")
+        trigger = FanoutTrigger(count=params.burst, size=params.size)
+        measuring = False
+        t0 = 0.0
+        b0 = 0
+        user_sys0: tuple[float, float] | None = None
+        while True:
+            now = time.monotonic_ns()
+            if not measuring and now >= measure_from_ns:
+                await client.call(FanoutStats(reset=True), FanoutStatsReply)
+                for sampler in (server_cpu, receiver_cpu, driver_cpu, machine_cpu):
+                    if sampler is not None:
+                        sampler.start()
+                t0 = time.monotonic()
+                user_sys0 = _user_sys_seconds(server.pid) if server.pid else None
+                b0 = broadcasts
+                measuring = True
+            if now >= measure_until_ns:
+                break
+            reply = await client.call(trigger, FanoutTriggerReply)
+            broadcasts = reply.broadcasts
+            if measuring:
+                driven.triggers += 1
+        stats = await client.call(FanoutStats(reset=False), FanoutStatsReply)
+        driven.elapsed_s = time.monotonic() - t0
+        user_sys1 = _user_sys_seconds(server.pid) if server.pid else None
+        if user_sys0 is not None and user_sys1 is not None and driven.elapsed_s > 0:
+            driven.server_sys_pct = 100.0 * (user_sys1[1] - user_sys0[1]) / driven.elapsed_s
+        driven.server_cpu_pct = server_cpu.stop() if server_cpu else None
+        driven.receiver_cpu_pct = receiver_cpu.stop() or 0.0
+        driven.driver_cpu_pct = driver_cpu.stop()
+        driven.machine_cpu_pct = machine_cpu.stop()
+        driven.rss_after_kib = rss()
+        peak_stop.set()
+        await watcher
+        driven.broadcasts_window = stats.broadcasts - b0
+        driven.broadcasts_total = stats.broadcasts
+        driven.fanout_histogram = stats.fanout_us
+        driven.pending_bytes = stats.pending_bytes
+        driven.pending_bytes_max = stats.pending_bytes_max
+        driven.closing = stats.closing
+        workers.send_all(("final", stats.broadcasts))
+        return driven
+    finally:
+        await client.close()
+
+
+def _final_stats(server: Endpoint) -> FanoutStatsReply:
+    async def ask() -> FanoutStatsReply:
+        client = await FrameClient.connect(server.host, server.port)
+        try:
+            return await client.call(FanoutStats(reset=False), FanoutStatsReply)
+        finally:
+            await client.close()
+
+    return uvloop.run(ask())
+
+
+def run_fanout(
+    params: FanoutParams,
+    server: Endpoint,
+    *,
+    slow_consumer_bytes: int,
+    log: Callable[[str], None],
+) -> FanoutReport:
+    """One run against a server that serves the bench app and knows `params.users`."""
+    from bench.proc import available_cpus
+
+    if len(params.users) < params.conns:
+        raise BenchError(f"{params.conns} members need {params.conns} users")
+    workers = Workers(fanout_worker, params, server, cpus=None)
+    try:
+        log(f"{params.conns:,} members logging in and joining from {len(workers.pids)} processes")
+        ready = workers.recv_all("ready", timeout=60.0 + params.conns / 200)
+        joined = sum(r[1] for r in ready)
+        stalled = sum(r[2] for r in ready)
+        if joined == 0:
+            workers.send_all(("abort",))
+            raise BenchError(f"no member could join at {server.host}:{server.port}")
+        try:
+            driven = uvloop.run(_drive(params, server, workers, joined, log))
+        except (WireError, OSError, TimeoutError) as exc:
+            workers.send_all(("abort",))
+            raise BenchError(f"the driver connection failed: {exc}") from None
+        results: list[WorkerFanoutResult] = []
+        for message in workers.recv_all("result", timeout=_DRAIN_S + _STALLED_READ_S + 30.0):
+            results.append(msgspec.msgpack.decode(message[1], type=WorkerFanoutResult))
+    finally:
+        workers.close()
+    stats = _final_stats(server)  # after the stalled members read again
+    histogram = HdrHistogram(1, 60_000_000, 2)
+    if driven.fanout_histogram:
+        histogram = HdrHistogram.decode(driven.fanout_histogram)
+    count = histogram.get_total_count()
+
+    def pct(p: float) -> int:
+        return int(histogram.get_value_at_percentile(p)) if count else 0
+
+    reading = joined - stalled
+    window_pushes = sum(r.window_pushes for r in results)
+    bins = [0] * max((len(r.throughput) for r in results), default=0)
+    for result in results:
+        for i, value in enumerate(result.throughput):
+            bins[i] += value
+    other = None
+    if driven.machine_cpu_pct is not None and driven.server_cpu_pct is not None:
+        other = max(
+            0.0,
+            driven.machine_cpu_pct
+            - driven.server_cpu_pct
+            - driven.receiver_cpu_pct
+            - (driven.driver_cpu_pct or 0.0),
+        )
+    elapsed = driven.elapsed_s or params.duration
+    return FanoutReport(
+        host=server.host,
+        members=params.conns,
+        procs=len(results),
+        burst=params.burst,
+        size=params.size,
+        ack_every=params.ack_every,
+        stalled=stalled,
+        warmup_s=params.warmup,
+        duration_s=params.duration,
+        elapsed_s=elapsed,
+        joined=joined,
+        connect_errors=sum(r.connect_errors for r in results),
+        join_errors=sum(r.join_errors for r in results),
+        triggers=driven.triggers,
+        broadcasts_window=driven.broadcasts_window,
+        broadcasts_total=driven.broadcasts_total,
+        deliveries_window=window_pushes,
+        deliveries_per_s=window_pushes / params.duration,
+        expected_window=driven.broadcasts_window * reading,
+        expected_total=driven.broadcasts_total * reading,
+        delivered_total=sum(r.total_pushes for r in results),
+        behind=sum(r.behind for r in results),
+        lost=sum(r.lost for r in results),
+        errors=sum(r.errors for r in results),
+        throughput=bins,
+        fanout_count=count,
+        fanout_p50_us=pct(50),
+        fanout_p90_us=pct(90),
+        fanout_p99_us=pct(99),
+        fanout_max_us=int(histogram.get_max_value()) if count else 0,
+        fanout_histogram=driven.fanout_histogram.decode("ascii"),
+        server_cpu_pct=driven.server_cpu_pct,
+        server_sys_pct=driven.server_sys_pct,
+        receiver_cpu_pct=driven.receiver_cpu_pct,
+        driver_cpu_pct=driven.driver_cpu_pct,
+        other_cpu_pct=other,
+        machine_cpus=len(available_cpus()),
+        rss_before_kib=driven.rss_before_kib,
+        rss_peak_kib=driven.rss_peak_kib,
+        rss_after_kib=driven.rss_after_kib,
+        slow_consumer_bytes=slow_consumer_bytes,
+        slow_consumer_closes=stats.slow_consumer_closes,
+        writes_paused=stats.writes_paused,
+        pending_bytes=driven.pending_bytes,
+        pending_bytes_max=driven.pending_bytes_max,
+        closing=driven.closing,
+        stalled_cut=sum(r.stalled_cut for r in results),
+        stalled_saw_slow_consumer=sum(r.stalled_saw_slow_consumer for r in results),
+        stalled_pushes=sum(r.stalled_pushes for r in results),
+        error_samples=[s for r in results for s in r.error_samples][:ERROR_SAMPLES],
+    )
+
+
+class FanoutOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """`bench fanout`: `params.users` is left empty, `bench_fanout` makes the users."""
+
+    params: FanoutParams
+    host: str = "127.0.0.1"
+    #: More config for the spawned server, as ``KEY=VALUE`` for its ``--set``.
+    settings: list[str] = []
+
+
+#: The server's config for the run: members stay however long logging 10,000 in takes.
+FANOUT_SETTINGS = ["auth_timeout=0", "idle_timeout=0"]
+
+
+def fanout_command(host: str, users_file: Path, settings: list[str]) -> list[str]:
+    import sys
+
+    cmd = [sys.executable, "-m", "tools.cli", "serve", "--no-chat", "--app", APP]
+    cmd += ["--host", host, "--port", "0"]
+    for setting in [f"users_file={users_file}", *FANOUT_SETTINGS, *settings]:
+        cmd += ["--set", setting]
+    return cmd
+
+
+def slow_consumer_limit(settings: list[str]) -> int:
+    """The server's slow_consumer_bytes for these --set settings."""
+    from server.config import ServerConfig
+
+    limit = ServerConfig().slow_consumer_bytes
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if key.strip() == "slow_consumer_bytes":
+            with contextlib.suppress(ValueError):
+                limit = int(value)
+    return limit
+
+
+def bench_fanout(opts: FanoutOptions, console: Console, log: Callable[[str], None]) -> FanoutReport:
+    """Write the users, spawn the server with the bench app, run, print the table."""
+    from bench.fanout_report import fanout_notes, fanout_table
+    from bench.runner import make_users
+
+    params = opts.params
+    raise_nofile_limit()
+    with tempfile.TemporaryDirectory(prefix="tickwire-bench-fanout-") as tmp:
+        users_file = Path(tmp) / "users"
+        log(f"making {params.conns:,} users (scrypt n={SCRYPT_N})")
+        users = make_users(params.conns, SCRYPT_N, users_file)
+        params = msgspec.structs.replace(params, users=users)
+        cmd = fanout_command(opts.host, users_file, opts.settings)
+        log(f"tickwire ({' '.join(cmd[1:])})")
+        with ServerProcess(cmd, start_timeout=60.0) as process:
+            report = run_fanout(
+                params,
+                process.endpoint,
+                slow_consumer_bytes=slow_consumer_limit(opts.settings),
+                log=log,
+            )
+            if not process.alive():
+                raise BenchError(f"the server died during the run; its stderr:\n{process.tail()}")
+    console.print(fanout_table(report))
+    for note in fanout_notes(report):
+        console.print(note, highlight=False)
+    return report
