@@ -25,7 +25,7 @@ from server.config import ServerConfig
 from server.connection import CloseReason, Connection
 from server.dispatch import Dispatcher
 from server.metrics import MetricsEndpoint, Timing
-from server.middleware import Counters, Deadline, ErrorRecovery, Middleware, compose
+from server.middleware import Counters, Deadline, ErrorRecovery, Middleware, compose_fusable
 from server.stats import Stats
 from server.store import Store, StoreError, open_store
 from server.system_handlers import system_app
@@ -131,7 +131,7 @@ class Server:
         deadline = Deadline(self.config.handler_timeout)
         for app, route in app_routes:
             layers = [*self.middleware, *app.middleware, deadline]
-            route.call = compose(route, layers, self._innermost(route))
+            route.call, route.fused = compose_fusable(route, layers, self._innermost(route))
 
     def _innermost(self, route: Route) -> Callable[[Context, Any], Any]:
         if route.kind is not Kind.BLOCKING:
