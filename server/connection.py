@@ -113,6 +113,13 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.rx_tick = self.server.tick
         self.stats.bytes_in += len(data)
+        # The dispatcher's fast path runs what it can of the read straight from the bytes;
+        # the decoder and submit take the rest (usually nothing).
+        used = self.dispatcher.run_read(self, data)
+        if used:
+            if used == len(data):
+                return
+            data = data[used:]
         frames = self.decoder.feed(data)
         if frames:
             self.stats.frames_in += len(frames)

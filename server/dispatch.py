@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import DecodeError, Message
 
 from protocol.errors import ErrorCode
-from protocol.frame import HEADER, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
+from protocol.frame import HEADER, HEADER_SIZE, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
 from protocol.proto.system_pb2 import Error
 from server.app import Context, Route
 from server.middleware import INTERNAL_MESSAGE, handler_failed
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tickwire.dispatch")
 
 _pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
 _RESPONSE = int(Flags.RESPONSE)
 _ERROR = int(Flags.ERROR)
 _ERROR_ID = 3
@@ -198,6 +199,107 @@ class Dispatcher:
             conn.pause_reading()
         if not conn.scheduled:
             self._schedule(conn)
+
+    def run_read(self, conn: Connection, data: bytes) -> int:
+        """The fast path of a read: run its frames straight from the bytes, without the
+        decoder's tuples, the batch list or the mailbox. Returns how many bytes of `data`
+        it used (0 when it did not apply); the caller hands the rest to the decoder and
+        submit, which take it from there in order.
+
+        It applies only where submit would run the read inline anyway: the connection is
+        idle (nothing queued or awaited, writes not paused, not closed, no framing
+        error), the decoder holds no partial frame, and even a read of nothing but empty
+        frames would stay under `mailbox_limit` and `max_pending`. It runs only the
+        common frame, a fused route (sync, default layers) with a request that parses,
+        and stops before anything else: a partial or out-of-range frame (the decoder
+        judges and buffers it), a frame to refuse, one that does not parse, an awaited or
+        composed route, writes paused or the connection closed mid-read. Per frame it
+        does what run_connection does for a fused route, with the same Context reuse and
+        reply framing; keep the two loops alike (tests/integration/test_fast_paths.py
+        runs the same requests through both).
+        """
+        size = len(data)
+        if (
+            conn.scheduled
+            or conn.mailbox
+            or conn.write_paused
+            or conn.closed
+            or conn.fatal is not None
+            or conn.decoder.buffered
+            or size // HEADER_SIZE >= self.mailbox_limit
+            or self.pending + size // HEADER_SIZE > self.max_pending
+        ):
+            return 0
+        unpack = _unpack_header
+        max_frame = conn.decoder.max_frame
+        out = conn.out
+        append = out.append
+        get_route = self.routes.get
+        pack = _pack_header
+        not_runnable = _NOT_RUNNABLE
+        min_length = MIN_LENGTH
+        response = _RESPONSE
+        unkept = _UNKEPT
+        refcount = getrefcount
+        max_body = self.max_body
+        flush_bytes = FLUSH_BYTES
+        out_bytes = 0
+        pos = 0
+        count = 0
+        while size - pos >= HEADER_SIZE:
+            length, msg_id, flags, seq = unpack(data, pos)
+            end = pos + 4 + length
+            if length > max_frame or length < min_length or end > size:
+                break
+            route = get_route(msg_id)
+            if route is None or flags & not_runnable or not route.fused:
+                break
+            if conn.write_paused or conn.closed:
+                break
+            try:
+                msg = route.parse(data[pos + HEADER_SIZE : end])
+            except DecodeError:
+                break  # run_connection answers it, from the decoder's tuple
+            pos = end
+            count += 1
+            ctx = conn.ctx
+            if ctx is None:
+                ctx = conn.ctx = Context(conn, msg_id, flags, seq)
+            else:
+                ctx.msg_id = msg_id
+                ctx.flags = flags
+                ctx.seq = seq
+            reply: Any
+            route.calls += 1
+            try:
+                reply = route.handler(ctx, msg)
+            except Exception as exc:
+                reply = handler_failed(route, exc)
+            if refcount(ctx) > unkept:
+                conn.ctx = None
+            if type(reply) is route.reply_type and seq:
+                body = reply.SerializeToString()
+                body_size = len(body)
+                if body_size > max_body:
+                    append(self._oversized(route, seq, body_size))
+                    continue
+                out_bytes += body_size
+                append(pack(min_length + body_size, route.reply_id, response, seq) + body)
+            elif reply is not None:
+                frame = self.encode_reply(reply, seq, route)
+                if frame is None:
+                    continue
+                append(frame)
+                out_bytes += len(frame)
+            else:
+                continue
+            if out_bytes >= flush_bytes:
+                conn.flush()
+                out_bytes = 0
+        conn.stats.frames_in += count
+        if out:
+            conn.flush()
+        return pos
 
     def reschedule(self, conn: Connection) -> None:
         """Put a connection back on the ready queue (its writes resumed, say)."""

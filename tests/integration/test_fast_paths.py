@@ -3,6 +3,8 @@ the slow path it skips.
 
 - A read that finds its connection idle runs in data_received, without the mailbox and
   the drain (Dispatcher.submit); anything it cannot finish goes to the mailbox in order.
+- Before that, Dispatcher.run_read runs what it can of such a read straight from the
+  bytes, and hands the decoder the rest from the first frame it does not handle.
 - A sync route whose chain is only the default layers is called directly, with the
   counting and error recovery done inline (Route.fused).
 
@@ -92,6 +94,70 @@ async def test_a_read_after_an_awaited_frame_waits_for_it(start_server: StartSer
     assert [f.seq for f in frames] == [1, 2, 3]
     assert app.notes == ["behind the gate"]  # type: ignore[attr-defined]
     await wait_for(lambda: dispatcher.in_flight == 0)
+    await peer.close()
+
+
+async def test_a_read_of_every_kind_of_frame_is_answered_in_order(
+    start_server: StartServer,
+) -> None:
+    """The byte-level fast path (Dispatcher.run_read) stops at each frame it does not
+    handle and the decoder goes on from there: refused, undecodable, awaited and split
+    frames, between plain ones, all answered in order, once each."""
+    app = make_app()
+    server = await start_server(app)
+    peer = await RawPeer.connect(server.address)
+    # Frame 9 is split right where its payload's bytes field starts, and those bytes are
+    # themselves a whole frame: read on its own, the second read looks like frame 99.
+    inner = echo(99)
+    split = echo(9, inner)
+    cut = len(split) - len(inner)
+    peer.send(
+        echo(1)
+        + encode_frame(4321, 0, 2, b"")  # no handler: UNKNOWN_MESSAGE
+        + echo(3)
+        + encode_frame(ECHO, 0, 4, b"\xff\xff")  # not an EchoRequest: DECODE_ERROR
+        + note(5, "n")
+        + encode_frame(ECHO, 0x10, 6, b"")  # reserved flag: BAD_FLAGS
+        + encode_frame(1000, 0, 7, pb.SleepRequest(ms=1, tag=7).SerializeToString())
+        + echo(8)
+        + split[:cut]
+    )
+    frames = await peer.read_frames(8)
+    peer.send(split[cut:] + echo(10))
+    frames += await peer.read_frames(2)
+    assert [f.seq for f in frames] == list(range(1, 11))
+    codes = [Error.FromString(f.payload).code if f.msg_id == 3 else 0 for f in frames]
+    assert codes == [
+        0,
+        ErrorCode.UNKNOWN_MESSAGE,
+        0,
+        ErrorCode.DECODE_ERROR,
+        0,
+        ErrorCode.BAD_FLAGS,
+        0,
+        0,
+        0,
+        0,
+    ]
+    assert EchoReply.FromString(frames[8].payload).data == inner
+    assert app.notes == ["n"]  # type: ignore[attr-defined]
+    assert server.routes[ECHO].calls == 5
+    assert server.stats.frames_in == 10
+    await wait_for(lambda: server.dispatcher.in_flight == 0)
+    await peer.close()
+
+
+async def test_frames_before_a_bad_length_are_answered_then_the_error(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    peer = await RawPeer.connect(server.address)
+    peer.send(echo(1) + echo(2) + b"\x00\x00\x00\x03" + b"\x00" * 20)
+    frames = await peer.read_until_closed()
+    assert [(f.seq, f.flags) for f in frames[:2]] == [(1, Flags.RESPONSE), (2, Flags.RESPONSE)]
+    assert frames[2].flags == Flags.ERROR
+    assert Error.FromString(frames[2].payload).code == ErrorCode.BAD_FRAME
+    assert len(frames) == 3
     await peer.close()
 
 
