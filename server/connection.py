@@ -65,6 +65,7 @@ class Connection(asyncio.Protocol):
         "dispatcher",
         "eof",
         "fatal",
+        "flush_pending",
         "id",
         "mailbox",
         "out",
@@ -87,6 +88,8 @@ class Connection(asyncio.Protocol):
         self.mailbox: deque[Frame] | None = None
         self.out: list[bytes] = []
         self.scheduled = False
+        #: On the dispatcher's list of connections to flush at the end of this iteration.
+        self.flush_pending = False
         self.reading_paused = False
         self.write_paused = False
         self.closed = False
@@ -135,6 +138,10 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The peer will send nothing more (a half-close). Requests it already sent still
         get their replies: close once the mailbox has drained, not now."""
+        if self.out:
+            # Replies waiting for the end of the iteration (Dispatcher._flush_all) go
+            # now: returning None below closes the transport.
+            self.flush()
         if not self.scheduled and not self.mailbox:
             return None  # nothing owed: close our side too
         self.eof = True

@@ -124,6 +124,9 @@ class Dispatcher:
         self.pending = 0
         self.ready: deque[Connection] = deque()
         self._drain_scheduled = False
+        #: Connections with replies from run_read to write at the end of this iteration.
+        self._to_flush: list[Connection] = []
+        self._flush_scheduled = False
         # Work for consumers: ordered connections paused on an awaited frame, and
         # unordered frames that run on their own.
         self._ordered: deque[tuple[Connection, AsyncWork]] = deque()
@@ -216,7 +219,8 @@ class Dispatcher:
         composed route, writes paused or the connection closed mid-read. Per frame it
         does what run_connection does for a fused route, with the same Context reuse and
         reply framing; keep the two loops alike (tests/integration/test_fast_paths.py
-        runs the same requests through both).
+        runs the same requests through both). Its replies are written by _flush_all at
+        the end of the loop iteration (or every FLUSH_BYTES).
         """
         size = len(data)
         if (
@@ -297,9 +301,34 @@ class Dispatcher:
                 conn.flush()
                 out_bytes = 0
         conn.stats.frames_in += count
-        if out:
-            conn.flush()
+        if out and not conn.flush_pending:
+            # Written once this loop iteration's reads are done, not now: see _flush_all.
+            conn.flush_pending = True
+            self._to_flush.append(conn)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._flush_all)
         return pos
+
+    def _flush_all(self) -> None:
+        """Write the replies run_read gathered during one loop iteration, one write per
+        connection, after that iteration's reads, as the drain writes its replies.
+
+        Writing each read's replies at once, between reads, measured slower end to end
+        (50 x 8 echo): every write wakes a client that then reads a single reply, while
+        writes made back to back let it find several, and on a machine the server
+        shares with its clients those extra wakeups cost more than the server saves.
+        Anything that writes to the connection earlier (run_connection, a consumer,
+        close_with, eof_received) sends these replies first, so the order holds.
+        """
+        self._flush_scheduled = False
+        to_flush = self._to_flush
+        self._to_flush = []
+        for conn in to_flush:
+            conn.flush_pending = False
+            if conn.out:
+                conn.flush()
 
     def reschedule(self, conn: Connection) -> None:
         """Put a connection back on the ready queue (its writes resumed, say)."""

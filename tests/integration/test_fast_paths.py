@@ -14,16 +14,18 @@ timing, so it fails if a fast path runs a frame early, drops one or loses count.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
 
 from protocol.errors import ErrorCode
-from protocol.frame import Flags, encode_frame
+from protocol.frame import Flags, FrameDecoder, encode_frame
 from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error
 from server import App, Server, ServerConfig
 from server.app import Route
+from server.connection import Connection
 from server.middleware import Call
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
@@ -290,3 +292,51 @@ async def test_fused_and_composed_chains_answer_alike(
     assert [r.getMessage() for r in logged] == ["handler for testapp.FailRequest raised"] * 2
     assert all(r.exc_info and "hunter2" in str(r.exc_info[1]) for r in logged)
     await peer.close()
+
+
+class RecordingTransport:
+    """Just enough transport for one Connection, recording what it is given."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def set_write_buffer_limits(self, high: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 1)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_replies_waiting_for_the_end_of_the_iteration_survive_a_half_close(
+    start_server: StartServer,
+) -> None:
+    """run_read's replies are written at the end of the loop iteration. A half-close read
+    in the same iteration (eof_received returning None closes the transport) must hand
+    them to the transport first. Driven directly, so both calls surely share an iteration."""
+    server = await start_server()
+    conn = Connection(server)
+    transport = RecordingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(echo(1) + echo(2))
+    assert transport.written == []  # waiting for the end of the iteration
+    assert conn.eof_received() is None  # nothing owed any more: close
+    replies = FrameDecoder().feed(b"".join(transport.written))
+    assert [f.seq for f in replies] == [1, 2]
+    await asyncio.sleep(0)  # the end-of-iteration flush finds nothing left to write
+    assert len(transport.written) == 1
+    server.connections.discard(conn)
