@@ -97,6 +97,7 @@ class Route:
         "call",
         "calls",
         "errors",
+        "fused",
         "handler",
         "kind",
         "msg_id",
@@ -133,6 +134,10 @@ class Route:
         self.awaited = kind is not Kind.SYNC
         self.ordered = ordered
         self.call: Any = None
+        #: Set by the server when `call` would only count and recover (the default layers):
+        #: the dispatcher then calls `handler` itself and does both inline, saving two calls
+        #: per frame (see middleware.compose_fusable). False keeps `call`.
+        self.fused = False
         #: Plain integer counters, read by stats and the metrics exporter.
         self.calls = 0
         self.errors = 0

@@ -66,6 +66,7 @@ class Connection(asyncio.Protocol):
         "dispatcher",
         "eof",
         "fatal",
+        "flush_pending",
         "frames",
         "id",
         "latest",
@@ -93,6 +94,8 @@ class Connection(asyncio.Protocol):
         self.mailbox: deque[Frame] | None = None
         self.out: list[bytes] = []
         self.scheduled = False
+        #: On the dispatcher's list of connections to flush at the end of this iteration.
+        self.flush_pending = False
         self.reading_paused = False
         self.write_paused = False
         self.closed = False
@@ -128,6 +131,13 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.rx_tick = self.server.tick
         self.stats.bytes_in += len(data)
+        # The dispatcher's fast path runs what it can of the read straight from the bytes;
+        # the decoder and submit take the rest (usually nothing).
+        used = self.dispatcher.run_read(self, data)
+        if used:
+            if used == len(data):
+                return
+            data = data[used:]
         frames = self.decoder.feed(data)
         if frames:
             self.frames += len(frames)
@@ -144,6 +154,10 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The peer will send nothing more (a half-close). Requests it already sent still
         get their replies: close once the mailbox has drained, not now."""
+        if self.out:
+            # Replies waiting for the end of the iteration (Dispatcher._flush_all) go
+            # now: returning None below closes the transport.
+            self.flush()
         if not self.scheduled and not self.mailbox:
             return None  # nothing owed: close our side too
         self.eof = True

@@ -48,27 +48,54 @@ class Middleware(Protocol):
 
 def compose(route: Route, layers: list[Middleware], inner: Call) -> Call:
     """The route's chain: ``layers[0]`` outermost, `inner` (the handler's call) innermost."""
+    return compose_fusable(route, layers, inner)[0]
+
+
+def compose_fusable(route: Route, layers: list[Middleware], inner: Call) -> tuple[Call, bool]:
+    """The route's chain, as `compose` builds it, and whether the dispatcher may skip it.
+
+    It may (True) when the route is sync, `inner` is its handler, and the chain does
+    nothing but what the dispatcher can do inline (`Route.fused`): exactly one
+    `ErrorRecovery` and one `Counters` wrapped the call, and every other layer returned
+    `call_next` unchanged (`Deadline` on a sync route, an auth layer on a public route).
+    Exact types only: a subclass may change what the layer does. Any layer that wraps
+    keeps the composed chain, so fusing never changes behaviour, only saves the calls.
+    """
     call = inner
+    wrapped_by: list[type[Middleware]] = []
     for layer in reversed(layers):
-        call = layer.wrap(route, call)
-    return call
+        outer = layer.wrap(route, call)
+        if outer is not call:
+            wrapped_by.append(type(layer))
+        call = outer
+    fusable = (
+        not route.awaited
+        and inner is route.handler
+        and len(wrapped_by) == 2
+        and set(wrapped_by) == {ErrorRecovery, Counters}
+    )
+    return call, fusable
 
 
 def error_reply(code: int, message: str, request_msg_id: int) -> Error:
     return Error(code=code, message=message, request_msg_id=request_msg_id)
 
 
+def handler_failed(route: Route, exc: Exception) -> Error:
+    """`ErrorRecovery`'s answer to a handler that raised; also the fused path's
+    (`Route.fused`), so the two cannot drift apart. A HandlerError keeps its code and
+    message; anything else is logged with its traceback and answered INTERNAL."""
+    route.errors += 1
+    if isinstance(exc, HandlerError):
+        return error_reply(exc.code, exc.message, route.msg_id)
+    log.error("handler for %s raised", route.name, exc_info=exc)
+    return error_reply(ErrorCode.INTERNAL, INTERNAL_MESSAGE, route.msg_id)
+
+
 class ErrorRecovery:
     """Turns a raised exception into an Error reply; unexpected ones are logged with traceback."""
 
     def wrap(self, route: Route, call_next: Call) -> Call:
-        def fail(exc: Exception) -> Error:
-            route.errors += 1
-            if isinstance(exc, HandlerError):
-                return error_reply(exc.code, exc.message, route.msg_id)
-            log.error("handler for %s raised", route.name, exc_info=exc)
-            return error_reply(ErrorCode.INTERNAL, INTERNAL_MESSAGE, route.msg_id)
-
         if route.awaited:
             acall: AsyncCall = call_next
 
@@ -76,7 +103,7 @@ class ErrorRecovery:
                 try:
                     return await acall(ctx, msg)
                 except Exception as exc:
-                    return fail(exc)
+                    return handler_failed(route, exc)
 
             return recover_async
 
@@ -86,7 +113,7 @@ class ErrorRecovery:
             try:
                 return scall(ctx, msg)
             except Exception as exc:
-                return fail(exc)
+                return handler_failed(route, exc)
 
         return recover
 

@@ -27,7 +27,14 @@ from server.connection import CloseReason, Connection
 from server.dispatch import Dispatcher
 from server.inbox import Inbox
 from server.metrics import MetricsEndpoint, Timing
-from server.middleware import AuthGate, Counters, Deadline, ErrorRecovery, Middleware, compose
+from server.middleware import (
+    AuthGate,
+    Counters,
+    Deadline,
+    ErrorRecovery,
+    Middleware,
+    compose_fusable,
+)
 from server.push import OfflineQueue, Pusher, Room
 from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
@@ -159,7 +166,7 @@ class Server:
         for app, route in app_routes:
             # The gate is not in self.middleware: a custom list must not drop it.
             layers = [*self.middleware, self._gate, *app.middleware, deadline]
-            route.call = compose(route, layers, self._innermost(route))
+            route.call, route.fused = compose_fusable(route, layers, self._innermost(route))
 
     def _innermost(self, route: Route) -> Callable[[Context, Any], Any]:
         if route.kind is not Kind.BLOCKING:

@@ -1,0 +1,342 @@
+"""The dispatcher's fast paths against a real server: each must keep every behaviour of
+the slow path it skips.
+
+- A read that finds its connection idle runs in data_received, without the mailbox and
+  the drain (Dispatcher.submit); anything it cannot finish goes to the mailbox in order.
+- Before that, Dispatcher.run_read runs what it can of such a read straight from the
+  bytes, and hands the decoder the rest from the first frame it does not handle.
+- A sync route whose chain is only the default layers is called directly, with the
+  counting and error recovery done inline (Route.fused).
+
+Each test checks server state (pending, in_flight, what a handler has run) rather than
+timing, so it fails if a fast path runs a frame early, drops one or loses count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from protocol.errors import ErrorCode
+from protocol.frame import Flags, FrameDecoder, encode_frame
+from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error
+from server import App, Server, ServerConfig
+from server.app import Route
+from server.connection import Connection
+from server.middleware import Call
+from tests.conftest import StartServer, wait_for
+from tests.integration.rawclient import RawPeer
+from tests.integration.testapp import make_app
+from tests.proto import testapp_pb2 as pb
+
+ECHO, FAIL, APP_ERROR, NOTE, BIG, GATE = 10, 1002, 1006, 1007, 1008, 1010
+
+
+def echo(seq: int, data: bytes = b"e") -> bytes:
+    return encode_frame(ECHO, 0, seq, EchoRequest(data=data).SerializeToString())
+
+
+def gate(seq: int) -> bytes:
+    return encode_frame(GATE, 0, seq, pb.GateRequest(tag=seq).SerializeToString())
+
+
+def note(seq: int, text: str) -> bytes:
+    return encode_frame(NOTE, 0, seq, pb.NoteRequest(text=text).SerializeToString())
+
+
+async def test_sync_frames_behind_an_awaited_frame_wait_for_it(start_server: StartServer) -> None:
+    """One read of sync, awaited, sync frames: the first runs at once, the ones after the
+    awaited frame are queued (counted in pending) and run only after it, in order; so is
+    a later read that arrives while the awaited frame is still running."""
+    app = make_app()
+    server = await start_server(app)
+    dispatcher = server.dispatcher
+    peer = await RawPeer.connect(server.address)
+    peer.send(echo(1) + gate(2) + echo(3) + note(4, "after the gate"))
+    [first] = await peer.read_frames(1)
+    assert first.seq == 1
+    await wait_for(lambda: dispatcher.busy == 1)
+    assert app.notes == []  # type: ignore[attr-defined]
+    assert dispatcher.pending == 2 and dispatcher.in_flight == 3
+    peer.send(note(5, "second read"))
+    await wait_for(lambda: dispatcher.pending == 3)
+    assert app.notes == []  # type: ignore[attr-defined]
+    app.gate.set()  # type: ignore[attr-defined]
+    frames = await peer.read_frames(4)
+    assert [f.seq for f in frames] == [2, 3, 4, 5]
+    assert all(f.flags == Flags.RESPONSE for f in frames)
+    assert app.notes == ["after the gate", "second read"]  # type: ignore[attr-defined]
+    await wait_for(lambda: dispatcher.in_flight == 0)
+    # Idle again: the next read takes the fast path and is answered.
+    peer.send(echo(6, b"again"))
+    [last] = await peer.read_frames(1)
+    assert last.seq == 6 and EchoReply.FromString(last.payload).data == b"again"
+    assert dispatcher.pending == 0
+    await peer.close()
+
+
+async def test_a_read_after_an_awaited_frame_waits_for_it(start_server: StartServer) -> None:
+    """The awaited frame was the last of its read, so nothing is queued: the connection is
+    still busy, and the next read must wait behind it rather than run at once."""
+    app = make_app()
+    server = await start_server(app)
+    dispatcher = server.dispatcher
+    peer = await RawPeer.connect(server.address)
+    peer.send(gate(1))
+    await wait_for(lambda: dispatcher.busy == 1)
+    assert dispatcher.pending == 0
+    peer.send(note(2, "behind the gate") + echo(3))
+    await wait_for(lambda: dispatcher.pending == 2)
+    assert app.notes == []  # type: ignore[attr-defined]
+    app.gate.set()  # type: ignore[attr-defined]
+    frames = await peer.read_frames(3)
+    assert [f.seq for f in frames] == [1, 2, 3]
+    assert app.notes == ["behind the gate"]  # type: ignore[attr-defined]
+    await wait_for(lambda: dispatcher.in_flight == 0)
+    await peer.close()
+
+
+async def test_a_read_of_every_kind_of_frame_is_answered_in_order(
+    start_server: StartServer,
+) -> None:
+    """The byte-level fast path (Dispatcher.run_read) stops at each frame it does not
+    handle and the decoder goes on from there: refused, undecodable, awaited and split
+    frames, between plain ones, all answered in order, once each."""
+    app = make_app()
+    server = await start_server(app)
+    peer = await RawPeer.connect(server.address)
+    # Frame 9 is split right where its payload's bytes field starts, and those bytes are
+    # themselves a whole frame: read on its own, the second read looks like frame 99.
+    inner = echo(99)
+    split = echo(9, inner)
+    cut = len(split) - len(inner)
+    peer.send(
+        echo(1)
+        + encode_frame(4321, 0, 2, b"")  # no handler: UNKNOWN_MESSAGE
+        + echo(3)
+        + encode_frame(ECHO, 0, 4, b"\xff\xff")  # not an EchoRequest: DECODE_ERROR
+        + note(5, "n")
+        + encode_frame(ECHO, 0x10, 6, b"")  # reserved flag: BAD_FLAGS
+        + encode_frame(1000, 0, 7, pb.SleepRequest(ms=1, tag=7).SerializeToString())
+        + echo(8)
+        + split[:cut]
+    )
+    frames = await peer.read_frames(8)
+    peer.send(split[cut:] + echo(10))
+    frames += await peer.read_frames(2)
+    assert [f.seq for f in frames] == list(range(1, 11))
+    codes = [Error.FromString(f.payload).code if f.msg_id == 3 else 0 for f in frames]
+    assert codes == [
+        0,
+        ErrorCode.UNKNOWN_MESSAGE,
+        0,
+        ErrorCode.DECODE_ERROR,
+        0,
+        ErrorCode.BAD_FLAGS,
+        0,
+        0,
+        0,
+        0,
+    ]
+    assert EchoReply.FromString(frames[8].payload).data == inner
+    assert app.notes == ["n"]  # type: ignore[attr-defined]
+    assert server.routes[ECHO].calls == 5
+    assert server.stats.frames_in == 10
+    await wait_for(lambda: server.dispatcher.in_flight == 0)
+    await peer.close()
+
+
+async def test_frames_before_a_bad_length_are_answered_then_the_error(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    peer = await RawPeer.connect(server.address)
+    peer.send(echo(1) + echo(2) + b"\x00\x00\x00\x03" + b"\x00" * 20)
+    frames = await peer.read_until_closed()
+    assert [(f.seq, f.flags) for f in frames[:2]] == [(1, Flags.RESPONSE), (2, Flags.RESPONSE)]
+    assert frames[2].flags == Flags.ERROR
+    assert Error.FromString(frames[2].payload).code == ErrorCode.BAD_FRAME
+    assert len(frames) == 3
+    await peer.close()
+
+
+async def test_an_idle_connection_still_meets_max_pending(start_server: StartServer) -> None:
+    """The server-wide queue limit holds for a connection with nothing queued of its own:
+    frames past it are answered OVERLOADED in their place, not run at once."""
+    app = make_app()
+    server = await start_server(app, max_pending=8)
+    dispatcher = server.dispatcher
+    holder = await RawPeer.connect(server.address)
+    holder.send(gate(1) + b"".join(echo(seq) for seq in range(2, 8)))
+    await wait_for(lambda: dispatcher.pending == 6)
+    other = await RawPeer.connect(server.address)
+    other.send(b"".join(echo(seq) for seq in range(1, 5)))
+    frames = await other.read_frames(4)
+    assert [f.seq for f in frames] == [1, 2, 3, 4]
+    codes = [Error.FromString(f.payload).code if f.msg_id == 3 else 0 for f in frames]
+    assert codes == [0, 0, ErrorCode.OVERLOADED, ErrorCode.OVERLOADED]
+    assert server.stats.overloaded == 2
+    app.gate.set()  # type: ignore[attr-defined]
+    held = await holder.read_frames(7)
+    assert [f.seq for f in held] == list(range(1, 8))
+    await wait_for(lambda: dispatcher.in_flight == 0)
+    await holder.close()
+    await other.close()
+
+
+async def test_writes_paused_in_the_middle_of_a_read_keep_the_rest_in_order(
+    start_server: StartServer,
+) -> None:
+    """A peer that does not read: the transport pauses writing during a read's run, the
+    frames not yet run are queued, and every reply still arrives, in order, once it reads."""
+    server = await start_server()
+    app = make_app()
+    server.swap_apps(app)
+    dispatcher = server.dispatcher
+    peer = await RawPeer.connect(server.address)
+    count = 64
+    big = pb.BigRequest(size=256 * 1024).SerializeToString()
+    for seq in range(1, count + 1):
+        peer.send(encode_frame(BIG, 0, seq, big))
+        await peer.writer.drain()
+    await wait_for(lambda: server.stats.writes_paused > 0)
+    conn = next(iter(server.connections))
+    await wait_for(lambda: bool(conn.mailbox))
+    assert dispatcher.pending == len(conn.mailbox or ())
+    frames = await peer.read_frames(count, timeout=30)
+    assert [f.seq for f in frames] == list(range(1, count + 1))
+    assert all(f.msg_id == 1009 and len(f.payload) > 256 * 1024 for f in frames)
+    await wait_for(lambda: dispatcher.in_flight == 0)
+    assert not conn.closed
+    await peer.close()
+
+
+class Wrapping:
+    """A layer that wraps every route without changing what it does."""
+
+    def wrap(self, route: Route, call_next: Call) -> Call:
+        def through(ctx: Any, msg: Any) -> Any:
+            return call_next(ctx, msg)
+
+        return through
+
+
+class PassThrough:
+    """A layer that leaves every route alone, the way an auth layer treats a public one."""
+
+    def wrap(self, route: Route, call_next: Call) -> Call:
+        return call_next
+
+
+def test_only_chains_of_the_default_layers_are_fused() -> None:
+    def fused(app: App, **config: Any) -> dict[str, bool]:
+        server = Server(app, config=ServerConfig(port=0, **config))
+        server._build_chains(server._app_routes)
+        return {route.name: route.fused for route in server.routes.values()}
+
+    plain = fused(make_app())
+    assert plain["system.EchoRequest"] and plain["testapp.FailRequest"]
+    assert not plain["testapp.GateRequest"] and not plain["testapp.BlockingRequest"]
+    passing = make_app()
+    passing.add_middleware(PassThrough())
+    assert fused(passing, handler_timeout=5)["testapp.FailRequest"]
+    wrapped = make_app()
+    wrapped.add_middleware(Wrapping())
+    flags = fused(wrapped)
+    assert not flags["testapp.FailRequest"] and flags["system.EchoRequest"]
+    assert not any(fused(make_app(), metrics=True, metrics_port=0).values())
+    bare = Server(make_app(), config=ServerConfig(port=0), middleware=[])
+    bare._build_chains(bare._app_routes)
+    assert not any(route.fused for route in bare.routes.values())
+
+
+@pytest.mark.parametrize("layer", [None, Wrapping()], ids=["fused", "composed"])
+async def test_fused_and_composed_chains_answer_alike(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, layer: Wrapping | None
+) -> None:
+    """Error replies, counters and the log line are the same whether ErrorRecovery and
+    Counters run as layers or inline."""
+    app = make_app()
+    if layer is not None:
+        app.add_middleware(layer)
+    server = await start_server(app)
+    fail_route = server.routes[FAIL]
+    assert fail_route.fused is (layer is None)
+    peer = await RawPeer.connect(server.address)
+    app_error = pb.AppErrorRequest(code=ErrorCode.RATE_LIMITED).SerializeToString()
+    with caplog.at_level(logging.ERROR, logger="tickwire.handler"):
+        peer.send(
+            encode_frame(FAIL, 0, 1, pb.FailRequest().SerializeToString())
+            + encode_frame(APP_ERROR, 0, 2, app_error)
+            + note(3, "ok")
+            + encode_frame(FAIL, 0, 0, pb.FailRequest().SerializeToString())
+        )
+        frames = await peer.read_frames(3)
+    errors = [Error.FromString(f.payload) for f in frames[:2]]
+    assert [f.flags for f in frames] == [Flags.ERROR | Flags.RESPONSE] * 2 + [Flags.RESPONSE]
+    assert [(e.code, e.message, e.request_msg_id) for e in errors] == [
+        (ErrorCode.INTERNAL, "internal error", FAIL),
+        (ErrorCode.RATE_LIMITED, f"application said no ({ErrorCode.RATE_LIMITED})", APP_ERROR),
+    ]
+    assert "hunter2" not in errors[0].message
+    # The notification (seq 0) that failed: an unsolicited Error frame, ERROR alone.
+    [unsolicited] = await peer.read_frames(1)
+    assert unsolicited.flags == Flags.ERROR and unsolicited.seq == 0
+    assert fail_route.calls == 2 and fail_route.errors == 2
+    assert server.routes[APP_ERROR].calls == 1 and server.routes[APP_ERROR].errors == 1
+    assert server.routes[NOTE].calls == 1 and server.routes[NOTE].errors == 0
+    logged = [r for r in caplog.records if r.name == "tickwire.handler"]
+    assert [r.getMessage() for r in logged] == ["handler for testapp.FailRequest raised"] * 2
+    assert all(r.exc_info and "hunter2" in str(r.exc_info[1]) for r in logged)
+    await peer.close()
+
+
+class RecordingTransport:
+    """Just enough transport for one Connection, recording what it is given."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def set_write_buffer_limits(self, high: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 1)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_replies_waiting_for_the_end_of_the_iteration_survive_a_half_close(
+    start_server: StartServer,
+) -> None:
+    """run_read's replies are written at the end of the loop iteration. A half-close read
+    in the same iteration (eof_received returning None closes the transport) must hand
+    them to the transport first. Driven directly, so both calls surely share an iteration."""
+    server = await start_server()
+    conn = Connection(server)
+    transport = RecordingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(echo(1) + echo(2))
+    assert transport.written == []  # waiting for the end of the iteration
+    assert conn.eof_received() is None  # nothing owed any more: close
+    replies = FrameDecoder().feed(b"".join(transport.written))
+    assert [f.seq for f in replies] == [1, 2]
+    await asyncio.sleep(0)  # the end-of-iteration flush finds nothing left to write
+    assert len(transport.written) == 1
+    server.connections.discard(conn)
