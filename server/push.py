@@ -46,7 +46,9 @@ log = logging.getLogger("tickwire.push")
 _PUSH = int(Flags.PUSH)
 _pack = HEADER.pack
 
-#: A pushed frame's parts, as the buffer keeps them: (seq, msg_id, payload).
+#: One push as every recipient's buffer shares it: (msg_id, payload).
+Pushed = tuple[int, bytes]
+#: A buffered push with its sequence number: (seq, msg_id, payload).
 Buffered = tuple[int, int, bytes]
 LatestKey = Callable[[Any], Hashable]
 
@@ -63,19 +65,41 @@ class Delivery(StrEnum):
 class PushBuffer:
     """A session's reliable pushes not yet acknowledged, oldest first, at most `limit`.
 
-    Past the limit the oldest are dropped: a Resume that would need them is told there
-    is a gap (ResumeReply.push_gap) instead of getting a partial replay unannounced."""
+    Sequence numbers are contiguous, so they are not stored: entry i has sequence
+    ``first_seq + i``. An entry is the push's ``(msg_id, payload)`` tuple, made once per
+    push and shared by every recipient, so buffering a broadcast costs each member one
+    deque slot (8 bytes), not a tuple and an integer of its own. Past the limit the
+    oldest are dropped: a Resume that would need them is told there is a gap
+    (ResumeReply.push_gap) instead of getting a partial replay unannounced."""
 
     __slots__ = ("items", "last_seq")
 
     def __init__(self, limit: int, last_seq: int = 0) -> None:
         self.last_seq = last_seq
         #: A bounded deque drops its oldest entry on append, in C: no test per push.
-        self.items: deque[Buffered] = deque(maxlen=limit)
+        self.items: deque[Pushed] = deque(maxlen=limit)
 
     @property
     def limit(self) -> int:
         return self.items.maxlen or 0
+
+    @property
+    def first_seq(self) -> int:
+        """The sequence of the oldest entry held (last_seq + 1 when none is)."""
+        return self.last_seq - len(self.items) + 1
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def entries(self, after: int = 0) -> list[Buffered]:
+        """The held pushes with a sequence above `after`, as (seq, msg_id, payload)."""
+        first = self.first_seq
+        skip = max(0, after - first + 1)
+        return [
+            (first + i, msg_id, payload)
+            for i, (msg_id, payload) in enumerate(self.items)
+            if i >= skip
+        ]
 
     def make_room(self, count: int) -> None:
         """Hold at least `count` more pushes without dropping any (the inbox, taken out
@@ -85,22 +109,32 @@ class PushBuffer:
             self.items = deque(self.items, maxlen=needed)
 
     def add(self, msg_id: int, payload: bytes) -> int:
-        seq = self.last_seq = self.last_seq + 1
-        self.items.append((seq, msg_id, payload))
-        return seq
+        self.items.append((msg_id, payload))
+        self.last_seq += 1
+        return self.last_seq
 
     def ack(self, seq: int) -> int:
         """Forget every push up to `seq`; returns how many went."""
-        items = self.items
-        gone = 0
-        while items and items[0][0] <= seq:
-            items.popleft()
-            gone += 1
-        return gone
+        gone = min(len(self.items), seq - self.first_seq + 1)
+        popleft = self.items.popleft
+        for _ in range(gone):
+            popleft()
+        return max(0, gone)
+
+    def take_newer(self, seq: int) -> list[Pushed]:
+        """Remove the pushes after `seq` (never written: they get new numbers) and
+        return them in order; the sequence goes back to `seq`."""
+        count = min(len(self.items), self.last_seq - seq)
+        if count <= 0:
+            return []
+        taken = [self.items.pop() for _ in range(count)]
+        taken.reverse()
+        self.last_seq = seq
+        return taken
 
     def since(self, seq: int) -> tuple[list[Buffered], bool]:
         """The pushes after `seq` still held, and whether some after it are not."""
-        missing = [item for item in self.items if item[0] > seq]
+        missing = self.entries(after=seq)
         wanted = seq + 1
         gap = wanted <= self.last_seq and (not missing or missing[0][0] != wanted)
         return missing, gap
@@ -235,18 +269,19 @@ class Pusher:
         return count
 
     def _reliable(self, sessions: Iterable[Session], msg_id: int, payload: bytes) -> int:
-        # The fan-out loop: per member, a sequence number, a buffer entry sharing the
-        # payload (its bounded deque drops the oldest by itself), an 11-byte header and
-        # one list extend.
+        # The fan-out loop: per member, a sequence number, a deque slot pointing at the
+        # one shared (msg_id, payload) (the bounded deque drops the oldest by itself), an
+        # 11-byte header and one list extend.
         pack = _pack
         length = MIN_LENGTH + len(payload)
         push = _PUSH
         dirty = self.dirty
+        shared = (msg_id, payload)
         count = 0
         for session in sessions:
             buffer = session.pushes
             seq = buffer.last_seq = buffer.last_seq + 1
-            buffer.items.append((seq, msg_id, payload))
+            buffer.items.append(shared)
             conn = session.conn
             if conn is not None and not session.held and not conn.closed:
                 out = conn.out
@@ -291,7 +326,7 @@ class Pusher:
         conn = session.conn
         if conn is None or conn.closed:
             return
-        self.replay(conn, [item for item in session.pushes.items if item[0] > after])
+        self.replay(conn, session.pushes.entries(after))
 
     def replay(self, conn: Connection, items: Iterable[Buffered]) -> None:
         """Send buffered pushes again with their own sequence numbers."""

@@ -283,7 +283,7 @@ class Server:
         items = list(session.pushes.items)
         session.pushes.items.clear()
         if self.offline is not None:
-            for _, msg_id, payload in items:
+            for msg_id, payload in items:
                 self.offline.put([session.user_id], msg_id, payload)
 
     async def inbox_settled(self, user_id: str) -> None:
@@ -364,7 +364,9 @@ class Server:
         # Sessions that lost their connection are written as disconnected, with their data;
         # what they were pushed but never acknowledged goes to their users' inboxes.
         await self.sessions.flush(timeout=max(1.0, deadline - loop.time()))
-        for session in self.sessions.all_sessions():
+        held = self.sessions.all_sessions()
+        await self.sessions.save_pushes(held)
+        for session in held:
             self._keep_unacked(session)
         await self.flush_pushes(timeout=max(1.0, deadline - loop.time()))
         if self.store is not None:

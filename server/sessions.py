@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,8 @@ import msgspec
 
 from protocol.errors import ErrorCode
 from server.errors import HandlerError
-from server.push import Buffered, PushBuffer
+from server.push import Buffered, PushBuffer, Pushed
+from server.store.errors import StoreError
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -141,11 +142,13 @@ class Session:
         self.conn: Connection | None = None
         #: Reliable pushes not yet acknowledged (server/push.py).
         self.pushes = PushBuffer(manager.push_buffer, last_push_seq)
-        if pushed:
-            self.pushes.items.extend(pushed)
+        # Restored pushes must end at the sequence the buffer goes on from (they are
+        # contiguous, as entries() wrote them); otherwise the client saw past them.
+        if pushed and pushed[-1][0] == last_push_seq:
+            self.pushes.items.extend((msg_id, payload) for _, msg_id, payload in pushed)
         #: The pushes a session rebuilt from the store came back with; a server stop also
         #: put them in the user's inbox, so the Resume takes them out of it once.
-        self.restored: list[Buffered] = list(pushed or ())
+        self.restored: list[Pushed] = [(msg_id, payload) for _, msg_id, payload in pushed or ()]
         #: The push sequence when the session was last held (attached): pushes after it
         #: have not been written yet.
         self.held_from = 0
@@ -641,11 +644,32 @@ class SessionManager:
                 "conn": b"",
                 "data": _encode(session.data),
                 "pseq": str(session.pushes.last_seq).encode(),
-                # For a Resume on another node or after a restart: the replay it needs.
-                "pbuf": _encode_pushed(session.pushes.items),
             },
         )
         await store.expire(key, self.session_ttl)
+
+    async def save_pushes(self, sessions: list[Session]) -> None:
+        """Write each session's unacknowledged pushes into its record (at a stop), so a
+        Resume on the next process replays them with their own sequence numbers.
+
+        Only at a stop: written at every disconnect, each stalled member of a busy room
+        would keep a private copy of up to push_buffer pushes in the store (measured:
+        ~6 MiB per member with 16 KiB pushes), where the live buffer shares them."""
+        store = self.store
+        for session in sessions:
+            key = _session_key(session.session_id)
+            try:
+                if await store.hget(key, "token") != session.token_hash.encode():
+                    continue
+                await store.hset(
+                    key,
+                    {
+                        "pseq": str(session.pushes.last_seq).encode(),
+                        "pbuf": _encode_pushed(session.pushes.entries()),
+                    },
+                )
+            except StoreError as exc:
+                log.error("pushes of session %s not saved: %s", session.session_id, exc)
 
     def connection_closed(self, conn: Connection) -> None:
         """The connection is gone: its session (if any) waits `session_ttl` for a Resume."""
@@ -732,8 +756,8 @@ _KICK_TEXT = {
 _decode_pushed = msgspec.msgpack.Decoder(list[tuple[int, int, bytes]]).decode
 
 
-def _encode_pushed(items: Iterable[Buffered]) -> bytes:
-    return _encode(list(items))
+def _encode_pushed(items: list[Buffered]) -> bytes:
+    return _encode(items)
 
 
 def _load_pushed(raw: bytes | None) -> list[Buffered]:

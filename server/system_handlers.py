@@ -163,23 +163,18 @@ async def _take_inbox(ctx: Context, session: Session) -> None:
     if session.restored:
         # A stop put these in the inbox as well as in the session record the Resume
         # restored them from (with their sequence numbers): deliver them once.
-        taken = _without(taken, [(msg_id, payload) for _, msg_id, payload in session.restored])
+        taken = _without(taken, session.restored)
         session.restored = []
     if not taken:
         return
     buffer = session.pushes
-    held_from = session.held_from
-    fresh = [item for item in buffer.items if item[0] > held_from]
-    if fresh:
-        for _ in fresh:
-            buffer.items.pop()
-        buffer.last_seq = held_from
+    fresh = buffer.take_newer(session.held_from)
     # Taken out of the store, so dropping any would lose it: the buffer grows to fit
     # (the inbox is bounded by inbox_max, so this is too).
     buffer.make_room(len(taken) + len(fresh))
     for msg_id, payload in taken:
         buffer.add(msg_id, payload)
-    for _, msg_id, payload in fresh:
+    for msg_id, payload in fresh:
         buffer.add(msg_id, payload)
 
 

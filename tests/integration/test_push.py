@@ -131,9 +131,9 @@ async def test_push_ack_forgets_what_was_acknowledged(
         server.push("alice", pb.SleepReply(tag=tag))
     await wait_for(lambda: len(got) == 5)
     [session] = server.sessions.local_sessions("alice")
-    assert [seq for seq, _, _ in session.pushes.items] == [1, 2, 3, 4, 5]
+    assert [seq for seq, _, _ in session.pushes.entries()] == [1, 2, 3, 4, 5]
     client.notify(PushAck(seq=3))
-    await wait_for(lambda: [seq for seq, _, _ in session.pushes.items] == [4, 5])
+    await wait_for(lambda: [seq for seq, _, _ in session.pushes.entries()] == [4, 5])
 
 
 async def test_resume_replays_what_was_missed_after_the_reply_then_new_pushes(
@@ -165,7 +165,7 @@ async def test_resume_replays_what_was_missed_after_the_reply_then_new_pushes(
         ]
         # last_push_seq=2 acknowledged 1 and 2: the buffer holds only what came after.
         [session] = server.sessions.local_sessions("alice")
-        assert [seq for seq, _, _ in session.pushes.items] == [3, 4, 5]
+        assert [seq for seq, _, _ in session.pushes.entries()] == [3, 4, 5]
     finally:
         await again.close()
 
