@@ -7,6 +7,7 @@ loop's thread; `pushes()` hands pushes over through a thread-safe queue instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Coroutine, Iterator
@@ -52,6 +53,8 @@ class Client:
         )
         self._thread.start()
         self._pushes: queue.Queue[Push | None] | None = None
+        #: Why the client is closed, once it is (what calls after close() raise).
+        self._final = ConnectionClosed("client closed the connection")
         try:
             self._client: AsyncClient = self._run(
                 AsyncClient.connect(
@@ -70,7 +73,24 @@ class Client:
             raise
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if threading.current_thread() is self._thread:
+            # From a callback on the client's own loop: blocking here would stop the loop
+            # that has to do the work, for good.
+            coro.close()
+            raise RuntimeError(
+                "a blocking Client method was called from one of its callbacks (the "
+                "client's own loop thread); use the AsyncClient there, or hand the work "
+                "to another thread"
+            )
+        if self._loop.is_closed():
+            coro.close()
+            raise self._final
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        if self._loop.is_closed():
+            raise self._final
+        self._loop.call_soon_threadsafe(fn, *args)
 
     @property
     def registry(self) -> MessageRegistry:
@@ -83,6 +103,9 @@ class Client:
         return self._run(self._client.call(message, reply_type, timeout=timeout))
 
     def notify(self, message: Message) -> None:
+        if self._loop.is_closed():
+            raise self._final
+
         async def send() -> None:
             self._client.notify(message)
 
@@ -95,7 +118,7 @@ class Client:
         return self._run(self._client.describe(adopt=adopt))
 
     def on_push(self, message_type: type[Message], callback: PushCallback) -> None:
-        self._loop.call_soon_threadsafe(self._client.on_push, message_type, callback)
+        self._on_loop(self._client.on_push, message_type, callback)
 
     # -- sessions (AsyncClient's, blocking) ---------------------------------------------
 
@@ -139,14 +162,14 @@ class Client:
     def on_reconnect(self, callback: ReconnectCallback) -> None:
         """`callback(async_client)` runs on the loop thread: requests from it go through
         the AsyncClient it is given (awaited), not through this blocking Client."""
-        self._loop.call_soon_threadsafe(self._client.on_reconnect, callback)
+        self._on_loop(self._client.on_reconnect, callback)
 
     def on_session_lost(self, callback: SessionLostCallback) -> None:
-        self._loop.call_soon_threadsafe(self._client.on_session_lost, callback)
+        self._on_loop(self._client.on_session_lost, callback)
 
     def on_push_gap(self, callback: PushGapCallback) -> None:
         """`callback(gap)` runs on the loop thread when a Resume reports lost pushes."""
-        self._loop.call_soon_threadsafe(self._client.on_push_gap, callback)
+        self._on_loop(self._client.on_push_gap, callback)
 
     @property
     def last_push_seq(self) -> int:
@@ -171,6 +194,8 @@ class Client:
     def wait_closed(self, timeout: float | None = None) -> ConnectionClosed:
         """Block until the connection has ended for good; why (TimeoutError after
         `timeout`)."""
+        if self._loop.is_closed():
+            return self._final
         return self._run(self._client.wait_closed(), timeout)
 
     def pushes(self, timeout: float | None = None) -> Iterator[Push]:
@@ -198,14 +223,30 @@ class Client:
     def close(self) -> None:
         if self._loop.is_closed():
             return  # closed already (close() then __exit__, say)
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("Client.close() called from one of its own callbacks")
         try:
             self._run(self._client.close(), 10.0)
+            if self._client._closed is not None:
+                self._final = self._client._closed
         finally:
             self._stop_loop()
 
     def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5.0)
+        async def finish_tasks() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._loop.shutdown_asyncgens()
+
+        if self._thread.is_alive():
+            # A task that will not end within the wait: close anyway.
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(finish_tasks(), self._loop).result(5.0)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5.0)
         self._loop.close()
 
     def __enter__(self) -> Client:

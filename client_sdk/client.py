@@ -350,6 +350,18 @@ class AsyncClient:
         self._fail(ConnectionClosed("client closed the connection"))
         self._finish()
         await self._closed_event.wait()
+        # Nothing of this client may outlive close(): callbacks still running, the
+        # reconnect loop, the token refresher.
+        current = asyncio.current_task()
+        leftovers = [
+            task
+            for task in (*self._callback_tasks, self._reconnecting, self._refresher)
+            if task is not None and task is not current and not task.done()
+        ]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.gather(*leftovers, return_exceptions=True)
 
     async def wait_closed(self) -> ConnectionClosed:
         await self._closed_event.wait()
@@ -387,6 +399,10 @@ class AsyncClient:
         # Reconnecting, or the reconnect callbacks (a Resume) still run: wait for the
         # connection within the request's own timeout. The callbacks' own requests come
         # from the reconnect task and go straight out.
+        if self._down is not None and asyncio.current_task() is self._reconnecting:
+            # A reconnect callback's request on a connection that dropped again: fail
+            # now, so the reconnect loop goes on, instead of writing into nothing.
+            raise self._down
         if (
             self._down is not None or not self._up.is_set()
         ) and asyncio.current_task() is not self._reconnecting:
@@ -506,7 +522,7 @@ class AsyncClient:
         renews the token at 80% of its lifetime.
         """
         request = LoginRequest(user=user, password=password, device=device)
-        self._send_ack()  # the current session's, if any: it goes out ahead of the Login
+        was_attached = self._detach_acks()
 
         def new_session(frame: Frame) -> None:
             if not frame.flags & _ERROR:
@@ -514,9 +530,20 @@ class AsyncClient:
                 self._track_session(0)
                 self.push_gap = False
 
-        reply = await self._system_call(
-            _LOGIN_ID, request, LoginReply, _LOGIN_REPLY_ID, timeout=timeout, on_reply=new_session
-        )
+        try:
+            reply = await self._system_call(
+                _LOGIN_ID,
+                request,
+                LoginReply,
+                _LOGIN_REPLY_ID,
+                timeout=timeout,
+                on_reply=new_session,
+            )
+        except BaseException:
+            # Refused or failed: the server kept whatever session this connection had.
+            if not self._attached and self.session is not None:
+                self._attached = was_attached
+            raise
         self._credentials = (user, password, device) if remember else None
         self._auto_refresh = auto_refresh
         self._set_session(
@@ -549,7 +576,7 @@ class AsyncClient:
     async def logout(self, *, timeout: float | None = 10.0) -> LogoutReply:
         """End the session; the connection stays open, unauthenticated. `client.session`
         and remembered credentials are dropped even if the request fails."""
-        self._send_ack()
+        self._detach_acks()
         try:
             return await self._system_call(
                 _LOGOUT_ID, None, LogoutReply, _LOGOUT_REPLY_ID, timeout=timeout
@@ -575,6 +602,8 @@ class AsyncClient:
             last_push_seq = self._last_push_seq if own else 0
         seen = last_push_seq
         request = ResumeRequest(token=token, last_push_seq=seen)
+        # No acknowledgement ahead of it: the Resume's last_push_seq is one already.
+        was_attached = self._detach_acks(send=False)
 
         def resumed(frame: Frame) -> None:
             # Pushes the server replays come right behind the reply: count from what we
@@ -610,6 +639,12 @@ class AsyncClient:
         except Unauthenticated:
             if self.session is not None and self.session.token == token:
                 self._set_session(None)  # that session is gone
+            elif not self._attached and self.session is not None:
+                self._attached = was_attached  # refused: the connection keeps its session
+            raise
+        except BaseException:
+            if not self._attached and self.session is not None:
+                self._attached = was_attached
             raise
         self._set_session(
             Session(
@@ -642,6 +677,19 @@ class AsyncClient:
                 continue
             if inspect.isawaitable(result):
                 self._spawn(self._logged(result, callback))
+
+    def _detach_acks(self, *, send: bool = True) -> bool:
+        """A Login, Resume or Logout is about to go out: acknowledge what the current
+        session's application got (ahead of it), then send no acknowledgement until its
+        reply says which session this connection has. An ack sent behind the request
+        would be applied by the server to the new session and drop its pushes unsent.
+        Returns whether acks were on (to restore them if the request is refused)."""
+        if send:
+            self._send_ack()
+        was = self._attached
+        self._attached = False
+        self._cancel_ack()
+        return was
 
     def _track_session(self, last_push_seq: int) -> None:
         """A Login or Resume reply just arrived on this connection: the session's pushes
