@@ -151,6 +151,13 @@ class Session:
     #: How long the server keeps the session after its connection is lost.
     session_ttl_s: int
 
+    @classmethod
+    def of(cls, reply: LoginReply) -> Session:
+        """The session a LoginReply (from a login or a token refresh) describes."""
+        return cls(
+            reply.user_id, reply.session_id, reply.token, reply.expires_at_ms, reply.session_ttl_s
+        )
+
 
 class _Wire(asyncio.Protocol):
     """The asyncio side of AsyncClient: bytes in, frames to the client. One per
@@ -546,15 +553,7 @@ class AsyncClient:
             raise
         self._credentials = (user, password, device) if remember else None
         self._auto_refresh = auto_refresh
-        self._set_session(
-            Session(
-                reply.user_id,
-                reply.session_id,
-                reply.token,
-                reply.expires_at_ms,
-                reply.session_ttl_s,
-            )
-        )
+        self._set_session(Session.of(reply))
         return reply
 
     async def refresh_token(self, *, timeout: float | None = 10.0) -> LoginReply:
@@ -562,15 +561,7 @@ class AsyncClient:
         reply = await self._system_call(
             _REFRESH_ID, None, LoginReply, _LOGIN_REPLY_ID, timeout=timeout
         )
-        self._set_session(
-            Session(
-                reply.user_id,
-                reply.session_id,
-                reply.token,
-                reply.expires_at_ms,
-                reply.session_ttl_s,
-            )
-        )
+        self._set_session(Session.of(reply))
         return reply
 
     async def logout(self, *, timeout: float | None = 10.0) -> LogoutReply:
