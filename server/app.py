@@ -155,6 +155,8 @@ class App:
         self.middleware: list[Middleware] = []
         #: Push types delivered latest-value, with their key functions (server/push.py).
         self.latest: dict[type[Message], Callable[[Any], Hashable]] = {}
+        #: Called as (server, room name, session) when a session ends while in a room.
+        self.room_left: list[Callable[[Server, str, Session], None]] = []
 
     def handler(
         self,
@@ -213,6 +215,16 @@ class App:
         module = sys.modules.get(message_type.__module__)
         if module is not None and module not in self.modules:
             self.modules.append(module)
+
+    def on_room_left(
+        self, callback: Callable[[Server, str, Session], None]
+    ) -> Callable[[Server, str, Session], None]:
+        """Call `callback(server, room_name, session)` (a plain function, on the loop)
+        for each room a session was in when it ended: logout, replaced by a newer login,
+        never resumed, removed. A session's own `room.leave` does not call it. Usable as
+        a decorator; what it raises is logged."""
+        self.room_left.append(callback)
+        return callback
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add a layer inside the server's default ones; layers run in the order added."""

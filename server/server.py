@@ -137,6 +137,7 @@ class Server:
         describe_reply = registry.describe()
         latest = {t: key for app in all_apps for t, key in app.latest.items()}
         self.pushes.latest_keys = latest
+        self._room_left = [hook for app in all_apps for hook in app.room_left]
         self.apps, self.registry, self._app_routes, self.routes = (
             all_apps,
             registry,
@@ -295,6 +296,11 @@ class Server:
     def _session_ended(self, session: Session, reason: EndReason) -> None:
         for name in list(session.rooms):
             self.pushes.leave(name, session)
+            for hook in self._room_left:
+                try:
+                    hook(self, name, session)
+                except Exception:
+                    log.exception("room-left hook %r raised", hook)
         # Replaced by a newer login, or never resumed: what it was pushed and never
         # acknowledged reaches the user at the next login. A logout or a removal asked
         # for the session to end, pushes included.

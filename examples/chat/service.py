@@ -41,7 +41,7 @@ from examples.chat.chat_pb2 import (
     SayRequest,
 )
 from protocol.errors import ErrorCode
-from server import App, Context, HandlerError
+from server import App, Context, HandlerError, Server
 from server.sessions import Session
 from server.store import Store, StoreError
 
@@ -175,6 +175,13 @@ def make_app(
         if session.user_id not in room.user_ids():
             room.broadcast(MemberLeft(room=msg.room, user=session.user_id))
         return LeaveReply()
+
+    @app.on_room_left
+    def session_ended(server: Server, name: str, session: Session) -> None:
+        # Logout, a newer login, a session never resumed: the others hear it too.
+        room = server.room(name)
+        if session.user_id not in room.user_ids():
+            room.broadcast(MemberLeft(room=name, user=session.user_id))
 
     return app
 

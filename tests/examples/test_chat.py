@@ -211,6 +211,20 @@ async def test_member_left_only_when_the_users_last_session_leaves(
     ]
 
 
+async def test_member_left_when_a_session_ends_in_the_room(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(make_app(), authenticator=USERS)
+    alice, bob = await clients(server, "alice"), await clients(server, "bob")
+    got_alice = Inbox(alice)
+    await join(alice, "lobby")
+    await join(bob, "lobby")
+    await bob.logout()  # no LeaveRequest: the session ends in the room
+    await wait_for(lambda: len(got_alice.of(MemberLeft)) == 1)
+    assert [(m.room, m.user) for m in got_alice.of(MemberLeft)] == [("lobby", "bob")]
+    assert list((await join(alice, "lobby")).members) == ["alice"]
+
+
 async def test_a_line_too_long_is_refused(start_server: StartServer, clients: Connect) -> None:
     server = await start_server(make_app(), authenticator=USERS)
     alice, bob = await clients(server, "alice"), await clients(server, "bob")
