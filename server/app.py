@@ -52,14 +52,19 @@ class Kind(Enum):
 class Context:
     """What a handler knows about the frame it is handling."""
 
-    __slots__ = ("conn", "flags", "msg_id", "seq")
+    __slots__ = ("after_reply", "conn", "flags", "msg_id", "seq")
+
+    #: For awaited handlers: called right after the reply is queued, before the
+    #: connection's next frame runs (the session layer releases held pushes with it).
+    after_reply: Callable[[], None] | None
 
     def __init__(self, conn: Connection, msg_id: int, flags: int, seq: int) -> None:
-        # One is built per frame: keep it to four stores.
+        # One is built per frame: keep it to five stores.
         self.conn = conn
         self.msg_id = msg_id
         self.flags = flags
         self.seq = seq
+        self.after_reply = None
 
     @property
     def server(self) -> Server:

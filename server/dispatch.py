@@ -601,8 +601,16 @@ class Dispatcher:
             reply = self._layer_failed(route, ctx, exc)
         finally:
             self.busy -= 1
-        if conn.closed or reply is None:
-            return
-        data = self.encode_reply(reply, ctx.seq, route)
-        if data is not None:
-            conn.out.append(data)
+        try:
+            if conn.closed or reply is None:
+                return
+            data = self.encode_reply(reply, ctx.seq, route)
+            if data is not None:
+                conn.out.append(data)
+        finally:
+            # Right behind the reply, before the connection's next frame runs: a Login's
+            # or Resume's held pushes (Context.after_reply).
+            hook = ctx.after_reply
+            if hook is not None:
+                ctx.after_reply = None
+                hook()

@@ -409,12 +409,21 @@ class OfflineQueue:
                 except StoreError as exc:
                     self.lost += len(user_ids)
                     log.error("offline push to %d users lost: %s", len(user_ids), exc)
+                except Exception:  # one bad item must not stall every one behind it
+                    self.lost += len(user_ids)
+                    log.exception("offline push to %d users lost", len(user_ids))
                 queue.popleft()
                 self._finished(index, user_ids)
         finally:
             self._writer = None
             if queue:  # cancelled with work left (a stop past its deadline)
                 self.lost += sum(len(item[1]) for item in queue)
+                queue.clear()
+                self._last.clear()
+                for _, future in self._waiters:
+                    if not future.done():
+                        future.set_result(None)
+                self._waiters = []
 
     def _finished(self, index: int, user_ids: list[str]) -> None:
         self._done = index

@@ -233,6 +233,8 @@ class Server:
         store = self.store
         if isinstance(store, MemoryStore) and store.path is not None:
             await self.sessions.flush()
+            # The successor resumes these sessions: their unacknowledged pushes go along.
+            await self.sessions.save_pushes(self.sessions.all_sessions())
             await store.snapshot()
 
     def after_handover(self) -> None:
@@ -254,6 +256,8 @@ class Server:
         offline: list[str] = []
         reachable = self.sessions.reachable
         for user_id in user_ids:
+            if not isinstance(user_id, str):
+                raise TypeError(f"user ids are str, not {type(user_id).__name__}: {user_id!r}")
             found = reachable(user_id)
             if found:
                 sessions.extend(found)

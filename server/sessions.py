@@ -144,11 +144,12 @@ class Session:
         self.pushes = PushBuffer(manager.push_buffer, last_push_seq)
         # Restored pushes must end at the sequence the buffer goes on from (they are
         # contiguous, as entries() wrote them); otherwise the client saw past them.
-        if pushed and pushed[-1][0] == last_push_seq:
-            self.pushes.items.extend((msg_id, payload) for _, msg_id, payload in pushed)
+        if not pushed or pushed[-1][0] != last_push_seq:
+            pushed = []
+        self.pushes.items.extend((msg_id, payload) for _, msg_id, payload in pushed)
         #: The pushes a session rebuilt from the store came back with; a server stop also
         #: put them in the user's inbox, so the Resume takes them out of it once.
-        self.restored: list[Pushed] = [(msg_id, payload) for _, msg_id, payload in pushed or ()]
+        self.restored: list[Pushed] = [(msg_id, payload) for _, msg_id, payload in pushed]
         #: The push sequence when the session was last held (attached): pushes after it
         #: have not been written yet.
         self.held_from = 0
@@ -168,8 +169,10 @@ class Session:
             return
         key = _session_key(self.session_id)
         await manager.store.hset(key, {"data": _encode(self.data)})
-        # Had it ended during that write, the record is back with no expiry: give it one.
-        await manager.store.expire(key, manager._connected_ttl)
+        # The TTL it has now (a waiting session's must not outlive its session_ttl), and
+        # one at all had it ended during that write and come back with none.
+        live = manager.live.get(self.session_id) is self
+        await manager.store.expire(key, manager._connected_ttl if live else manager.session_ttl)
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} user={self.user_id!r} device={self.device!r}>"
@@ -471,17 +474,28 @@ class SessionManager:
         sid = session.session_id
         return self.live.get(sid) is session or self.waiting.get(sid) is session
 
-    def _check_current(self, session: Session, conn: Connection) -> None:
+    def _check_current(self, session: Session, conn: Connection | None) -> None:
         # A Refresh or Logout queued behind the lock may find the session resumed on
-        # another connection, replaced or ended: it must not act on it from here.
-        if self.live.get(session.session_id) is not session or session.conn is not conn:
+        # another connection, replaced or ended: it must not act on it from there.
+        # Without a connection (server code), the session only has to be held here.
+        if conn is None:
+            if not self.holds(session):
+                raise HandlerError(ErrorCode.UNAUTHENTICATED, "the session ended")
+        elif self.live.get(session.session_id) is not session or session.conn is not conn:
             raise HandlerError(ErrorCode.UNAUTHENTICATED, "the session ended")
+
+    def abandon(self, session: Session) -> None:
+        """A Login or Resume whose handler failed after the session was attached (its
+        deadline, say): the client never got the token, so the session must not stay."""
+        if self.holds(session):
+            self._detach(session, EndReason.FAILED)
+            self._spawn(self._delete(session.session_id, session.user_id, session.token_hash))
 
     async def refresh(self, session: Session, conn: Connection | None = None) -> str:
         """A new token for `session` (on `conn`); the old one is refused from now on."""
 
         async def work() -> str:
-            self._check_current(session, conn if conn is not None else session.conn)  # type: ignore[arg-type]
+            self._check_current(session, conn)
             store = self.store
             token = secrets.token_urlsafe(32)
             hashed = token_hash(token)
@@ -506,7 +520,7 @@ class SessionManager:
         unauthenticated."""
 
         async def work() -> None:
-            self._check_current(session, conn if conn is not None else session.conn)  # type: ignore[arg-type]
+            self._check_current(session, conn)
             await self._logout(session, EndReason.LOGOUT)
 
         await self._locked(session.user_id, work)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import (
@@ -32,6 +33,7 @@ from protocol.proto.system_pb2 import (
 from server.app import App, Context
 from server.errors import HandlerError
 from server.sessions import Session
+from server.store import StoreError
 
 log = logging.getLogger("tickwire.sessions")
 
@@ -88,9 +90,11 @@ def system_app() -> App:
         session, token = await server.sessions.login(ctx.conn, user_id, msg.device)
         try:
             await _take_inbox(ctx, session)
-        finally:
-            # After the reply is written: the new session's pushes (the inbox first).
-            server.loop.call_soon(server.pushes.release, session, 0)
+        except BaseException:
+            server.sessions.abandon(session)  # the client will never see its token
+            raise
+        # Right behind the reply: the new session's pushes (the inbox first).
+        ctx.after_reply = partial(server.pushes.release, session, 0)
         log.info(
             "login",
             extra={"conn": ctx.conn.id, "user": user_id, "session": session.session_id},
@@ -117,11 +121,9 @@ def system_app() -> App:
         # What the client says it saw needs no replay ever again: an implicit PushAck.
         session.pushes.ack(seen)
         last = session.pushes.last_seq
-        try:
-            await _take_inbox(ctx, session)
-        finally:
-            # After the reply: what the client missed, in order, then anything new.
-            server.loop.call_soon(server.pushes.release, session, seen)
+        await _take_inbox(ctx, session)
+        # Right behind the reply: what the client missed, in order, then anything new.
+        ctx.after_reply = partial(server.pushes.release, session, seen)
         log.info(
             "resume",
             extra={
@@ -158,8 +160,13 @@ async def _take_inbox(ctx: Context, session: Session) -> None:
     inbox = server.inbox
     if inbox is None:
         return
-    await server.inbox_settled(session.user_id)
-    taken = await inbox.take(session.user_id)
+    try:
+        await server.inbox_settled(session.user_id)
+        taken = await inbox.take(session.user_id)
+    except StoreError as exc:
+        # The login stands; what waits in the inbox stays there for the next one.
+        log.error("inbox of %s not delivered: %s", session.user_id, exc)
+        return
     if session.restored:
         # A stop put these in the inbox as well as in the session record the Resume
         # restored them from (with their sequence numbers): deliver them once.

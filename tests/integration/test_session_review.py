@@ -13,6 +13,7 @@ import pytest
 
 from client_sdk import AsyncClient, InternalError, Unauthenticated
 from protocol.errors import ErrorCode
+from protocol.frame import encode_frame
 from protocol.proto.system_pb2 import (
     LoginReply,
     LoginRequest,
@@ -27,6 +28,7 @@ from server.logs import JsonFormatter, TextFormatter
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.test_push import PASSWORDS, USERS, push_app, raw_login
+from tests.integration.testapp import app_registry
 from tests.proto import testapp_pb2 as pb
 
 
@@ -306,3 +308,114 @@ async def test_a_login_by_request_and_a_resume_with_no_token_are_distinct_errors
     with pytest.raises(Unauthenticated, match="wrong user name"):
         await client.request(LoginRequest(user="alice", password=PASSWORDS["bob"]))
     await client.close()
+
+
+async def test_a_bad_offline_item_does_not_stall_the_inbox_writer(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(push_app(), authenticator=USERS)
+    with pytest.raises(TypeError, match="user ids are str"):
+        server.push(42, pb.SleepReply(tag=1))  # type: ignore[arg-type]
+    assert server.offline is not None
+    server.offline.put([42], 1001, b"")  # type: ignore[list-item]  # what the check keeps out
+    server.push("alice", pb.SleepReply(tag=2))
+    await server.flush_pushes()
+    assert server.offline.lost == 1 and len(server.offline) == 0
+    peer = await RawPeer.connect(server.address)
+    try:
+        await raw_login(peer, "alice")
+        [push] = await peer.read_frames(1)
+        assert tag_of(push.payload) == 2
+    finally:
+        await peer.close()
+
+
+async def test_an_unreadable_inbox_does_not_fail_the_login(start_server: StartServer) -> None:
+    server = await start_server(push_app(), authenticator=USERS)
+    assert server.store is not None
+    await server.store.set("tw:inbox:u:alice", b"not a hash")  # take() fails on it
+    client = await AsyncClient.connect(*server.address, registry=app_registry())
+    reply = await client.request(LoginRequest(user="alice", password="a"))
+    assert isinstance(reply, LoginReply)
+    assert isinstance(await client.request(pb.NoteRequest(text="x")), pb.SleepReply)
+    assert [s.session_id for s in server.sessions.local_sessions("alice")] == [reply.session_id]
+    await client.close()
+
+
+async def test_saving_a_waiting_session_keeps_its_session_ttl(start_server: StartServer) -> None:
+    server = await start_server(authenticator=USERS, session_ttl=1, token_ttl=60)
+    client = await AsyncClient.connect(*server.address)
+    reply = await client.request(LoginRequest(user="alice", password="a"))
+    assert isinstance(reply, LoginReply)
+    [session] = server.sessions.local_sessions("alice")
+    await client.close()
+    await wait_for(lambda: bool(server.sessions.waiting))
+    await server.sessions.flush()
+    await session.save()
+    assert server.store is not None
+    left = await server.store.ttl(f"tw:session:{reply.session_id}")
+    assert left is not None and left <= 1
+
+
+async def test_a_handover_carries_unacknowledged_pushes_to_the_successor(tmp_path: Any) -> None:
+    config = ServerConfig(
+        host="127.0.0.1", port=0, store_snapshot_path=str(tmp_path / "store.snap")
+    )
+    old = Server(push_app(), config=config, authenticator=USERS)
+    await old.start()
+    peer = await RawPeer.connect(old.address)
+    [reply] = await raw_login(peer, "alice")
+    token = LoginReply.FromString(reply.payload).token
+    for tag in (1, 2, 3):
+        old.push("alice", pb.SleepReply(tag=tag))
+    await peer.read_frames(3)  # seen, never acknowledged
+    await peer.close()
+    await wait_for(lambda: bool(old.sessions.waiting))
+    await old.before_handover()
+    new = Server(push_app(), config=config, authenticator=USERS)
+    await new.start()
+    old.after_handover()
+    await old.stop(timeout=1)
+    again = await RawPeer.connect(new.address)
+    try:
+        again.send_frame(13, 0, 1, ResumeRequest(token=token).SerializeToString())
+        resumed, *replayed = await again.read_frames(4)
+        assert not ResumeReply.FromString(resumed.payload).push_gap
+        assert [(f.seq, tag_of(f.payload)) for f in replayed] == [(1, 1), (2, 2), (3, 3)]
+    finally:
+        await again.close()
+        await new.stop(timeout=1)
+
+
+async def test_server_code_can_log_out_a_waiting_session(start_server: StartServer) -> None:
+    server = await start_server(authenticator=USERS)
+    client = await AsyncClient.connect(*server.address)
+    reply = await client.request(LoginRequest(user="alice", password="a"))
+    assert isinstance(reply, LoginReply)
+    [session] = server.sessions.local_sessions("alice")
+    await client.close()
+    await wait_for(lambda: bool(server.sessions.waiting))
+    await server.sessions.logout(session)
+    assert await server.sessions.user_of_token(reply.token) is None
+    assert server.sessions.waiting == {}
+
+
+async def test_a_push_of_a_request_pipelined_behind_the_login_precedes_its_reply(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(push_app(), authenticator=USERS)
+    peer = await RawPeer.connect(server.address)
+    try:
+        login = LoginRequest(user="alice", password="a").SerializeToString()
+        peer.send(
+            encode_frame(6, 0, 1, login)
+            + encode_frame(1007, 0, 2, pb.NoteRequest(text="abc").SerializeToString())
+        )
+        frames = await peer.read_frames(3)
+        assert [(f.msg_id, f.flags, f.seq) for f in frames] == [
+            (7, 1, 1),  # LoginReply
+            (1001, 4, 1),  # the note's push, seq 1 of the new session
+            (1001, 1, 2),  # the note's reply
+        ]
+    finally:
+        await peer.close()
