@@ -27,6 +27,7 @@ from server import App, Server, ServerConfig
 from server.app import Route
 from server.connection import Connection
 from server.middleware import Call
+from tests.bench.test_dispatch_bench import RecordingTransport
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import make_app
@@ -292,34 +293,6 @@ async def test_fused_and_composed_chains_answer_alike(
     assert [r.getMessage() for r in logged] == ["handler for testapp.FailRequest raised"] * 2
     assert all(r.exc_info and "hunter2" in str(r.exc_info[1]) for r in logged)
     await peer.close()
-
-
-class RecordingTransport:
-    """Just enough transport for one Connection, recording what it is given."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def set_write_buffer_limits(self, high: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 1)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 async def test_replies_waiting_for_the_end_of_the_iteration_survive_a_half_close(
