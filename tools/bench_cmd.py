@@ -135,6 +135,21 @@ def _add_load_args(parser: argparse.ArgumentParser, *, conns: int) -> None:
     )
 
 
+def _add_json_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+
+
+def _add_set_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, example: str) -> None:
+    """`--set KEY=VALUE` for the spawned `tickwire serve`; `example` shows one."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"more config for the spawned tickwire serve, e.g. {example}",
+    )
+
+
 def _add_server_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("server under test")
     where.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
@@ -173,7 +188,7 @@ def _add_server_args(parser: argparse.ArgumentParser) -> None:
         default=100,
         help="TCP handshakes in flight at once, over all processes (default: %(default)s)",
     )
-    parser.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+    _add_json_arg(parser)
 
 
 def register(subparsers: Any) -> None:
@@ -314,14 +329,8 @@ def register(subparsers: Any) -> None:
         default=100,
         help="TCP handshakes in flight at once, over all processes (default: %(default)s)",
     )
-    where.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="more config for the spawned tickwire serve, e.g. duplicate_login=allow",
-    )
-    login.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+    _add_set_arg(where, "duplicate_login=allow")
+    _add_json_arg(login)
     login.set_defaults(func=run_login_cmd)
 
     restore = kinds.add_parser(
@@ -347,7 +356,7 @@ def register(subparsers: Any) -> None:
         help="starts with and without the snapshot (default: %(default)s)",
     )
     restore.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
-    restore.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+    _add_json_arg(restore)
     restore.set_defaults(func=run_restore_cmd)
 
     fanout = kinds.add_parser(
@@ -414,14 +423,8 @@ def register(subparsers: Any) -> None:
         default=100,
         help="handshakes and logins in flight at once, over all processes (default: %(default)s)",
     )
-    fanout.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="more config for the spawned tickwire serve, e.g. slow_consumer_bytes=1048576",
-    )
-    fanout.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+    _add_set_arg(fanout, "slow_consumer_bytes=1048576")
+    _add_json_arg(fanout)
     fanout.set_defaults(func=run_fanout_cmd)
 
     diff = kinds.add_parser(
