@@ -24,7 +24,7 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection, wait
 from typing import Any, NamedTuple
 
@@ -268,6 +268,30 @@ async def report_progress(pipe: Connection, totals: LoadTotals) -> None:
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
         pipe.send(("progress", totals.answered, totals.replies, totals.errors, totals.sent))
+
+
+async def run_loops(
+    pipe: Connection,
+    totals: LoadTotals,
+    window: Window,
+    loops: list[Coroutine[Any, Any, None]],
+    drain_s: float,
+) -> set[int]:
+    """The measured part of a closed-loop worker: from the window's start, run one loop
+    per connection with progress reports until the window ends, give the loops `drain_s`
+    to finish their last request, and cancel the rest. Returns the indexes of the loops
+    that had to be cancelled (their streams may have a reply on its way)."""
+    await sleep_until(window.start_ns)
+    reporter = asyncio.create_task(report_progress(pipe, totals))
+    totals.running = True
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    await totals.hold(window)
+    _, still = await asyncio.wait(tasks, timeout=drain_s) if tasks else (set(), set())
+    for task in still:
+        task.cancel()
+    reporter.cancel()
+    await asyncio.gather(*still, reporter, return_exceptions=True)
+    return {i for i, task in enumerate(tasks) if task in still}
 
 
 # -- parent side -----------------------------------------------------------------------

@@ -42,8 +42,7 @@ from bench.load import (
     drive,
     now_us,
     quota_of,
-    report_progress,
-    sleep_until,
+    run_loops,
     summarize_driven,
     wait_for_start,
 )
@@ -151,17 +150,9 @@ async def _login_worker(pipe: Connection, share: Share, params: LoginParams) -> 
                 totals.answered += 1
                 totals.error(f"{user.name}: {problem}")
 
-    await sleep_until(window.start_ns)
-    reporter = asyncio.create_task(report_progress(pipe, totals))
-    totals.running = True
-    loops = {asyncio.create_task(loop_one(c, u)): c for c, u in pairs}
-    await totals.hold(window)
-    _, still = await asyncio.wait(loops, timeout=_DRAIN_S) if loops else (set(), set())
-    for task in still:
-        task.cancel()
-        logged_in.discard(loops[task])  # a reply may be on its way: the stream is unusable
-    reporter.cancel()
-    await asyncio.gather(*still, reporter, return_exceptions=True)
+    cut = await run_loops(pipe, totals, window, [loop_one(c, u) for c, u in pairs], _DRAIN_S)
+    for i in cut:
+        logged_in.discard(pairs[i][0])  # a reply may be on its way: the stream is unusable
 
     async def logout(client: FrameClient) -> None:
         with contextlib.suppress(WireError, TimeoutError):

@@ -38,8 +38,7 @@ from bench.load import (
     drive,
     now_us,
     quota_of,
-    report_progress,
-    sleep_until,
+    run_loops,
     summarize_driven,
     wait_for_start,
 )
@@ -202,18 +201,8 @@ async def _scenario_worker(
                     await asyncio.sleep(0)  # the same for one that never waits on the server
             ctx.iteration += 1
 
-    await sleep_until(window.start_ns)
-    reporter = asyncio.create_task(report_progress(pipe, totals))
-    totals.running = True
-    loops = [
-        asyncio.create_task(loop_one(c, ctx)) for c, ctx in zip(clients, contexts, strict=True)
-    ]
-    await totals.hold(window)
-    _, still = await asyncio.wait(loops, timeout=_DRAIN_S) if loops else (set(), set())
-    for task in still:
-        task.cancel()
-    reporter.cancel()
-    await asyncio.gather(*still, reporter, return_exceptions=True)
+    loops = [loop_one(c, ctx) for c, ctx in zip(clients, contexts, strict=True)]
+    await run_loops(pipe, totals, window, loops, _DRAIN_S)
     for client in clients:
         with contextlib.suppress(Exception):
             await client.close()
