@@ -125,7 +125,9 @@ class Dispatcher:
         self.ready: deque[Connection] = deque()
         self._drain_scheduled = False
         #: Connections with replies from run_read to write at the end of this iteration.
-        self._to_flush: list[Connection] = []
+        #: Connections with output to write at the end of this loop iteration (replies of
+        #: run_read, pushes): marked with conn.flush_pending, written by _flush_all.
+        self.to_flush: list[Connection] = []
         self._flush_scheduled = False
         # Work for consumers: ordered connections paused on an awaited frame, and
         # unordered frames that run on their own.
@@ -307,12 +309,17 @@ class Dispatcher:
         if out and not conn.flush_pending:
             # Written once this loop iteration's reads are done, not now: see _flush_all.
             conn.flush_pending = True
-            self._to_flush.append(conn)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._flush_all)
+            self.to_flush.append(conn)
+            self.flush_soon()
         return pos
+
+    def flush_soon(self) -> None:
+        """Have _flush_all write the connections on `to_flush` at the end of this loop
+        iteration (one call_soon per iteration, whoever marks them first)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_all)
 
     def _flush_all(self) -> None:
         """Write the replies run_read gathered during one loop iteration, one write per
@@ -326,8 +333,8 @@ class Dispatcher:
         close_with, eof_received) sends these replies first, so the order holds.
         """
         self._flush_scheduled = False
-        to_flush = self._to_flush
-        self._to_flush = []
+        to_flush = self.to_flush
+        self.to_flush = []
         for conn in to_flush:
             conn.flush_pending = False
             if conn.out:

@@ -8,9 +8,9 @@ reliable push takes the session's next push sequence, goes into the session's bo
 payload are appended to the connection's pending output; a latest-value push is one
 frame (seq 0, so the very same bytes) appended as is, or parked in the connection's
 `latest` map under its key while the connection is write-paused. A connection that got
-output is put on the `dirty` list, and one ``call_soon`` per loop iteration writes every
-dirty connection's output with one ``write`` — so a member of ten rooms that each
-broadcast in one iteration costs one syscall, not ten.
+output is marked for the dispatcher's end-of-iteration flush (`Dispatcher.to_flush`, the
+one the fast path's replies use), which writes it with one ``write`` — so a member of
+ten rooms that each broadcast in one iteration costs one syscall, not ten.
 
 A push made while a handler runs goes out in the same write as the replies of that
 connection's turn, ahead of the handler's own reply. A reliable push to a connection
@@ -210,9 +210,9 @@ class Pusher:
         self.room_members: dict[str, dict[str, Session]] = {}
         #: Message types pushed as latest-value, with the function giving a value's key.
         self.latest_keys: dict[type[Message], LatestKey] = {}
-        self.dirty: list[Connection] = []
-        self._scheduled = False
+        #: perf_counter() of each fan-out made this iteration, until its flush is done.
         self._starts: list[float] = []
+        self._timing = False
         #: Microseconds from a fan-out's call to the write of its last member.
         self.fanout_us = HdrHistogram(1, 60_000_000, 2)
         self.reliable = 0
@@ -275,7 +275,7 @@ class Pusher:
         pack = _pack
         length = MIN_LENGTH + len(payload)
         push = _PUSH
-        dirty = self.dirty
+        to_flush = self.server.dispatcher.to_flush
         shared = (msg_id, payload)
         count = 0
         for session in sessions:
@@ -284,10 +284,10 @@ class Pusher:
             buffer.items.append(shared)
             conn = session.conn
             if conn is not None and not session.held and not conn.closed:
-                out = conn.out
-                if not out:
-                    dirty.append(conn)
-                out += (pack(length, msg_id, push, seq), payload)
+                if not conn.flush_pending:
+                    conn.flush_pending = True
+                    to_flush.append(conn)
+                conn.out += (pack(length, msg_id, push, seq), payload)
             count += 1
         self.reliable += count
         return count
@@ -296,7 +296,7 @@ class Pusher:
         self, sessions: Iterable[Session], msg_id: int, payload: bytes, key: Hashable
     ) -> int:
         frame = _pack(MIN_LENGTH + len(payload), msg_id, _PUSH, 0) + payload
-        dirty = self.dirty
+        to_flush = self.server.dispatcher.to_flush
         count = 0
         for session in sessions:
             conn = session.conn
@@ -310,10 +310,10 @@ class Pusher:
                     self.conflated += 1
                 parked[key] = frame
             else:
-                out = conn.out
-                if not out:
-                    dirty.append(conn)
-                out.append(frame)
+                if not conn.flush_pending:
+                    conn.flush_pending = True
+                    to_flush.append(conn)
+                conn.out.append(frame)
             count += 1
         self.latest += count
         return count
@@ -331,11 +331,10 @@ class Pusher:
     def replay(self, conn: Connection, items: Iterable[Buffered]) -> None:
         """Send buffered pushes again with their own sequence numbers."""
         out = conn.out
-        if not out:
-            self.dirty.append(conn)
         for seq, msg_id, payload in items:
             out.append(_pack(MIN_LENGTH + len(payload), msg_id, _PUSH, seq))
             out.append(payload)
+        self._mark(conn)
         self._schedule()
 
     def release_latest(self, conn: Connection) -> None:
@@ -343,22 +342,25 @@ class Pusher:
         parked = conn.latest
         conn.latest = None
         if parked:
-            if not conn.out:
-                self.dirty.append(conn)
             conn.out.extend(parked.values())
+            self._mark(conn)
             self._schedule()
 
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self.server.loop.call_soon(self._flush)
+    def _mark(self, conn: Connection) -> None:
+        if not conn.flush_pending:
+            conn.flush_pending = True
+            self.server.dispatcher.to_flush.append(conn)
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        dirty, self.dirty = self.dirty, []
-        for conn in dirty:
-            if conn.out:
-                conn.flush()
+    def _schedule(self) -> None:
+        """The marked connections are written by the dispatcher's end-of-iteration flush;
+        the fan-out timings are read right after it (a call_soon queued behind it)."""
+        self.server.dispatcher.flush_soon()
+        if self._starts and not self._timing:
+            self._timing = True
+            self.server.loop.call_soon(self._record_timings)
+
+    def _record_timings(self) -> None:
+        self._timing = False
         if self._starts:
             done = time.perf_counter()
             record = self.fanout_us.record_value
