@@ -256,9 +256,15 @@ class Pusher:
             )
         return msg_id, message.SerializeToString()
 
-    def to_sessions(self, sessions: Iterable[Session], message: Message) -> int:
-        """Push `message` to each session (encoded once); returns how many."""
-        msg_id, payload = self.encode(message)
+    def to_sessions(
+        self,
+        sessions: Iterable[Session],
+        message: Message,
+        encoded: tuple[int, bytes] | None = None,
+    ) -> int:
+        """Push `message` to each session (encoded once, or `encoded` already: its
+        `encode()`); returns how many."""
+        msg_id, payload = encoded or self.encode(message)
         key_of = self.latest_keys.get(type(message))
         self._starts.append(time.perf_counter())
         if key_of is None:

@@ -263,10 +263,10 @@ class Server:
                 sessions.extend(found)
             else:
                 offline.append(user_id)
-        count = self.pushes.to_sessions(sessions, message) if sessions else 0
+        encoded = self.pushes.encode(message)  # once, for the sessions and the inbox
+        count = self.pushes.to_sessions(sessions, message, encoded) if sessions else 0
         if offline and type(message) not in self.pushes.latest_keys:
-            msg_id, payload = self.pushes.encode(message)
-            self._to_inbox(offline, msg_id, payload)
+            self._to_inbox(offline, *encoded)
         return count
 
     def broadcast(self, message: Message) -> int:
