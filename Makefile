@@ -22,10 +22,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-run: $(VENV)/.installed
+# The C build of the read fast path (server/frameloop.py, Cython), redone whenever its
+# source changes (the server does not use a build older than the source). Without a C
+# compiler setup.py goes on without it, and the source runs interpreted.
+$(VENV)/.frameloop: server/frameloop.py setup.py | $(VENV)/.installed
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+run: $(VENV)/.installed $(VENV)/.frameloop
 	$(BIN)/tickwire serve --host $(HOST) --port $(PORT) --set users_file=$(USERS)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(VENV)/.frameloop
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev

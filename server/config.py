@@ -54,6 +54,13 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     blocking_threads: Annotated[
         int, _doc("Threads for handlers declared blocking=True.", ge=1, le=1024)
     ] = 16
+    fast_path: Annotated[
+        Literal["auto", "interpreted"],
+        _doc(
+            "Build of the read fast path (server/frameloop.py): auto takes the compiled one "
+            "where the install built it, interpreted runs the same source in Python."
+        ),
+    ] = "auto"
     mailbox_limit: Annotated[
         int,
         _doc("Frames queued on one connection before the server stops reading it.", ge=1),

@@ -131,9 +131,10 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.rx_tick = self.server.tick
         self.stats.bytes_in += len(data)
-        # The dispatcher's fast path runs what it can of the read straight from the bytes;
-        # the decoder and submit take the rest (usually nothing).
-        used = self.dispatcher.run_read(self, data)
+        # The fast path runs what it can of the read straight from the bytes; the decoder
+        # and submit take the rest (usually nothing).
+        dispatcher = self.dispatcher
+        used = dispatcher.run_read(dispatcher, self, data)
         if used:
             if used == len(data):
                 return
@@ -142,7 +143,7 @@ class Connection(asyncio.Protocol):
         if frames:
             self.frames += len(frames)
             self.stats.frames_in += len(frames)
-            self.dispatcher.submit(self, frames)
+            dispatcher.submit(self, frames)
         if self.decoder.error is not None and self.fatal is None:
             # Nothing after a framing error can be trusted: stop reading, answer the frames
             # before it, then send the error and close (mailbox_drained does the last part).

@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import DecodeError, Message
 
 from protocol.errors import ErrorCode
-from protocol.frame import HEADER, HEADER_SIZE, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
+from protocol.frame import HEADER, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
 from protocol.proto.system_pb2 import Error
+from server import frameloop
 from server.app import Context, Route
 from server.middleware import INTERNAL_MESSAGE, handler_failed
 
@@ -89,8 +90,7 @@ def _calibrate_unkept() -> int:
 
 #: The refcount of a reused Context nobody kept; anything above means a handler kept it.
 _UNKEPT = _calibrate_unkept()
-#: Replies gathered for one connection are written once they reach this size.
-FLUSH_BYTES = 256 * 1024
+FLUSH_BYTES = frameloop.FLUSH_BYTES
 
 
 def error_frame(code: int, message: str, request_msg_id: int, seq: int) -> bytes:
@@ -111,8 +111,14 @@ class Dispatcher:
         mailbox_limit: int,
         max_pending: int,
         max_frame: int = 0xFFFFFFFF,
+        fast_path: str = "auto",
     ) -> None:
         self.routes = routes
+        #: The read fast path, called as run_read(dispatcher, conn, data) from
+        #: Connection.data_received; `build` says which build of it runs.
+        loaded = frameloop.load(fast_path)
+        self.run_read: Callable[[Dispatcher, Connection, bytes], int] = loaded.run_read
+        self.build = "compiled" if loaded.COMPILED else "interpreted"
         self._id_of = id_by_class
         self.stats = stats
         self.mailbox_limit = mailbox_limit
@@ -124,9 +130,8 @@ class Dispatcher:
         self.pending = 0
         self.ready: deque[Connection] = deque()
         self._drain_scheduled = False
-        #: Connections with replies from run_read to write at the end of this iteration.
         #: Connections with output to write at the end of this loop iteration (replies of
-        #: run_read, pushes): marked with conn.flush_pending, written by _flush_all.
+        #: frameloop.run_read, pushes): marked with conn.flush_pending, written by _flush_all.
         self.to_flush: list[Connection] = []
         self._flush_scheduled = False
         # Work for consumers: ordered connections paused on an awaited frame, and
@@ -205,114 +210,6 @@ class Dispatcher:
         if not conn.scheduled:
             self._schedule(conn)
 
-    def run_read(self, conn: Connection, data: bytes) -> int:
-        """The fast path of a read: run its frames straight from the bytes, without the
-        decoder's tuples, the batch list or the mailbox. Returns how many bytes of `data`
-        it used (0 when it did not apply); the caller hands the rest to the decoder and
-        submit, which take it from there in order.
-
-        It applies only where submit would run the read inline anyway: the connection is
-        idle (nothing queued or awaited, writes not paused, not closed, no framing
-        error), the decoder holds no partial frame, and even a read of nothing but empty
-        frames would stay under `mailbox_limit` and `max_pending`. It runs only the
-        common frame, a fused route (sync, default layers) with a request that parses,
-        and stops before anything else: a partial or out-of-range frame (the decoder
-        judges and buffers it), a frame to refuse, one that does not parse, an awaited or
-        composed route, writes paused or the connection closed mid-read. Per frame it
-        does what run_connection does for a fused route, with the same Context reuse and
-        reply framing; keep the two loops alike (tests/integration/test_fast_paths.py
-        runs the same requests through both). Its replies are written by _flush_all at
-        the end of the loop iteration (or every FLUSH_BYTES).
-        """
-        size = len(data)
-        if (
-            conn.scheduled
-            or conn.mailbox
-            or conn.write_paused
-            or conn.closed
-            or conn.fatal is not None
-            or conn.decoder.buffered
-            or size // HEADER_SIZE >= self.mailbox_limit
-            or self.pending + size // HEADER_SIZE > self.max_pending
-        ):
-            return 0
-        unpack = _unpack_header
-        max_frame = conn.decoder.max_frame
-        out = conn.out
-        append = out.append
-        get_route = self.routes.get
-        pack = _pack_header
-        not_runnable = _NOT_RUNNABLE
-        min_length = MIN_LENGTH
-        response = _RESPONSE
-        unkept = _UNKEPT
-        refcount = getrefcount
-        max_body = self.max_body
-        flush_bytes = FLUSH_BYTES
-        out_bytes = 0
-        pos = 0
-        count = 0
-        while size - pos >= HEADER_SIZE:
-            length, msg_id, flags, seq = unpack(data, pos)
-            end = pos + 4 + length
-            if length > max_frame or length < min_length or end > size:
-                break
-            route = get_route(msg_id)
-            if route is None or flags & not_runnable or not route.fused:
-                break
-            if conn.write_paused or conn.closed:
-                break
-            try:
-                msg = route.parse(data[pos + HEADER_SIZE : end])
-            except DecodeError:
-                break  # run_connection answers it, from the decoder's tuple
-            pos = end
-            count += 1
-            ctx = conn.ctx
-            if ctx is None:
-                ctx = conn.ctx = Context(conn, msg_id, flags, seq)
-            else:
-                ctx.msg_id = msg_id
-                ctx.flags = flags
-                ctx.seq = seq
-            reply: Any
-            route.calls += 1
-            try:
-                reply = route.handler(ctx, msg)
-            except Exception as exc:
-                reply = handler_failed(route, exc)
-            if refcount(ctx) > unkept:
-                conn.ctx = None
-            if type(reply) is route.reply_type and seq:
-                body = reply.SerializeToString()
-                body_size = len(body)
-                if body_size > max_body:
-                    append(self._oversized(route, seq, body_size))
-                    continue
-                out_bytes += body_size
-                append(pack(min_length + body_size, route.reply_id, response, seq) + body)
-            elif reply is not None:
-                frame = self.encode_reply(reply, seq, route)
-                if frame is None:
-                    continue
-                append(frame)
-                out_bytes += len(frame)
-            else:
-                continue
-            if out_bytes >= flush_bytes:
-                conn.flush()
-                out_bytes = 0
-        conn.stats.frames_in += count
-        # Every frame run here ran a public handler (only fused, so ungated, routes
-        # run here): each one counts against the auth timeout.
-        conn.frames += count
-        if out and not conn.flush_pending:
-            # Written once this loop iteration's reads are done, not now: see _flush_all.
-            conn.flush_pending = True
-            self.to_flush.append(conn)
-            self.flush_soon()
-        return pos
-
     def flush_soon(self) -> None:
         """Have _flush_all write the connections on `to_flush` at the end of this loop
         iteration (one call_soon per iteration, whoever marks them first)."""
@@ -322,7 +219,7 @@ class Dispatcher:
             self._loop.call_soon(self._flush_all)
 
     def _flush_all(self) -> None:
-        """Write the replies run_read gathered during one loop iteration, one write per
+        """Write the replies frameloop.run_read gathered during one loop iteration, one write per
         connection, after that iteration's reads, as the drain writes its replies.
 
         Writing each read's replies at once, between reads, measured slower end to end
@@ -454,7 +351,7 @@ class Dispatcher:
                 body = reply.SerializeToString()
                 size = len(body)
                 if size > max_body:
-                    append(self._oversized(route, seq, size))
+                    append(self.oversized(route, seq, size))
                     continue
                 out_bytes += size
                 append(pack(min_length + size, route.reply_id, response, seq) + body)
@@ -526,7 +423,7 @@ class Dispatcher:
         self.stats.count_error(ErrorCode.INTERNAL)
         return error_frame(ErrorCode.INTERNAL, INTERNAL_MESSAGE, route.msg_id, seq)
 
-    def _oversized(self, route: Route, seq: int, size: int) -> bytes:
+    def oversized(self, route: Route, seq: int, size: int) -> bytes:
         return self._internal(
             route, seq, "returned a %d-byte reply; max_frame allows %d", size, self.max_body
         )
@@ -557,7 +454,7 @@ class Dispatcher:
                 route, seq, "returned a reply that cannot be encoded", exc_info=True
             )
         if len(payload) > self.max_body:
-            return self._oversized(route, seq, len(payload))
+            return self.oversized(route, seq, len(payload))
         return _pack_header(MIN_LENGTH + len(payload), msg_id, flags, seq) + payload
 
     # -- consumer side ------------------------------------------------------------------

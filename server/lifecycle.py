@@ -235,6 +235,7 @@ def run(
         write_pid_file(config.pid_file)
         report_ready()
         host, port = server.address
+        log.info("read fast path: %s", server.dispatcher.build)
         # Last: whoever waits for this line may rely on the pid file being written.
         log.info("tickwire listening on %s:%d", host, port)
         if on_started is not None:

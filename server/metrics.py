@@ -113,6 +113,14 @@ class ServerCollector:
     def collect(self) -> Iterator[Metric]:
         server = self.server
         stats = server.stats
+        info = GaugeMetricFamily(
+            "tickwire_build_info",
+            "Always 1; fast_path says whether reads run through the compiled build of "
+            "server/frameloop.py or the interpreted one.",
+            labels=["fast_path"],
+        )
+        info.add_metric([server.dispatcher.build], 1)
+        yield info
         yield GaugeMetricFamily(
             "tickwire_connections", "Open connections.", value=len(server.connections)
         )

@@ -98,6 +98,7 @@ class Server:
             mailbox_limit=self.config.mailbox_limit,
             max_pending=self.config.max_pending,
             max_frame=self.config.max_frame,
+            fast_path=self.config.fast_path,
         )
         self.connections: set[Connection] = set()
         #: Open connections per peer IP, kept only when max_connections_per_ip is set.

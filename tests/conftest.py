@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
 import uvloop
 
-from server import App, Server, ServerConfig
+from server import App, Server, ServerConfig, dispatch, frameloop
 from server.auth import Authenticator
 from tests.store.redisproc import RedisProcess, redis_binary, start_redis
 
@@ -21,6 +22,21 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 
 StartServer = Callable[..., Awaitable[Server]]
+
+#: The read fast path's builds this checkout can run: interpreted always, compiled where
+#: setup.py could build the extension (tests/test_frameloop_build.py says when it must).
+FRAMELOOPS = ["interpreted", *(["compiled"] if frameloop.COMPILED else [])]
+
+
+@pytest.fixture(params=FRAMELOOPS)
+def frameloop_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Run the test's servers on one build of server/frameloop.py (the module returned):
+    the fast path's behaviour must not depend on whether it was compiled."""
+    module = frameloop if request.param == "compiled" else frameloop.load_pure()
+    # Dispatcher takes run_read from `frameloop.load()`; the pure module's load("auto")
+    # returns the pure module itself.
+    monkeypatch.setattr(dispatch, "frameloop", module)
+    return module
 
 
 @pytest.fixture

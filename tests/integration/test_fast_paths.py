@@ -3,8 +3,9 @@ the slow path it skips.
 
 - A read that finds its connection idle runs in data_received, without the mailbox and
   the drain (Dispatcher.submit); anything it cannot finish goes to the mailbox in order.
-- Before that, Dispatcher.run_read runs what it can of such a read straight from the
-  bytes, and hands the decoder the rest from the first frame it does not handle.
+- Before that, frameloop.run_read runs what it can of such a read straight from the
+  bytes, and hands the decoder the rest from the first frame it does not handle. Every
+  test here runs on both builds of it, interpreted and compiled (conftest.frameloop_impl).
 - A sync route whose chain is only the default layers is called directly, with the
   counting and error recovery done inline (Route.fused).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -32,6 +34,8 @@ from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import make_app
 from tests.proto import testapp_pb2 as pb
+
+pytestmark = pytest.mark.usefixtures("frameloop_impl")
 
 ECHO, FAIL, APP_ERROR, NOTE, BIG, GATE = 10, 1002, 1006, 1007, 1008, 1010
 
@@ -103,7 +107,7 @@ async def test_a_read_after_an_awaited_frame_waits_for_it(start_server: StartSer
 async def test_a_read_of_every_kind_of_frame_is_answered_in_order(
     start_server: StartServer,
 ) -> None:
-    """The byte-level fast path (Dispatcher.run_read) stops at each frame it does not
+    """The byte-level fast path (frameloop.run_read) stops at each frame it does not
     handle and the decoder goes on from there: refused, undecodable, awaited and split
     frames, between plain ones, all answered in order, once each."""
     app = make_app()
@@ -313,3 +317,62 @@ async def test_replies_waiting_for_the_end_of_the_iteration_survive_a_half_close
     await asyncio.sleep(0)  # the end-of-iteration flush finds nothing left to write
     assert len(transport.written) == 1
     server.connections.discard(conn)
+
+
+async def test_a_read_that_switches_message_types_keeps_context_and_counts(
+    start_server: StartServer,
+) -> None:
+    """run_read keeps a route's callables, its calls and the Context's msg_id in locals
+    while the message type stays the same. A read that switches types back and forth
+    must still give each handler its own msg_id, flags 0 and the frame's seq (including
+    header bytes of 0x80 and above, which the compiled loop reads itself), and count
+    every call on the right route."""
+    app = App("switch", public=True)
+    seen: list[tuple[str, int, int, int]] = []
+
+    @app.handler(pb.NoteRequest)
+    def note_handler(ctx, msg):  # type: ignore[no-untyped-def]
+        seen.append(("note", ctx.msg_id, ctx.flags, ctx.seq))
+        return EchoReply(data=msg.text.encode())
+
+    @app.handler(pb.SleepRequest)
+    def sleep_handler(ctx, msg):  # type: ignore[no-untyped-def]
+        seen.append(("sleep", ctx.msg_id, ctx.flags, ctx.seq))
+        return pb.SleepReply(tag=msg.tag)
+
+    server = await start_server(app)
+    sleep_id = 1000
+    assert server.routes[NOTE].fused and server.routes[sleep_id].fused
+    seqs = [0x80000001, 0xFFFFFFFF, 0x7F, 0x80, 0xFF00FF00, 0x00FF00FF]
+    kinds = ["note", "note", "sleep", "note", "sleep", "sleep"]
+    read = b""
+    for seq, kind in zip(seqs, kinds, strict=True):
+        if kind == "note":
+            read += note(seq, f"n{seq}")
+        else:
+            read += encode_frame(
+                sleep_id, 0, seq, pb.SleepRequest(ms=0, tag=seq & 0xFFFF).SerializeToString()
+            )
+    peer = await RawPeer.connect(server.address)
+    peer.send(read)
+    frames = await peer.read_frames(len(seqs))
+    assert [f.seq for f in frames] == seqs
+    assert [f.flags for f in frames] == [Flags.RESPONSE] * len(seqs)
+    assert seen == [
+        (kind, NOTE if kind == "note" else sleep_id, 0, seq)
+        for seq, kind in zip(seqs, kinds, strict=True)
+    ]
+    assert EchoReply.FromString(frames[0].payload).data == f"n{seqs[0]}".encode()
+    assert pb.SleepReply.FromString(frames[5].payload).tag == seqs[5] & 0xFFFF
+    assert server.routes[NOTE].calls == 3
+    assert server.routes[sleep_id].calls == 3
+    assert server.stats.frames_in == len(seqs)
+    await peer.close()
+
+
+async def test_the_server_runs_the_build_under_test(
+    start_server: StartServer, frameloop_impl: ModuleType
+) -> None:
+    server = await start_server()
+    assert server.dispatcher.run_read is frameloop_impl.run_read
+    assert frameloop_impl.COMPILED is (server.dispatcher.build == "compiled")

@@ -41,16 +41,17 @@ async def spawn_serve(
         env=env,
     )
     assert proc.stderr is not None
+    lines: list[bytes] = []
     async with asyncio.timeout(20):
         while True:
             line = await proc.stderr.readline()
             if not line:
                 raise AssertionError(f"server exited with {await proc.wait()} before listening")
+            lines.append(line)
             match = LISTENING.search(line)
             if match:
                 break
     # Keep reading: a server logs a line per connection, and a full pipe would block it.
-    lines: list[bytes] = [line]
     reader = proc.stderr
 
     async def drain() -> None:

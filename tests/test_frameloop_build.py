@@ -1,0 +1,82 @@
+"""The read fast path's two builds (server/frameloop.py): which one runs, and how to tell.
+
+`make test` in CI exports TICKWIRE_EXPECT_COMPILED=1 (.ci/run): there, a C compiler is
+present, so an install that failed to build the extension must fail the suite rather than
+quietly run everything interpreted. Elsewhere the suite accepts either build, and
+conftest.frameloop_impl runs the fast-path tests on every build this checkout has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server import Server, ServerConfig, frameloop
+from tests.conftest import StartServer
+from tests.integration.test_operations import http_get
+from tests.integration.test_serve_process import server_log, spawn_serve
+
+
+def test_the_module_says_truthfully_whether_it_is_compiled() -> None:
+    assert frameloop.COMPILED is not frameloop.__file__.endswith(".py")
+    pure = frameloop.load_pure()
+    assert pure.COMPILED is False and pure.__file__.endswith("frameloop.py")
+    assert frameloop.load("interpreted") is pure
+    assert frameloop.load("auto") is frameloop
+
+
+def test_ci_runs_the_compiled_build() -> None:
+    expected = os.environ.get("TICKWIRE_EXPECT_COMPILED") == "1"
+    assert frameloop.COMPILED or not expected, (
+        "the C extension for server/frameloop.py was not built (setup.py): "
+        "is a C compiler installed?"
+    )
+    if expected:
+        assert Server(config=ServerConfig(port=0)).dispatcher.build == "compiled"
+
+
+def test_config_fast_path_picks_the_build() -> None:
+    auto = Server(config=ServerConfig(port=0)).dispatcher
+    assert auto.run_read is frameloop.run_read
+    assert auto.build == ("compiled" if frameloop.COMPILED else "interpreted")
+    pure = Server(config=ServerConfig(port=0, fast_path="interpreted")).dispatcher
+    assert pure.run_read is frameloop.load_pure().run_read
+    assert pure.build == "interpreted"
+
+
+@pytest.mark.parametrize("fast_path", ["interpreted", "auto"])
+async def test_the_start_log_names_the_build(fast_path: str) -> None:
+    proc, _ = await spawn_serve("--no-chat", "--set", f"fast_path={fast_path}")
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    build = "compiled" if frameloop.COMPILED and fast_path == "auto" else "interpreted"
+    assert f"read fast path: {build}" in await server_log(proc)
+
+
+@pytest.mark.parametrize("fast_path", ["interpreted", "auto"])
+async def test_metrics_name_the_build(start_server: StartServer, fast_path: str) -> None:
+    server = await start_server(metrics=True, metrics_port=0, fast_path=fast_path)
+    assert server.metrics_address is not None
+    status, body = await http_get(server.metrics_address, "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    [sample] = families["tickwire_build_info"].samples
+    build = "compiled" if frameloop.COMPILED and fast_path == "auto" else "interpreted"
+    assert sample.labels == {"fast_path": build} and sample.value == 1
+
+
+def test_a_compiled_build_older_than_its_source_is_not_used(tmp_path: Path) -> None:
+    compiled, source = tmp_path / "frameloop.so", tmp_path / "frameloop.py"
+    compiled.write_bytes(b"")
+    source.write_text("")
+    os.utime(compiled, (1_000_000, 1_000_000))
+    os.utime(source, (2_000_000, 2_000_000))
+    assert frameloop.is_stale(str(compiled), str(source))
+    os.utime(compiled, (3_000_000, 3_000_000))
+    assert not frameloop.is_stale(str(compiled), str(source))
+    assert not frameloop.is_stale(str(tmp_path / "missing.so"), str(source))
