@@ -1,6 +1,6 @@
 """The read fast path's two builds (server/frameloop.py): which one runs, and how to tell.
 
-`make test` in CI exports TICKWIRE_EXPECT_COMPILED=1 (.ci/run): there, a C compiler is
+`make test` in CI exports EXPECT_COMPILED_FAST_PATH=1 (.ci/run): there, a C compiler is
 present, so an install that failed to build the extension must fail the suite rather than
 quietly run everything interpreted. Elsewhere the suite accepts either build, and
 conftest.frameloop_impl runs the fast-path tests on every build this checkout has.
@@ -31,7 +31,7 @@ def test_the_module_says_truthfully_whether_it_is_compiled() -> None:
 
 
 def test_ci_runs_the_compiled_build() -> None:
-    expected = os.environ.get("TICKWIRE_EXPECT_COMPILED") == "1"
+    expected = os.environ.get("EXPECT_COMPILED_FAST_PATH") == "1"
     assert frameloop.COMPILED or not expected, (
         "the C extension for server/frameloop.py was not built (setup.py): "
         "is a C compiler installed?"
