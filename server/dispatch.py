@@ -348,7 +348,11 @@ class Dispatcher:
                 conn.ctx = None
             if type(reply) is route.reply_type and seq:
                 # The common case, inline: the route's usual reply type, id known.
-                body = reply.SerializeToString()
+                try:
+                    body = reply.SerializeToString()
+                except Exception:  # a proto2 reply missing a required field, say
+                    append(self.unencodable(route, seq))
+                    continue
                 size = len(body)
                 if size > max_body:
                     append(self.oversized(route, seq, size))
@@ -423,6 +427,11 @@ class Dispatcher:
         self.stats.count_error(ErrorCode.INTERNAL)
         return error_frame(ErrorCode.INTERNAL, INTERNAL_MESSAGE, route.msg_id, seq)
 
+    def unencodable(self, route: Route, seq: int) -> bytes:
+        """INTERNAL for a reply whose SerializeToString raised; call it from the except
+        block, so the log line carries the encoder's exception."""
+        return self._internal(route, seq, "returned a reply that cannot be encoded", exc_info=True)
+
     def oversized(self, route: Route, seq: int, size: int) -> bytes:
         return self._internal(
             route, seq, "returned a %d-byte reply; max_frame allows %d", size, self.max_body
@@ -450,9 +459,7 @@ class Dispatcher:
         try:
             payload: bytes = reply.SerializeToString()
         except Exception:  # a proto2 message missing required fields, say
-            return self._internal(
-                route, seq, "returned a reply that cannot be encoded", exc_info=True
-            )
+            return self.unencodable(route, seq)
         if len(payload) > self.max_body:
             return self.oversized(route, seq, len(payload))
         return _pack_header(MIN_LENGTH + len(payload), msg_id, flags, seq) + payload

@@ -199,7 +199,11 @@ def run_read(dispatcher: Dispatcher, conn: Connection, data: bytes) -> int:
             # The handler kept it: the next frame gets a Context of its own.
             conn.ctx = ctx = None
         if type(reply) is reply_type and seq:
-            body = reply.SerializeToString()
+            try:
+                body = reply.SerializeToString()
+            except Exception:  # a proto2 reply missing a required field, say
+                out.append(dispatcher.unencodable(route, seq))
+                continue
             body_size = len(body)
             if body_size > max_body:
                 out.append(dispatcher.oversized(route, seq, body_size))

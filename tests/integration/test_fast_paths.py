@@ -33,6 +33,7 @@ from tests.bench.test_dispatch_bench import RecordingTransport
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import make_app
+from tests.proto import legacy_pb2
 from tests.proto import testapp_pb2 as pb
 
 pytestmark = pytest.mark.usefixtures("frameloop_impl")
@@ -376,3 +377,38 @@ async def test_the_server_runs_the_build_under_test(
     server = await start_server()
     assert server.dispatcher.run_read is frameloop_impl.run_read
     assert frameloop_impl.COMPILED is (server.dispatcher.build == "compiled")
+
+
+async def test_a_reply_that_cannot_be_encoded_is_internal_on_every_path(
+    start_server: StartServer,
+) -> None:
+    """A proto2 reply missing a required field makes SerializeToString raise. Once the
+    route has learned its reply type, later replies are framed inline (run_read and
+    run_connection alike): one that cannot be encoded must still be answered INTERNAL,
+    in its place, and the connection must go on, on the fast path and off it."""
+    app = App("legacy", public=True)
+
+    @app.handler(legacy_pb2.LegacyRequest)
+    def answer(ctx, msg):  # type: ignore[no-untyped-def]
+        return legacy_pb2.LegacyReply(code=7) if msg.fill else legacy_pb2.LegacyReply()
+
+    server = await start_server(app)
+    peer = await RawPeer.connect(server.address)
+
+    def legacy(seq: int, fill: bool) -> bytes:
+        payload = legacy_pb2.LegacyRequest(fill=fill).SerializeToString()
+        return encode_frame(1020, 0, seq, payload)
+
+    # The first read teaches the route its reply type; the second runs on run_read; the
+    # third starts with a flagged frame, so the rest of it runs on run_connection.
+    peer.send(legacy(1, True))
+    peer.send(legacy(2, False) + legacy(3, True))
+    frames = await peer.read_frames(3)
+    peer.send(encode_frame(ECHO, 0x10, 4, b"") + legacy(5, False) + legacy(6, True))
+    frames += await peer.read_frames(3)
+    assert [f.seq for f in frames] == [1, 2, 3, 4, 5, 6]
+    codes = [Error.FromString(f.payload).code if f.msg_id == 3 else 0 for f in frames]
+    assert codes == [0, ErrorCode.INTERNAL, 0, ErrorCode.BAD_FLAGS, ErrorCode.INTERNAL, 0]
+    assert legacy_pb2.LegacyReply.FromString(frames[5].payload).code == 7
+    assert server.routes[1020].errors == 2
+    await peer.close()
