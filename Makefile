@@ -26,7 +26,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 # source changes (the server does not use a build older than the source). Without a C
 # compiler setup.py goes on without it, and the source runs interpreted.
 $(VENV)/.frameloop: server/frameloop.py setup.py | $(VENV)/.installed
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -c 'import server.frameloop as f; raise SystemExit(not f.built_fresh())' \
+		|| $(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
 run: $(VENV)/.installed $(VENV)/.frameloop

@@ -244,8 +244,7 @@ def load_pure() -> ModuleType:
     name = __name__ + "_pure"
     module = sys.modules.get(name)
     if module is None:
-        path = os.path.join(os.path.dirname(__file__), "frameloop.py")
-        spec = importlib.util.spec_from_file_location(name, path)
+        spec = importlib.util.spec_from_file_location(name, SOURCE)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -262,19 +261,28 @@ def is_stale(compiled: str, source: str) -> bool:
         return False
 
 
+#: This file's source, beside the compiled module (or this very file, interpreted).
+SOURCE = os.path.join(os.path.dirname(__file__), "frameloop.py")
+
+
+def built_fresh() -> bool:
+    """True when this is the compiled module and it is not older than its source: what
+    `make` asks before it rebuilds (a stale build is never used, see load)."""
+    return COMPILED and not is_stale(__file__, SOURCE)
+
+
 def load(build: str = "auto") -> ModuleType:
     """The fast path for config `fast_path`: "auto" is the compiled module where it was
     built (else this source), "interpreted" is always this source. A compiled module
     older than its source is not used (`make` rebuilds it)."""
     if build == "interpreted":
         return load_pure()
-    source = os.path.join(os.path.dirname(__file__), "frameloop.py")
-    if COMPILED and is_stale(__file__, source):
+    if COMPILED and not built_fresh():
         logging.getLogger("tickwire.frameloop").warning(
             "the compiled fast path %s is older than %s, so it is not used; "
-            "`make` (or `python setup.py build_ext --inplace`) rebuilds it",
+            "`make run` or `make test` rebuilds it",
             __file__,
-            source,
+            SOURCE,
         )
         return load_pure()
     return sys.modules[__name__]
