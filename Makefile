@@ -28,6 +28,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 $(VENV)/.frameloop: server/frameloop.py setup.py | $(VENV)/.installed
 	$(BIN)/python -c 'import server.frameloop as f; raise SystemExit(not f.built_fresh())' \
 		|| $(BIN)/python -m pip install -q --no-deps -e .
+	@$(BIN)/python -c 'import server.frameloop as f; print("read fast path:", \
+		"compiled" if f.built_fresh() else "interpreted (it could not be compiled: no C compiler?)")'
 	touch $@
 
 run: $(VENV)/.installed $(VENV)/.frameloop
