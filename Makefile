@@ -23,11 +23,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 # The C build of the read fast path (server/frameloop.py, Cython), redone whenever its
-# source changes (the server does not use a build older than the source). Without a C
+# source or setup.py changes (the server does not use a build older than either; the
+# generated C goes too, since Cython does not notice a changed directive). Without a C
 # compiler setup.py goes on without it, and the source runs interpreted.
 $(VENV)/.frameloop: server/frameloop.py setup.py | $(VENV)/.installed
 	$(BIN)/python -c 'import server.frameloop as f; raise SystemExit(not f.built_fresh())' \
-		|| $(BIN)/python -m pip install -q --no-deps -e .
+		|| (rm -f server/frameloop.c && $(BIN)/python -m pip install -q --no-deps -e .)
 	@$(BIN)/python -c 'import server.frameloop as f; print("read fast path:", \
 		"compiled" if f.built_fresh() else "interpreted (it could not be compiled: no C compiler?)")'
 	touch $@

@@ -33,6 +33,7 @@ Rules (see server/dispatch.py for the pool it is part of):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -252,23 +253,38 @@ def load_pure() -> ModuleType:
     return module
 
 
-def is_stale(compiled: str, source: str) -> bool:
-    """True when the compiled module is older than the source it was built from: Python
-    would import it ahead of the edited source, and run code that is no longer there."""
+def is_stale(compiled: str, *inputs: str) -> bool:
+    """True when the compiled module is older than one of the files it was built from:
+    Python would import it ahead of the edited source, and run code that is no longer
+    there (or that was built with other settings). A missing file counts as not newer."""
     try:
-        return os.path.getmtime(compiled) < os.path.getmtime(source)
+        built = os.path.getmtime(compiled)
     except OSError:
         return False
+    for path in inputs:
+        with contextlib.suppress(OSError):
+            if os.path.getmtime(path) > built:
+                return True
+    return False
 
 
 #: This file's source, beside the compiled module (or this very file, interpreted).
 SOURCE = os.path.join(os.path.dirname(__file__), "frameloop.py")
+#: setup.py of the checkout this package sits in; absent from an installed package.
+SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 
 
 def built_fresh() -> bool:
-    """True when this is the compiled module and it is not older than its source: what
-    `make` asks before it rebuilds (a stale build is never used, see load)."""
-    return COMPILED and not is_stale(__file__, SOURCE)
+    """True when this is the compiled module and, in a source checkout (an editable
+    install, where sources get edited), it is not older than frameloop.py or setup.py:
+    what `make` asks before it rebuilds (a stale build is never used, see load).
+
+    File times are compared only in a checkout. An installed package's .so and .py come
+    from one wheel, and pip does not keep the wheel's file times: it unpacks the .so
+    first, so it would always look a moment older than its source."""
+    if not COMPILED:
+        return False
+    return not (os.path.exists(SETUP) and is_stale(__file__, SOURCE, SETUP))
 
 
 def load(build: str = "auto") -> ModuleType:
@@ -279,10 +295,11 @@ def load(build: str = "auto") -> ModuleType:
         return load_pure()
     if COMPILED and not built_fresh():
         logging.getLogger("tickwire.frameloop").warning(
-            "the compiled fast path %s is older than %s, so it is not used; "
+            "the compiled fast path %s is older than %s or %s, so it is not used; "
             "`make run` or `make test` rebuilds it",
             __file__,
             SOURCE,
+            SETUP,
         )
         return load_pure()
     return sys.modules[__name__]

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,13 +73,46 @@ async def test_metrics_name_the_build(start_server: StartServer, fast_path: str)
     assert sample.labels == {"fast_path": build} and sample.value == 1
 
 
-def test_a_compiled_build_older_than_its_source_is_not_used(tmp_path: Path) -> None:
-    compiled, source = tmp_path / "frameloop.so", tmp_path / "frameloop.py"
-    compiled.write_bytes(b"")
-    source.write_text("")
-    os.utime(compiled, (1_000_000, 1_000_000))
-    os.utime(source, (2_000_000, 2_000_000))
-    assert frameloop.is_stale(str(compiled), str(source))
-    os.utime(compiled, (3_000_000, 3_000_000))
-    assert not frameloop.is_stale(str(compiled), str(source))
+def test_a_compiled_build_older_than_its_inputs_is_stale(tmp_path: Path) -> None:
+    compiled, source, setup = tmp_path / "x.so", tmp_path / "x.py", tmp_path / "setup.py"
+    for path in (compiled, source, setup):
+        path.write_bytes(b"")
+        os.utime(path, (2_000_000, 2_000_000))
+    assert not frameloop.is_stale(str(compiled), str(source), str(setup))
+    os.utime(source, (3_000_000, 3_000_000))  # the source was edited
+    assert frameloop.is_stale(str(compiled), str(source), str(setup))
+    os.utime(compiled, (4_000_000, 4_000_000))  # and rebuilt
+    assert not frameloop.is_stale(str(compiled), str(source), str(setup))
+    os.utime(setup, (5_000_000, 5_000_000))  # the build settings changed
+    assert frameloop.is_stale(str(compiled), str(source), str(setup))
+    assert not frameloop.is_stale(str(compiled), str(tmp_path / "gone.py"))
     assert not frameloop.is_stale(str(tmp_path / "missing.so"), str(source))
+
+
+def test_an_installed_wheel_runs_its_compiled_build(tmp_path: Path) -> None:
+    """pip unpacks a wheel's files in archive order with fresh file times, so the .so
+    lands a moment before the .py. Outside a checkout times are not compared: the
+    compiled build from a wheel must be the one that runs."""
+    if not frameloop.COMPILED:
+        # Nothing compiled to install: the wheel holds the source alone, which runs.
+        return
+    package = tmp_path / "site" / "server"
+    package.mkdir(parents=True)
+    shutil.copy(frameloop.__file__, package / os.path.basename(frameloop.__file__))
+    (package / "frameloop.py").write_text(Path(frameloop.SOURCE).read_text())
+    os.utime(package / os.path.basename(frameloop.__file__), (1_000_000, 1_000_000))
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import server.frameloop as f;"
+        "print(f.__file__.endswith('.py'), f.built_fresh(), f.load().__name__)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "site")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert out.stdout.split() == ["False", "True", "server.frameloop"], out.stderr
