@@ -33,10 +33,14 @@ $(VENV)/.frameloop: server/frameloop.py setup.py | $(VENV)/.installed
 		"compiled" if f.built_fresh() else "interpreted (it could not be compiled: no C compiler?)")'
 	touch $@
 
-run: $(VENV)/.installed $(VENV)/.frameloop
+# The fast path is checked after the install, never beside it: under `make -j` two
+# `pip install -e` would otherwise run into one venv at once.
+run: $(VENV)/.installed
+	@$(MAKE) --no-print-directory $(VENV)/.frameloop
 	$(BIN)/tickwire serve --host $(HOST) --port $(PORT) --set users_file=$(USERS)
 
-test: $(VENV)/.installed-dev $(VENV)/.frameloop
+test: $(VENV)/.installed-dev
+	@$(MAKE) --no-print-directory $(VENV)/.frameloop
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
