@@ -46,7 +46,7 @@ from protocol.frame import HEADER, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
 from protocol.proto.system_pb2 import Error
 from server import frameloop
 from server.app import Context, Route
-from server.middleware import INTERNAL_MESSAGE, handler_failed
+from server.middleware import INTERNAL_MESSAGE, SYNC_FAILURES, handler_failed
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -337,12 +337,12 @@ class Dispatcher:
                 route.calls += 1
                 try:
                     reply = route.handler(ctx, msg)
-                except Exception as exc:
+                except SYNC_FAILURES as exc:
                     reply = handler_failed(route, exc)
             else:
                 try:
                     reply = route.call(ctx, msg)
-                except Exception as exc:  # a layer outside ErrorRecovery raised; keep the server
+                except SYNC_FAILURES as exc:  # a layer outside ErrorRecovery raised; go on
                     reply = self._layer_failed(route, ctx, exc)
             if refcount(ctx) > unkept:
                 conn.ctx = None
@@ -391,7 +391,7 @@ class Dispatcher:
         return work
 
     @staticmethod
-    def _layer_failed(route: Route, ctx: Context, exc: Exception) -> Error:
+    def _layer_failed(route: Route, ctx: Context, exc: BaseException) -> Error:
         log.error("the chain of %s raised", route.name, exc_info=exc)
         route.errors += 1
         return Error(code=ErrorCode.INTERNAL, message=INTERNAL_MESSAGE, request_msg_id=ctx.msg_id)

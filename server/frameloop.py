@@ -47,7 +47,7 @@ from google.protobuf.message import DecodeError
 
 from protocol.frame import HEADER, HEADER_SIZE, MIN_LENGTH
 from server.app import Context
-from server.middleware import handler_failed
+from server.middleware import SYNC_FAILURES, handler_failed
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -194,7 +194,7 @@ def run_read(dispatcher: Dispatcher, conn: Connection, data: bytes) -> int:
         calls += 1
         try:
             reply = handler(ctx, msg)
-        except Exception as exc:
+        except SYNC_FAILURES as exc:
             reply = handler_failed(route, exc)
         if getrefcount(ctx) > unkept:
             # The handler kept it: the next frame gets a Context of its own.

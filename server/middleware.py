@@ -81,7 +81,15 @@ def error_reply(code: int, message: str, request_msg_id: int) -> Error:
     return Error(code=code, message=message, request_msg_id=request_msg_id)
 
 
-def handler_failed(route: Route, exc: Exception) -> Error:
+#: What a sync handler's failure is caught as: any Exception, and CancelledError, a
+#: BaseException that sync code can only raise by mistake (nothing can cancel code that
+#: does not await; a future's result() raises it, say). Let through, it would escape the
+#: dispatcher's loops. Async handlers catch Exception only: there, CancelledError is a
+#: real cancellation (a stop) and must go on up.
+SYNC_FAILURES = (Exception, asyncio.CancelledError)
+
+
+def handler_failed(route: Route, exc: BaseException) -> Error:
     """`ErrorRecovery`'s answer to a handler that raised; also the fused path's
     (`Route.fused`), so the two cannot drift apart. A HandlerError keeps its code and
     message; anything else is logged with its traceback and answered INTERNAL."""
@@ -112,7 +120,7 @@ class ErrorRecovery:
         def recover(ctx: Context, msg: Any) -> Message | None:
             try:
                 return scall(ctx, msg)
-            except Exception as exc:
+            except SYNC_FAILURES as exc:
                 return handler_failed(route, exc)
 
         return recover

@@ -412,3 +412,38 @@ async def test_a_reply_that_cannot_be_encoded_is_internal_on_every_path(
     assert legacy_pb2.LegacyReply.FromString(frames[5].payload).code == 7
     assert server.routes[1020].errors == 2
     await peer.close()
+
+
+@pytest.mark.parametrize("layer", [None, Wrapping()], ids=["fused", "composed"])
+async def test_a_sync_handler_raising_cancelled_error_is_internal(
+    start_server: StartServer, layer: Wrapping | None
+) -> None:
+    """CancelledError is a BaseException, so `except Exception` let it through: out of
+    data_received (the connection was closed) or out of run_connection (its frames
+    stayed counted in pending, so a drain at stop waited for them in vain). Sync code
+    cannot be cancelled by anyone, so from a sync handler it is the handler's failure:
+    INTERNAL, in its place, and the connection goes on."""
+    app = App("cancels", public=True)
+    if layer is not None:
+        app.add_middleware(layer)
+
+    @app.handler(pb.NoteRequest)
+    def cancelled(ctx, msg):  # type: ignore[no-untyped-def]
+        if msg.text == "cancel":
+            raise asyncio.CancelledError()
+        return EchoReply(data=msg.text.encode())
+
+    server = await start_server(app)
+    peer = await RawPeer.connect(server.address)
+    # Fast path (an idle read), then the general path (behind a flagged frame).
+    peer.send(note(1, "ok") + note(2, "cancel") + note(3, "ok"))
+    frames = await peer.read_frames(3)
+    peer.send(encode_frame(ECHO, 0x10, 4, b"") + note(5, "cancel") + note(6, "after"))
+    frames += await peer.read_frames(3)
+    assert [f.seq for f in frames] == [1, 2, 3, 4, 5, 6]
+    codes = [Error.FromString(f.payload).code if f.msg_id == 3 else 0 for f in frames]
+    assert codes == [0, ErrorCode.INTERNAL, 0, ErrorCode.BAD_FLAGS, ErrorCode.INTERNAL, 0]
+    assert EchoReply.FromString(frames[5].payload).data == b"after"
+    assert server.dispatcher.pending == 0 and server.dispatcher.in_flight == 0
+    assert server.routes[NOTE].errors == 2
+    await peer.close()
