@@ -10,6 +10,12 @@ Keys, all under ``tw:`` on the server's store (apps' ``ctx.cache`` lives under `
   ever stored: a copy of the store does not let anyone resume a session.
 - ``tw:user:<uid>``     set of the user's session ids (stale ones pruned when read).
 
+Consecutive writes that need no answer in between (a login's token, session and user
+index; a resume's; a refresh's; a logout's deletes) go as one store batch: on Redis one
+MULTI/EXEC round trip instead of one per write. A batch runs every write even when one
+fails (see Store.batch), so each failure path below cleans up as it did after a single
+failed write.
+
 Local state is the small part: the live sessions of this node by id and by user, so that
 `ctx.session` costs an attribute read and a kick finds the connection without a lookup.
 A per-user lock orders logins, resumes and logouts of one user on this node; across nodes
@@ -345,11 +351,14 @@ class SessionManager:
             # Reachable before the first await: a push made while the record is written
             # waits in the (held) session's buffer rather than in the offline inbox.
             self._attach(session, conn)
-            store = self.store
+            sid = session.session_id
             try:
-                await store.set(_token_key(hashed), session.session_id.encode(), ttl=self.token_ttl)
-                await store.hset(
-                    _session_key(session.session_id),
+                # One round trip on Redis. Token first, as before: nothing reads the
+                # session record without having come through the token.
+                batch = self.store.batch()
+                batch.set(_token_key(hashed), sid.encode(), ttl=self.token_ttl)
+                batch.hset(
+                    _session_key(sid),
                     {
                         "user": user_id.encode(),
                         "device": device.encode(),
@@ -360,9 +369,10 @@ class SessionManager:
                         **self._where(conn),
                     },
                 )
-                await store.expire(_session_key(session.session_id), self._connected_ttl)
-                await store.sadd(_user_key(user_id), session.session_id.encode())
-                await store.expire(_user_key(user_id), self._connected_ttl)
+                batch.expire(_session_key(sid), self._connected_ttl)
+                batch.sadd(_user_key(user_id), sid.encode())
+                batch.expire(_user_key(user_id), self._connected_ttl)
+                await batch.run()
             except BaseException:
                 # A store error or the handler's deadline: no half-written session may
                 # stay behind (a phantom "connected" one would lock `reject` users out).
@@ -434,9 +444,11 @@ class SessionManager:
             # Reachable before the first await (see login).
             self._attach(session, conn)
             try:
-                await store.hset(_session_key(session_id), self._where(conn))
-                await store.expire(_session_key(session_id), self._connected_ttl)
-                await store.expire(_user_key(user_id), self._connected_ttl)
+                batch = store.batch()
+                batch.hset(_session_key(session_id), self._where(conn))
+                batch.expire(_session_key(session_id), self._connected_ttl)
+                batch.expire(_user_key(user_id), self._connected_ttl)
+                await batch.run()
             except BaseException:
                 self._detach(session, EndReason.CLOSED)  # back to waiting for a Resume
                 raise
@@ -500,16 +512,24 @@ class SessionManager:
             token = secrets.token_urlsafe(32)
             hashed = token_hash(token)
             old = session.token_hash
-            await store.set(_token_key(hashed), session.session_id.encode(), ttl=self.token_ttl)
-            session.token_hash = hashed
-            session.expires_at_ms = _now_ms() + int(self.token_ttl * 1000)
-            await store.hset(
+            expires_at_ms = _now_ms() + int(self.token_ttl * 1000)
+            # One round trip on Redis, in the old order: the new token exists before the
+            # record names it, and the old one goes last.
+            batch = store.batch()
+            batch.set(_token_key(hashed), session.session_id.encode(), ttl=self.token_ttl)
+            batch.hset(
                 _session_key(session.session_id),
-                {"token": hashed.encode(), "expires": str(session.expires_at_ms).encode()},
+                {"token": hashed.encode(), "expires": str(expires_at_ms).encode()},
             )
-            await store.expire(_session_key(session.session_id), self._connected_ttl)
-            await store.expire(_user_key(session.user_id), self._connected_ttl)
-            await store.delete(_token_key(old))
+            batch.expire(_session_key(session.session_id), self._connected_ttl)
+            batch.expire(_user_key(session.user_id), self._connected_ttl)
+            batch.delete(_token_key(old))
+            await batch.run()
+            # Only once it is written: a batch that failed to reach the store (the usual
+            # StoreUnavailable: nothing ran) leaves the session on the token the client
+            # still holds.
+            session.token_hash = hashed
+            session.expires_at_ms = expires_at_ms
             return token
 
         result: str = await self._locked(session.user_id, work)
@@ -534,8 +554,10 @@ class SessionManager:
         keys = [_session_key(sid)]
         if hashed:
             keys.append(_token_key(hashed))
-        await store.delete(*keys)
-        await store.srem(_user_key(user_id), sid.encode())
+        batch = store.batch()
+        batch.delete(*keys)
+        batch.srem(_user_key(user_id), sid.encode())
+        await batch.run()
 
     async def _end(self, sid: str, reason: EndReason) -> None:
         """End a session wherever it is: its keys go, and on this node its connection is
@@ -652,7 +674,8 @@ class SessionManager:
         # Only if it is still ours: a Resume elsewhere may already have moved it.
         if await store.hget(key, "token") != session.token_hash.encode():
             return
-        await store.hset(
+        batch = store.batch()
+        batch.hset(
             key,
             {
                 "conn": b"",
@@ -660,7 +683,8 @@ class SessionManager:
                 "pseq": str(session.pushes.last_seq).encode(),
             },
         )
-        await store.expire(key, self.session_ttl)
+        batch.expire(key, self.session_ttl)
+        await batch.run()
 
     async def save_pushes(self, sessions: list[Session]) -> None:
         """Write each session's unacknowledged pushes into its record (at a stop), so a

@@ -19,6 +19,10 @@ Conventions, the same on every backend:
 - an operation on a key of the wrong kind raises :class:`StoreTypeError`; a backend that
   cannot be reached raises :class:`StoreUnavailable`; nothing else escapes but
   :class:`StoreError` (and ``TypeError``/``ValueError`` for wrong arguments).
+
+Writes that need no answer in between can go together in a :class:`Batch`
+(``store.batch()``): on Redis one round trip instead of one per write, which is most of
+what a login costs there.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from __future__ import annotations
 import builtins
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+
+from server.store.errors import StoreError, StoreUnavailable
 
 #: How many keys :meth:`Store.scan_prefix` returns at most unless told otherwise: admin
 #: lookups must not be able to pull a whole production keyspace into one list.
@@ -59,6 +66,209 @@ def check_value(value: object, what: str = "value") -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def check_fields(mapping: dict[str, bytes]) -> dict[str, bytes]:
+    """A hash's fields as they will be stored: str names, bytes values (see check_value)."""
+    fields: dict[str, bytes] = {}
+    for field, value in mapping.items():
+        if not isinstance(field, str):
+            raise TypeError(f"hash field names must be str, not {type(field).__name__}")
+        fields[field] = check_value(value)
+    return fields
+
+
+#: What each queued operation of a :class:`Batch` returns, as its single call would.
+BatchResult = bool | int
+
+
+class Batch(ABC):
+    """Writes queued to run together: ``batch = store.batch()``, queue with ``set``,
+    ``hset``, ``expire``, ``sadd``, ``srem`` and ``delete``, then
+    ``results = await batch.run()``.
+
+    Why: on Redis every call is a network round trip plus redis-py's work, so a login's
+    five writes cost five of them; a batch is one (a MULTI/EXEC transaction). Only
+    writes whose answer nothing needs in between belong in one.
+
+    The contract, the same on every backend:
+
+    - each queue method checks its arguments at once, with the single call's checks
+      (TypeError/ValueError), so a bad argument is raised where it was written and
+      nothing of the batch has run;
+    - ``run()`` executes the operations in the order queued and returns their results
+      in a list, each what the single call returns (``set``: True; ``expire``: whether
+      the key existed; the others: a count);
+    - **a failing operation does not stop the others** (it is what Redis does inside
+      MULTI/EXEC): every operation runs, and ``run()`` then raises the error of the
+      first one that failed (StoreTypeError for a key of the wrong kind). Nothing is
+      undone; the caller cleans up as after a failed single call;
+    - StoreUnavailable: the backend could not be reached. On Redis the transaction
+      then ran in full or not at all (usually not at all), as a single command either
+      ran or did not;
+    - a batch runs once; queueing into or running a batch that ran is a RuntimeError.
+
+    Only idempotent writes can be queued (no ``incr``, no ``set(nx=True)``, no
+    compare-and-set): running the same batch twice leaves what running it once
+    leaves. That is what makes the Redis backend's one retry after a lost connection
+    safe for a batch too (see server/store/redis.py).
+
+    Atomicity is not part of the contract: Redis runs the transaction with nothing in
+    between, and the memory store never suspends in the middle, but the default
+    implementation over another store runs one call after another.
+    """
+
+    __slots__ = ("_ran",)
+
+    def __init__(self) -> None:
+        self._ran = False
+
+    def _open(self) -> None:
+        if self._ran:
+            raise RuntimeError("this batch has run already; start another with store.batch()")
+
+    def set(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        """Queue :meth:`Store.set` (without `nx`: a conditional write is not idempotent)."""
+        self._open()
+        self._set(key, check_value(value), None if ttl is None else check_ttl(ttl))
+
+    def hset(self, key: str, mapping: dict[str, bytes]) -> None:
+        """Queue :meth:`Store.hset`."""
+        self._open()
+        self._hset(key, check_fields(mapping))
+
+    def expire(self, key: str, ttl: float | None) -> None:
+        """Queue :meth:`Store.expire`."""
+        self._open()
+        self._expire(key, None if ttl is None else check_ttl(ttl))
+
+    def sadd(self, key: str, *members: bytes) -> None:
+        """Queue :meth:`Store.sadd`."""
+        self._open()
+        self._sadd(key, [check_value(m, "member") for m in members])
+
+    def srem(self, key: str, *members: bytes) -> None:
+        """Queue :meth:`Store.srem`."""
+        self._open()
+        self._srem(key, [check_value(m, "member") for m in members])
+
+    def delete(self, *keys: str) -> None:
+        """Queue :meth:`Store.delete`."""
+        self._open()
+        self._delete(list(keys))
+
+    async def run(self) -> list[BatchResult]:
+        """Execute the queued operations, in order; their results, or the first error
+        (after every operation ran, see the class docstring)."""
+        self._open()
+        self._ran = True
+        return await self._run()
+
+    # What a backend implements; the arguments arrive checked (bytes, a valid TTL).
+
+    @abstractmethod
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None: ...
+
+    @abstractmethod
+    def _hset(self, key: str, fields: dict[str, bytes]) -> None: ...
+
+    @abstractmethod
+    def _expire(self, key: str, ttl: float | None) -> None: ...
+
+    @abstractmethod
+    def _sadd(self, key: str, members: list[bytes]) -> None: ...
+
+    @abstractmethod
+    def _srem(self, key: str, members: list[bytes]) -> None: ...
+
+    @abstractmethod
+    def _delete(self, keys: list[str]) -> None: ...
+
+    @abstractmethod
+    async def _run(self) -> list[BatchResult]: ...
+
+
+class SequentialBatch(Batch):
+    """The default batch: the store's own methods, one after another. Right for any
+    store; a backend overrides :meth:`Store.batch` to save round trips (Redis) or the
+    coroutine per operation (memory)."""
+
+    __slots__ = ("_calls", "_store")
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self._store = store
+        self._calls: list[Callable[[], Awaitable[BatchResult]]] = []
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._calls.append(lambda: self._store.set(key, value, ttl=ttl))
+
+    def _hset(self, key: str, fields: dict[str, bytes]) -> None:
+        self._calls.append(lambda: self._store.hset(key, fields))
+
+    def _expire(self, key: str, ttl: float | None) -> None:
+        self._calls.append(lambda: self._store.expire(key, ttl))
+
+    def _sadd(self, key: str, members: list[bytes]) -> None:
+        self._calls.append(lambda: self._store.sadd(key, *members))
+
+    def _srem(self, key: str, members: list[bytes]) -> None:
+        self._calls.append(lambda: self._store.srem(key, *members))
+
+    def _delete(self, keys: list[str]) -> None:
+        self._calls.append(lambda: self._store.delete(*keys))
+
+    async def _run(self) -> list[BatchResult]:
+        results: list[BatchResult] = []
+        failed: StoreError | None = None
+        for call in self._calls:
+            try:
+                results.append(await call())
+            except StoreUnavailable:
+                # Every later call would fail the same way; Redis' transaction, too,
+                # is then all or nothing.
+                raise
+            except StoreError as exc:
+                # Go on, as Redis does inside MULTI/EXEC; the first error is raised last.
+                if failed is None:
+                    failed = exc
+        if failed is not None:
+            raise failed
+        return results
+
+
+class NamespacedBatch(Batch):
+    """A namespaced view's batch: the prefix goes before every key, and the operations
+    go into the underlying store's batch, so it is still one round trip on Redis."""
+
+    __slots__ = ("_inner", "_prefix")
+
+    def __init__(self, inner: Batch, prefix: str) -> None:
+        super().__init__()
+        self._inner = inner
+        self._prefix = prefix
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._inner.set(self._prefix + key, value, ttl=ttl)
+
+    def _hset(self, key: str, fields: dict[str, bytes]) -> None:
+        self._inner.hset(self._prefix + key, fields)
+
+    def _expire(self, key: str, ttl: float | None) -> None:
+        self._inner.expire(self._prefix + key, ttl)
+
+    def _sadd(self, key: str, members: list[bytes]) -> None:
+        self._inner.sadd(self._prefix + key, *members)
+
+    def _srem(self, key: str, members: list[bytes]) -> None:
+        self._inner.srem(self._prefix + key, *members)
+
+    def _delete(self, keys: list[str]) -> None:
+        p = self._prefix
+        self._inner.delete(*[p + k for k in keys])
+
+    async def _run(self) -> list[BatchResult]:
+        return await self._inner.run()
 
 
 class Store(ABC):
@@ -175,6 +385,13 @@ class Store(ABC):
         """Release the backend (connections, background tasks; the memory backend writes
         its final snapshot). The store must not be used afterwards."""
 
+    def batch(self) -> Batch:
+        """A new :class:`Batch` of writes on this store, run with ``await batch.run()``.
+
+        The default runs the store's own methods one after another; a backend where a
+        call is a round trip (Redis) sends the whole batch at once."""
+        return SequentialBatch(self)
+
     def namespaced(self, prefix: str) -> Store:
         """A view of this store that puts `prefix` before every key it is given and takes
         it off every key it returns, so each app's ``ctx.cache`` cannot see or clobber
@@ -202,7 +419,8 @@ class NamespacedStore(Store):
     """A prefixing view over another store (see :meth:`Store.namespaced`).
 
     It adds one string concatenation per key and nothing else: atomicity (CAS, NX) and
-    errors are the underlying store's, because every call maps onto exactly one call.
+    errors are the underlying store's, because every call maps onto exactly one call
+    (and a batch onto one batch of the store).
     """
 
     def __init__(self, base: Store, prefix: str) -> None:
@@ -219,6 +437,9 @@ class NamespacedStore(Store):
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("a namespace prefix must be a non-empty str")
         return NamespacedStore(self.base, self.prefix + prefix)
+
+    def batch(self) -> Batch:
+        return NamespacedBatch(self.base.batch(), self.prefix)
 
     async def get(self, key: str) -> bytes | None:
         return await self.base.get(self.prefix + key)

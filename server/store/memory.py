@@ -37,13 +37,21 @@ import struct
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
 import msgspec
 
-from server.store.base import DEFAULT_SCAN_LIMIT, Store, check_ttl, check_value
+from server.store.base import (
+    DEFAULT_SCAN_LIMIT,
+    Batch,
+    BatchResult,
+    Store,
+    check_fields,
+    check_ttl,
+    check_value,
+)
 from server.store.errors import StoreError, StoreTypeError
 
 log = logging.getLogger("tickwire.store")
@@ -143,6 +151,52 @@ def _write_atomic(path: Path, blob: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class MemoryBatch(Batch):
+    """The memory store's batch: the store's own write code, called directly with the
+    arguments checked once, at queue time. A batch through the async methods cost
+    twice the five single calls it replaces (a coroutine, a closure and a second check
+    per operation), and a login here is short enough for that to show. No call
+    suspends, so the batch is also atomic on the event loop."""
+
+    __slots__ = ("_calls", "_store")
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__()
+        self._store = store
+        self._calls: list[tuple[Callable[..., BatchResult], tuple[object, ...]]] = []
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._calls.append((self._store._set, (key, value, ttl)))
+
+    def _hset(self, key: str, fields: dict[str, bytes]) -> None:
+        self._calls.append((self._store._hset, (key, fields)))
+
+    def _expire(self, key: str, ttl: float | None) -> None:
+        self._calls.append((self._store._expire, (key, ttl)))
+
+    def _sadd(self, key: str, members: list[bytes]) -> None:
+        self._calls.append((self._store._sadd, (key, members)))
+
+    def _srem(self, key: str, members: list[bytes]) -> None:
+        self._calls.append((self._store._srem, (key, members)))
+
+    def _delete(self, keys: list[str]) -> None:
+        self._calls.append((self._store._delete, (keys,)))
+
+    async def _run(self) -> list[BatchResult]:
+        results: list[BatchResult] = []
+        failed: StoreError | None = None
+        for call, args in self._calls:
+            try:
+                results.append(call(*args))
+            except StoreError as exc:  # the rule of every batch: the others still run
+                if failed is None:
+                    failed = exc
+        if failed is not None:
+            raise failed
+        return results
 
 
 class MemoryStore(Store):
@@ -327,6 +381,10 @@ class MemoryStore(Store):
 
     # -- strings ---------------------------------------------------------------------
 
+    def batch(self) -> Batch:
+        """The writes run directly, without a coroutine each (see MemoryBatch)."""
+        return MemoryBatch(self)
+
     async def get(self, key: str) -> bytes | None:
         value = self._live(key)
         if value is None:
@@ -343,6 +401,10 @@ class MemoryStore(Store):
             ttl = check_ttl(ttl)
         if nx and self._live(key) is not None:
             return False
+        self._write(key, value, ttl)
+        return True
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> bool:
         self._write(key, value, ttl)
         return True
 
@@ -396,6 +458,9 @@ class MemoryStore(Store):
     # -- any key ---------------------------------------------------------------------
 
     async def delete(self, *keys: str) -> int:
+        return self._delete(keys)
+
+    def _delete(self, keys: Sequence[str]) -> int:
         removed = 0
         now = self._clock()
         for key in keys:
@@ -414,8 +479,9 @@ class MemoryStore(Store):
         return self._live(key) is not None
 
     async def expire(self, key: str, ttl: float | None) -> bool:
-        if ttl is not None:
-            ttl = check_ttl(ttl)
+        return self._expire(key, None if ttl is None else check_ttl(ttl))
+
+    def _expire(self, key: str, ttl: float | None) -> bool:
         if self._live(key) is None:
             return False
         if ttl is None:
@@ -451,13 +517,11 @@ class MemoryStore(Store):
     # -- hashes ----------------------------------------------------------------------
 
     async def hset(self, key: str, mapping: dict[str, bytes]) -> int:
-        if not mapping:
+        return self._hset(key, check_fields(mapping))
+
+    def _hset(self, key: str, fields: dict[str, bytes]) -> int:
+        if not fields:
             return 0
-        fields: dict[str, bytes] = {}
-        for field, value in mapping.items():
-            if not isinstance(field, str):
-                raise TypeError(f"hash field names must be str, not {type(field).__name__}")
-            fields[field] = check_value(value)
         current = self._live(key)
         if current is None:
             self._put(key, fields)
@@ -508,9 +572,12 @@ class MemoryStore(Store):
     # -- sets ------------------------------------------------------------------------
 
     async def sadd(self, key: str, *members: bytes) -> int:
+        return self._sadd(key, [check_value(m, "member") for m in members])
+
+    def _sadd(self, key: str, members: list[bytes]) -> int:
         if not members:
             return 0
-        new_members = {check_value(m, "member") for m in members}
+        new_members = set(members)
         current = self._live(key)
         if current is None:
             self._put(key, new_members)
@@ -524,9 +591,11 @@ class MemoryStore(Store):
         return len(current) - before
 
     async def srem(self, key: str, *members: bytes) -> int:
-        if not members:
+        return self._srem(key, [check_value(m, "member") for m in members])
+
+    def _srem(self, key: str, gone: list[bytes]) -> int:
+        if not gone:
             return 0
-        gone = [check_value(m, "member") for m in members]
         current = self._live(key)
         if current is None:
             return 0

@@ -19,6 +19,13 @@ Choices that are not redis-py's defaults, and why:
 - **compare_and_set is a Lua script**, so the read and the write happen inside Redis
   with nothing in between; it is sent by SHA (EVALSHA) and, when Redis does not know
   the script (after a restart or SCRIPT FLUSH), once in full (EVAL), which also caches it.
+- **A batch is one MULTI/EXEC transaction** (:class:`RedisBatch`), read with
+  ``raise_on_error=False`` so that every reply is translated as its single command's
+  would be. It is retried like a single command (once, after a connection error, never
+  after a timeout), and that is safe because Redis runs a transaction only once it has
+  its EXEC, in full, and a batch holds only idempotent writes: a replay after a lost
+  reply writes again what was written (the counts it returns may then be lower, as for
+  a retried single SADD).
 - **Every redis-py exception is translated** into StoreUnavailable, StoreTypeError or
   StoreError, so callers never import redis.
 """
@@ -30,6 +37,7 @@ import hashlib
 import math
 import os
 import re
+from collections.abc import Callable
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
@@ -40,7 +48,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.store.base import DEFAULT_SCAN_LIMIT, Store, check_ttl, check_value
+from server.store.base import (
+    DEFAULT_SCAN_LIMIT,
+    Batch,
+    BatchResult,
+    Store,
+    check_ttl,
+    check_value,
+)
 from server.store.errors import StoreError, StoreTypeError, StoreUnavailable
 
 DEFAULT_URL: Final = "redis://127.0.0.1:6379/0"
@@ -113,6 +128,125 @@ def _to_str(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _own_words(exc: ResponseError) -> str:
+    """Redis' message for a refused transaction, without what redis-py wraps it in: the
+    command and its arguments, which may be session data or a token's hash."""
+    text = str(exc)
+    match = re.search(r"of pipeline caused error: \((['\"])(.*)\1,\)$", text, re.S)
+    return match.group(2) if match else text.split(" of pipeline caused error: ")[-1]
+
+
+def _first_int(replies: list[Any]) -> BatchResult:
+    return int(replies[0])
+
+
+def _first_bool(replies: list[Any]) -> BatchResult:
+    return bool(replies[0])
+
+
+def _second_bool(replies: list[Any]) -> BatchResult:
+    return bool(replies[1])
+
+
+def _zero(replies: list[Any]) -> BatchResult:
+    return 0
+
+
+class RedisBatch(Batch):
+    """A batch sent as one MULTI/EXEC transaction: one round trip whatever its length.
+
+    Each operation queues the commands its single call sends (with the same TTL-to-ms
+    rounding), and records how many replies are its own and how to turn them into its
+    result, so that results and errors come out as the single calls' would.
+    """
+
+    __slots__ = ("_ops", "_pipe", "_store")
+
+    def __init__(self, store: RedisStore) -> None:
+        super().__init__()
+        self._store = store
+        # No connection is taken before execute(), so an abandoned batch holds nothing.
+        self._pipe = store._redis.pipeline(transaction=True)
+        #: Per operation: its name and key (for error messages), how many replies are
+        #: its own, and the function that makes its result of them.
+        self._ops: list[tuple[str, str | None, int, Callable[[list[Any]], BatchResult]]] = []
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._pipe.set(key, value, px=None if ttl is None else _ms(ttl))
+        self._ops.append(("set", key, 1, _first_bool))
+
+    def _hset(self, key: str, fields: dict[str, bytes]) -> None:
+        if not fields:  # as the single call: nothing sent, nothing checked
+            self._ops.append(("hset", key, 0, _zero))
+            return
+        mapping: dict[Any, bytes] = dict(fields)  # redis-py's Mapping key type is a wide union
+        self._pipe.hset(key, mapping=mapping)
+        self._ops.append(("hset", key, 1, _first_int))
+
+    def _expire(self, key: str, ttl: float | None) -> None:
+        if ttl is not None:
+            self._pipe.pexpire(key, _ms(ttl))
+            self._ops.append(("expire", key, 1, _first_bool))
+            return
+        # As RedisStore.expire: PERSIST cannot tell "no key" from "no expiry"; EXISTS can.
+        self._pipe.persist(key)
+        self._pipe.exists(key)
+        self._ops.append(("expire", key, 2, _second_bool))
+
+    def _sadd(self, key: str, members: list[bytes]) -> None:
+        if not members:
+            self._ops.append(("sadd", key, 0, _zero))
+            return
+        self._pipe.sadd(key, *members)
+        self._ops.append(("sadd", key, 1, _first_int))
+
+    def _srem(self, key: str, members: list[bytes]) -> None:
+        if not members:
+            self._ops.append(("srem", key, 0, _zero))
+            return
+        self._pipe.srem(key, *members)
+        self._ops.append(("srem", key, 1, _first_int))
+
+    def _delete(self, keys: list[str]) -> None:
+        if not keys:
+            self._ops.append(("delete", None, 0, _zero))
+            return
+        self._pipe.delete(*keys)
+        self._ops.append(("delete", keys[0] if len(keys) == 1 else None, 1, _first_int))
+
+    async def _run(self) -> list[BatchResult]:
+        ops = self._ops
+        if not any(n for _, _, n, _ in ops):
+            return [convert([]) for _, _, _, convert in ops]  # nothing to send
+        try:
+            # raise_on_error=False: a command's error comes back in its place, and is
+            # translated below as its single call's would be, naming its key. An error
+            # for the whole transaction (EXECABORT: out of memory, say) is raised here,
+            # and then nothing ran.
+            replies = await self._pipe.execute(raise_on_error=False)
+        except ResponseError as exc:
+            raise StoreError(
+                f"redis at {self._store.address}: a batch was refused whole, none of it "
+                f"ran: {_own_words(exc)}"
+            ) from exc
+        except _FAILURES as exc:
+            self._store._fail(exc, "MULTI")
+        results: list[BatchResult] = []
+        failed: tuple[BaseException, str, str | None] | None = None
+        at = 0
+        for op, key, n, convert in ops:
+            own = replies[at : at + n]
+            at += n
+            error = next((r for r in own if isinstance(r, BaseException)), None)
+            if error is None:
+                results.append(convert(own))
+            elif failed is None:
+                failed = (error, op, key)
+        if failed is not None:
+            self._store._fail(*failed)
+        return results
 
 
 class RedisStore(Store):
@@ -221,6 +355,10 @@ class RedisStore(Store):
             if "overflow" in text:
                 raise StoreError(f"{where}: the result would overflow 64 bits") from exc
         raise StoreError(f"redis at {self.address}: {where} failed: {text}") from exc
+
+    def batch(self) -> Batch:
+        """One MULTI/EXEC transaction: the whole batch in one round trip."""
+        return RedisBatch(self)
 
     async def ping(self) -> None:
         """Round-trip to Redis; StoreUnavailable when it does not answer."""
