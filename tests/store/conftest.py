@@ -4,11 +4,13 @@ session's own redis-server, see tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from server.store import MemoryStore, RedisStore, Store
+from tests.conftest import need_redis_binary
+from tests.store.redisproc import RedisProcess, start_redis
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -20,6 +22,14 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         opened = await RedisStore.connect(request.getfixturevalue("redis_url"))
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A redis-server of this test alone, for tests that kill or reconfigure it."""
+    server = start_redis(need_redis_binary())
+    yield server
+    server.stop()
 
 
 async def eventually(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis
@@ -14,8 +14,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from server.store import RedisStore, StoreError, StoreUnavailable, open_store
 from server.store.redis import CAS_SHA
-from tests.conftest import need_redis_binary
-from tests.store.redisproc import RedisProcess, start_redis
+from tests.store.redisproc import RedisProcess
 
 
 def _unused_port() -> int:
@@ -139,14 +138,6 @@ async def test_ttl_is_rounded_up_to_whole_milliseconds(redis_url: str) -> None:
         assert left is not None and 0.9 < left <= 1.001
     finally:
         await store.close()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A redis-server of this test alone, since the test kills it."""
-    server = start_redis(need_redis_binary())
-    yield server
-    server.stop()
 
 
 async def test_losing_redis_is_store_unavailable(own_redis: RedisProcess) -> None:

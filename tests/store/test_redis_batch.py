@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import pytest
 
 from server.store import RedisStore, StoreError, StoreTypeError, StoreUnavailable
-from tests.conftest import need_redis_binary
-from tests.store.redisproc import RedisProcess, start_redis
+from tests.store.redisproc import RedisProcess
 
 
 def _calls(server: RedisProcess, command: str) -> int:
@@ -102,14 +101,6 @@ async def test_wrong_kind_errors_name_their_key(redis_url: str) -> None:
         assert await store.smembers("ok") == {b"m"}
     finally:
         await store.close()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A redis-server of this test alone, since the test kills it."""
-    server = start_redis(need_redis_binary())
-    yield server
-    server.stop()
 
 
 async def test_losing_redis_fails_a_batch_with_store_unavailable(own_redis: RedisProcess) -> None:
