@@ -7,10 +7,14 @@ import asyncio
 import sys
 from pathlib import Path
 
-from client_sdk import AsyncClient
+import pytest
+
+from client_sdk import AsyncClient, HandlerTimeout
 from server import App, Context, Server, ServerConfig
+from tests.conftest import StartServer
 from tests.integration.testapp import app_registry
 from tests.proto import testapp_pb2 as pb
+from tests.store.redisproc import RedisProcess
 
 
 def counter_app(name: str) -> App:
@@ -102,3 +106,33 @@ async def test_unreachable_redis_fails_the_start_with_the_address() -> None:
     assert proc.returncode == 2
     text = err.decode()
     assert "127.0.0.1:1" in text and "unreachable" in text and "Traceback" not in text
+
+
+async def test_handler_timeout_cuts_a_handler_waiting_on_redis(
+    start_server: StartServer, redis_server: RedisProcess, redis_url: str
+) -> None:
+    """handler_timeout cancels an async handler that is still waiting on Redis: the client
+    gets TIMEOUT at the deadline, not the handler's reply once Redis answers. CLIENT PAUSE
+    makes Redis hold every command for a while, standing in for a slow one."""
+    app = App("slow-redis", public=True)
+
+    @app.handler(pb.SleepRequest)
+    async def wait_on_redis(ctx: Context, msg: pb.SleepRequest) -> pb.SleepReply:
+        await ctx.cache.get("anything")
+        return pb.SleepReply(tag=msg.tag)
+
+    server = await start_server(app, store="redis", redis_url=redis_url, handler_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    async with await AsyncClient.connect(*server.address, app_registry()) as client:
+        await client.request(pb.SleepRequest(tag=1))  # the pool's connection is open
+        with redis_server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+        paused_at = loop.time()
+        started = loop.time()
+        with pytest.raises(HandlerTimeout):
+            await client.request(pb.SleepRequest(tag=2), timeout=5)
+        assert loop.time() - started < 0.8
+        # Redis is itself again once the pause ends; the next request is answered.
+        await asyncio.sleep(max(0.0, paused_at + 1.05 - loop.time()))
+        reply = await client.request(pb.SleepRequest(tag=3), timeout=5)
+        assert isinstance(reply, pb.SleepReply) and reply.tag == 3
