@@ -36,11 +36,11 @@ $(VENV)/.frameloop: server/frameloop.py setup.py | $(VENV)/.installed
 # The fast path is checked after the install, never beside it: under `make -j` two
 # `pip install -e` would otherwise run into one venv at once.
 run: $(VENV)/.installed
-	@$(MAKE) --no-print-directory $(VENV)/.frameloop
+	@$(MAKE) -s --no-print-directory $(VENV)/.frameloop
 	$(BIN)/tickwire serve --host $(HOST) --port $(PORT) --set users_file=$(USERS)
 
 test: $(VENV)/.installed-dev
-	@$(MAKE) --no-print-directory $(VENV)/.frameloop
+	@$(MAKE) -s --no-print-directory $(VENV)/.frameloop
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
