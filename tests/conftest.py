@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from client_sdk import AsyncClient
 from server import App, Server, ServerConfig, dispatch, frameloop
 from server.auth import Authenticator
 from tests.store.redisproc import RedisProcess, redis_binary, start_redis
@@ -60,6 +61,16 @@ async def start_server() -> AsyncIterator[StartServer]:
     yield start
     for server in servers:
         await server.stop(timeout=1.0)
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[AsyncClient]]:
+    """Clients a test opens (it appends them), closed after it. Test modules that need
+    another shape of it (a connect function) define their own `clients`."""
+    opened: list[AsyncClient] = []
+    yield opened
+    for client in opened:
+        await client.close()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -42,14 +41,6 @@ def push_app() -> App:
 
 async def start(start_server: StartServer, **config: Any) -> Server:
     return await start_server(push_app(), authenticator=MemoryUsers(USERS), **config)
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[AsyncClient]]:
-    opened: list[AsyncClient] = []
-    yield opened
-    for client in opened:
-        await client.close()
 
 
 async def connect(server: Server, opened: list[AsyncClient], **options: Any) -> AsyncClient:

@@ -17,15 +17,12 @@ from tests.proto import testapp_pb2 as pb
 from tests.test_client_push import (
     FAST,
     USERS,
-    clients,
     collect,
     connect,
     push_app,
     start,
     tags,
 )
-
-__all__ = ["clients"]  # the fixture, imported for use here
 
 
 class SlowUsers(MemoryUsers):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -68,15 +67,6 @@ async def whoami(client: AsyncClient, timeout: float = 10.0) -> str:
 
 async def start(start_server: StartServer, **config: object) -> Server:
     return await start_server(private_app(), authenticator=MemoryUsers(USERS), **config)
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[AsyncClient]]:
-    """Clients the test opens, closed after it."""
-    opened: list[AsyncClient] = []
-    yield opened
-    for client in opened:
-        await client.close()
 
 
 async def connect(
