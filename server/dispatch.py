@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tickwire.dispatch")
 
 _pack_header = HEADER.pack
-_unpack_header = HEADER.unpack_from
 _RESPONSE = int(Flags.RESPONSE)
 _ERROR = int(Flags.ERROR)
 _ERROR_ID = 3

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import cython
 from google.protobuf.message import DecodeError
 
-from protocol.frame import HEADER, HEADER_SIZE, MIN_LENGTH
+from protocol.frame import HEADER, HEADER_SIZE, MIN_LENGTH, Flags
 from server.app import Context
 from server.middleware import SYNC_FAILURES, handler_failed
 
@@ -67,7 +67,7 @@ _unpack_header = HEADER.unpack_from
 _HEADER_SIZE = cython.declare(cython.Py_ssize_t, HEADER_SIZE)
 _MIN_LENGTH = cython.declare(cython.Py_ssize_t, MIN_LENGTH)
 _FLUSH_BYTES = cython.declare(cython.Py_ssize_t, FLUSH_BYTES)
-_RESPONSE = cython.declare(cython.int, 0x01)
+_RESPONSE = cython.declare(cython.int, Flags.RESPONSE)
 
 
 class _Holder:
