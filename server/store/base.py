@@ -30,10 +30,7 @@ from __future__ import annotations
 import builtins
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
 from types import TracebackType
-
-from server.store.errors import StoreError, StoreUnavailable
 
 #: How many keys :meth:`Store.scan_prefix` returns at most unless told otherwise: admin
 #: lookups must not be able to pull a whole production keyspace into one list.
@@ -114,8 +111,8 @@ class Batch(ABC):
     safe for a batch too (see server/store/redis.py).
 
     Atomicity is not part of the contract: Redis runs the transaction with nothing in
-    between, and the memory store never suspends in the middle, but the default
-    implementation over another store runs one call after another.
+    between, and the memory store never suspends in the middle, but another backend
+    need not do either.
     """
 
     __slots__ = ("_ran",)
@@ -186,55 +183,6 @@ class Batch(ABC):
 
     @abstractmethod
     async def _run(self) -> list[BatchResult]: ...
-
-
-class SequentialBatch(Batch):
-    """The default batch: the store's own methods, one after another. Right for any
-    store; a backend overrides :meth:`Store.batch` to save round trips (Redis) or the
-    coroutine per operation (memory)."""
-
-    __slots__ = ("_calls", "_store")
-
-    def __init__(self, store: Store) -> None:
-        super().__init__()
-        self._store = store
-        self._calls: list[Callable[[], Awaitable[BatchResult]]] = []
-
-    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
-        self._calls.append(lambda: self._store.set(key, value, ttl=ttl))
-
-    def _hset(self, key: str, fields: dict[str, bytes]) -> None:
-        self._calls.append(lambda: self._store.hset(key, fields))
-
-    def _expire(self, key: str, ttl: float | None) -> None:
-        self._calls.append(lambda: self._store.expire(key, ttl))
-
-    def _sadd(self, key: str, members: list[bytes]) -> None:
-        self._calls.append(lambda: self._store.sadd(key, *members))
-
-    def _srem(self, key: str, members: list[bytes]) -> None:
-        self._calls.append(lambda: self._store.srem(key, *members))
-
-    def _delete(self, keys: list[str]) -> None:
-        self._calls.append(lambda: self._store.delete(*keys))
-
-    async def _run(self) -> list[BatchResult]:
-        results: list[BatchResult] = []
-        failed: StoreError | None = None
-        for call in self._calls:
-            try:
-                results.append(await call())
-            except StoreUnavailable:
-                # Every later call would fail the same way; Redis' transaction, too,
-                # is then all or nothing.
-                raise
-            except StoreError as exc:
-                # Go on, as Redis does inside MULTI/EXEC; the first error is raised last.
-                if failed is None:
-                    failed = exc
-        if failed is not None:
-            raise failed
-        return results
 
 
 class NamespacedBatch(Batch):
@@ -385,12 +333,11 @@ class Store(ABC):
         """Release the backend (connections, background tasks; the memory backend writes
         its final snapshot). The store must not be used afterwards."""
 
+    @abstractmethod
     def batch(self) -> Batch:
-        """A new :class:`Batch` of writes on this store, run with ``await batch.run()``.
-
-        The default runs the store's own methods one after another; a backend where a
-        call is a round trip (Redis) sends the whole batch at once."""
-        return SequentialBatch(self)
+        """A new :class:`Batch` of writes on this store, run with ``await batch.run()``:
+        Redis sends the whole batch as one transaction, the memory store runs its write
+        code directly."""
 
     def namespaced(self, prefix: str) -> Store:
         """A view of this store that puts `prefix` before every key it is given and takes
