@@ -37,7 +37,7 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
@@ -177,13 +177,18 @@ class RedisBatch(Batch):
         self._pipe.set(key, value, px=None if ttl is None else _ms(ttl))
         self._ops.append(("set", key, 1, _first_bool))
 
-    def _hset(self, key: str, fields: dict[str, bytes]) -> None:
-        if not fields:  # as the single call: nothing sent, nothing checked
-            self._ops.append(("hset", key, 0, _zero))
+    def _counted(self, op: str, key: str | None, items: Sized, send: Callable[[], object]) -> None:
+        """Queue a command that answers a count. As its single call: with nothing to act
+        on (no fields, members or keys) nothing is sent, nothing checked, and it is 0."""
+        if not items:
+            self._ops.append((op, key, 0, _zero))
             return
+        send()
+        self._ops.append((op, key, 1, _first_int))
+
+    def _hset(self, key: str, fields: dict[str, bytes]) -> None:
         mapping: dict[Any, bytes] = dict(fields)  # redis-py's Mapping key type is a wide union
-        self._pipe.hset(key, mapping=mapping)
-        self._ops.append(("hset", key, 1, _first_int))
+        self._counted("hset", key, fields, lambda: self._pipe.hset(key, mapping=mapping))
 
     def _expire(self, key: str, ttl: float | None) -> None:
         if ttl is not None:
@@ -196,25 +201,14 @@ class RedisBatch(Batch):
         self._ops.append(("expire", key, 2, _second_bool))
 
     def _sadd(self, key: str, members: list[bytes]) -> None:
-        if not members:
-            self._ops.append(("sadd", key, 0, _zero))
-            return
-        self._pipe.sadd(key, *members)
-        self._ops.append(("sadd", key, 1, _first_int))
+        self._counted("sadd", key, members, lambda: self._pipe.sadd(key, *members))
 
     def _srem(self, key: str, members: list[bytes]) -> None:
-        if not members:
-            self._ops.append(("srem", key, 0, _zero))
-            return
-        self._pipe.srem(key, *members)
-        self._ops.append(("srem", key, 1, _first_int))
+        self._counted("srem", key, members, lambda: self._pipe.srem(key, *members))
 
     def _delete(self, keys: list[str]) -> None:
-        if not keys:
-            self._ops.append(("delete", None, 0, _zero))
-            return
-        self._pipe.delete(*keys)
-        self._ops.append(("delete", keys[0] if len(keys) == 1 else None, 1, _first_int))
+        named = keys[0] if len(keys) == 1 else None
+        self._counted("delete", named, keys, lambda: self._pipe.delete(*keys))
 
     async def _run(self) -> list[BatchResult]:
         ops = self._ops
