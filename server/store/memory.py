@@ -401,8 +401,7 @@ class MemoryStore(Store):
             ttl = check_ttl(ttl)
         if nx and self._live(key) is not None:
             return False
-        self._write(key, value, ttl)
-        return True
+        return self._set(key, value, ttl)
 
     def _set(self, key: str, value: bytes, ttl: float | None) -> bool:
         self._write(key, value, ttl)
