@@ -56,26 +56,27 @@ from protocol.proto.system_pb2 import (
     Welcome,
 )
 from protocol.registry import MessageRegistry, system_registry
+from protocol.system import (
+    DESCRIBE_ID,
+    GOAWAY_ID,
+    HELLO_ID,
+    LOGIN_ID,
+    LOGIN_REPLY_ID,
+    LOGOUT_ID,
+    LOGOUT_REPLY_ID,
+    PING_ID,
+    PROTOCOL_VERSION,
+    PUSH_ACK_ID,
+    REFRESH_ID,
+    RESUME_ID,
+    RESUME_REPLY_ID,
+)
 
 log = logging.getLogger("tickwire.client")
 M = TypeVar("M", bound=Message)
 _RESPONSE = int(Flags.RESPONSE)
 _ERROR = int(Flags.ERROR)
 _PUSH = int(Flags.PUSH)
-_GOAWAY_ID = 30
-_HELLO_ID = 4
-PROTOCOL_VERSION = 1
-_PING_ID = 1
-_DESCRIBE_ID = 20
-_ERROR_ID = 3
-_LOGIN_ID = 6
-_LOGIN_REPLY_ID = 7
-_REFRESH_ID = 8
-_LOGOUT_ID = 9
-_LOGOUT_REPLY_ID = 12
-_RESUME_ID = 13
-_RESUME_REPLY_ID = 14
-_PUSH_ACK_ID = 15
 #: Default PushAck batching: one acknowledgement at most this long after the first push
 #: it covers, or as soon as this many pushes wait for one (whichever comes first).
 ACK_DELAY = 0.05
@@ -484,7 +485,7 @@ class AsyncClient:
         """Round-trip time in seconds."""
         start = time.perf_counter_ns()
         ping = Ping(client_time_ns=time.time_ns()).SerializeToString()
-        await self.roundtrip(_PING_ID, ping, timeout=timeout)
+        await self.roundtrip(PING_ID, ping, timeout=timeout)
         return (time.perf_counter_ns() - start) / 1e9
 
     async def hello(self, client_name: str = "", *, timeout: float | None = 10.0) -> Welcome:
@@ -492,7 +493,7 @@ class AsyncClient:
         bigger than the server's max_frame fails here, before it is sent, instead of
         costing the connection (FRAME_TOO_LARGE closes it)."""
         hello = Hello(protocol_version=PROTOCOL_VERSION, client_name=client_name)
-        frame = await self.roundtrip(_HELLO_ID, hello.SerializeToString(), timeout=timeout)
+        frame = await self.roundtrip(HELLO_ID, hello.SerializeToString(), timeout=timeout)
         self.welcome = Welcome.FromString(frame.payload)
         self._max_request = self.welcome.max_frame
         return self.welcome
@@ -503,7 +504,7 @@ class AsyncClient:
         """The server's schema as a registry of dynamic classes; `adopt` makes it this
         client's registry, so messages the client has no code for can be sent by name."""
         # By its fixed ID (PROTOCOL.md), so it works whatever this client's registry holds.
-        frame = await self.roundtrip(_DESCRIBE_ID, b"", timeout=timeout)
+        frame = await self.roundtrip(DESCRIBE_ID, b"", timeout=timeout)
         registry = MessageRegistry.from_describe(DescribeReply.FromString(frame.payload))
         if adopt:
             self.registry = registry
@@ -539,10 +540,10 @@ class AsyncClient:
 
         try:
             reply = await self._system_call(
-                _LOGIN_ID,
+                LOGIN_ID,
                 request,
                 LoginReply,
-                _LOGIN_REPLY_ID,
+                LOGIN_REPLY_ID,
                 timeout=timeout,
                 on_reply=new_session,
             )
@@ -559,7 +560,7 @@ class AsyncClient:
     async def refresh_token(self, *, timeout: float | None = 10.0) -> LoginReply:
         """A new token for the session (the old one is refused from now on)."""
         reply = await self._system_call(
-            _REFRESH_ID, None, LoginReply, _LOGIN_REPLY_ID, timeout=timeout
+            REFRESH_ID, None, LoginReply, LOGIN_REPLY_ID, timeout=timeout
         )
         self._set_session(Session.of(reply))
         return reply
@@ -570,7 +571,7 @@ class AsyncClient:
         self._detach_acks()
         try:
             return await self._system_call(
-                _LOGOUT_ID, None, LogoutReply, _LOGOUT_REPLY_ID, timeout=timeout
+                LOGOUT_ID, None, LogoutReply, LOGOUT_REPLY_ID, timeout=timeout
             )
         finally:
             self._credentials = None
@@ -599,7 +600,7 @@ class AsyncClient:
         def resumed(frame: Frame) -> None:
             # Pushes the server replays come right behind the reply: count from what we
             # asked for, unless this is the session we were counting already.
-            if frame.flags & _ERROR or frame.msg_id != _RESUME_REPLY_ID:
+            if frame.flags & _ERROR or frame.msg_id != RESUME_REPLY_ID:
                 return
             try:
                 reply = ResumeReply.FromString(frame.payload)
@@ -620,10 +621,10 @@ class AsyncClient:
 
         try:
             reply = await self._system_call(
-                _RESUME_ID,
+                RESUME_ID,
                 request,
                 ResumeReply,
-                _RESUME_REPLY_ID,
+                RESUME_REPLY_ID,
                 timeout=timeout,
                 on_reply=resumed,
             )
@@ -726,7 +727,7 @@ class AsyncClient:
             return
         self._acked_seq = seq
         self.acks_sent += 1
-        self._send(encode_frame(_PUSH_ACK_ID, 0, 0, PushAck(seq=seq).SerializeToString()))
+        self._send(encode_frame(PUSH_ACK_ID, 0, 0, PushAck(seq=seq).SerializeToString()))
 
     async def _system_call(
         self,
@@ -972,7 +973,7 @@ class AsyncClient:
             self._transport.abort()
 
     def _on_push(self, frame: Frame) -> None:
-        if frame.msg_id == _GOAWAY_ID:
+        if frame.msg_id == GOAWAY_ID:
             try:
                 self.goaway = GoAway.FromString(frame.payload)
             except DecodeError:

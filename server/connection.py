@@ -15,9 +15,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from protocol.errors import ErrorCode, RemoteProtocolError
-from protocol.frame import HEADER, MIN_LENGTH, Flags, Frame, FrameDecoder
-from protocol.proto.system_pb2 import GoAway
-from server.dispatch import error_frame
+from protocol.frame import Frame, FrameDecoder
+from protocol.system import error_frame, goaway_frame
 
 if TYPE_CHECKING:
     from server.app import Context
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     from server.sessions import Session
 
 log = logging.getLogger("tickwire.connection")
-
-_GOAWAY_ID = 30
 
 
 class CloseReason(StrEnum):
@@ -46,14 +43,6 @@ class CloseReason(StrEnum):
     @classmethod
     def for_code(cls, code: int) -> CloseReason:
         return cls(ErrorCode(code).name.lower())
-
-
-def goaway_frame(reason: int, message: str, reconnect_after_ms: int = 0) -> bytes:
-    """GoAway goes as a PUSH with seq 0: it takes no place in the push sequence."""
-    payload = GoAway(
-        reason=reason, message=message, reconnect_after_ms=reconnect_after_ms
-    ).SerializeToString()
-    return HEADER.pack(MIN_LENGTH + len(payload), _GOAWAY_ID, Flags.PUSH, 0) + payload
 
 
 class Connection(asyncio.Protocol):

@@ -44,6 +44,7 @@ from google.protobuf.message import DecodeError, Message
 from protocol.errors import ErrorCode
 from protocol.frame import HEADER, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
 from protocol.proto.system_pb2 import Error
+from protocol.system import ERROR_ID, error_frame
 from server import frameloop
 from server.app import Context, Route
 from server.middleware import INTERNAL_MESSAGE, SYNC_FAILURES, handler_failed
@@ -57,7 +58,6 @@ log = logging.getLogger("tickwire.dispatch")
 _pack_header = HEADER.pack
 _RESPONSE = int(Flags.RESPONSE)
 _ERROR = int(Flags.ERROR)
-_ERROR_ID = 3
 #: Flags a client may not send: reserved bits; RESPONSE, ERROR and PUSH, which only the
 #: server sends; and COMPRESSED, valid only once a handshake agreed on it (none offers it yet).
 _REQUEST_BAD_FLAGS = RESERVED_FLAGS | int(
@@ -90,13 +90,6 @@ def _calibrate_unkept() -> int:
 #: The refcount of a reused Context nobody kept; anything above means a handler kept it.
 _UNKEPT = _calibrate_unkept()
 FLUSH_BYTES = frameloop.FLUSH_BYTES
-
-
-def error_frame(code: int, message: str, request_msg_id: int, seq: int) -> bytes:
-    """An Error frame: ERROR|RESPONSE answering `seq`, or ERROR alone when seq is 0."""
-    payload = Error(code=code, message=message, request_msg_id=request_msg_id).SerializeToString()
-    flags = _ERROR | _RESPONSE if seq else _ERROR
-    return _pack_header(MIN_LENGTH + len(payload), _ERROR_ID, flags, seq) + payload
 
 
 class Dispatcher:
@@ -445,7 +438,7 @@ class Dispatcher:
         if msg_id is None:
             name = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", cls.__qualname__)
             return self._internal(route, seq, "returned %s, not a registered message", name)
-        if msg_id == _ERROR_ID:
+        if msg_id == ERROR_ID:
             self.stats.count_error(reply.code)
             flags = _ERROR | _RESPONSE if seq else _ERROR
         elif not seq:

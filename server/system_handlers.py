@@ -30,6 +30,7 @@ from protocol.proto.system_pb2 import (
     ResumeRequest,
     Welcome,
 )
+from protocol.system import PROTOCOL_VERSION
 from server.app import App, Context
 from server.errors import HandlerError
 from server.sessions import Session
@@ -37,8 +38,6 @@ from server.store import StoreError
 
 log = logging.getLogger("tickwire.sessions")
 
-#: The wire protocol version of PROTOCOL.md this server speaks.
-PROTOCOL_VERSION = 1
 SERVER_NAME = "tickwire"
 
 

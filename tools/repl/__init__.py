@@ -13,8 +13,6 @@ Everything public is re-exported here: `from tools.repl import X` is the interfa
 
 from tools.repl.completion import Candidate, candidates, make_completer
 from tools.repl.events import (
-    ERROR_ID,
-    GOAWAY_ID,
     client_error,
     closed_event,
     code_label,
@@ -61,12 +59,10 @@ from tools.repl.session import Session
 __all__ = [
     "ALIASES",
     "COMMANDS",
-    "ERROR_ID",
     "EXIT_CONNECTION",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
-    "GOAWAY_ID",
     "HELP_TEXT",
     "SESSION_MESSAGES",
     "Candidate",

@@ -18,16 +18,13 @@ from protocol.errors import ErrorCode, RemoteProtocolError, code_name
 from protocol.frame import RESERVED_FLAGS, Flags, Frame
 from protocol.proto.system_pb2 import Error
 from protocol.registry import MessageRegistry
+from protocol.system import ERROR_ID
 from tools.repl.parsing import descriptor_of, resolve_name
 
 if TYPE_CHECKING:
     from client_sdk.client import Session as ClientSession
     from client_sdk.errors import ConnectionClosed, ServerError
 
-#: The system messages events single out: an Error's code goes to the top level, and a
-#: GoAway push is shown whatever `watch` says.
-ERROR_ID = 3
-GOAWAY_ID = 30
 
 _FLAG_BITS = (Flags.RESPONSE, Flags.ERROR, Flags.PUSH, Flags.COMPRESSED)
 

@@ -21,8 +21,8 @@ from client_sdk.errors import ClientError, ConnectionClosed, ServerError
 from protocol.errors import ProtocolError, RegistryError
 from protocol.frame import Flags, Frame, FrameDecoder
 from protocol.registry import MessageRegistry
+from protocol.system import GOAWAY_ID
 from tools.repl.events import (
-    GOAWAY_ID,
     client_error,
     closed_event,
     fields_event,
