@@ -65,6 +65,22 @@ def test_bad_environment_values_name_the_variable(env: dict[str, str], expected:
         assert part in str(exc_info.value)
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TICKWIRE_CLOSE_GRACE": "inf"},
+        {"TICKWIRE_IDLE_TIMEOUT": "1e308"},
+        {"TICKWIRE_SWEEP_INTERVAL": "inf"},
+        {"TICKWIRE_DRAIN_TIMEOUT": "inf"},
+    ],
+)
+def test_infinite_durations_are_refused(env: dict[str, str]) -> None:
+    """Durations have a finite upper bound: an infinite one would end the sweep task at
+    its first tick."""
+    with pytest.raises(ConfigError, match="<="):
+        load_config(env=env)
+
+
 def test_environment_strings_are_typed() -> None:
     config = load_config(
         env={

@@ -114,3 +114,17 @@ async def test_undecodable_error_or_goaway_closes_with_a_reason(
     writer.write(encode_frame(msg_id, flags, 0, b"\xff\xff\xff"))
     closed = await asyncio.wait_for(client.wait_closed(), 5)
     assert "undecodable" in str(closed)
+
+
+async def test_the_pushes_of_a_closed_client_end_at_once(
+    scripted_peer: tuple[tuple[str, int], asyncio.Queue[Peer]],
+) -> None:
+    address, accepted = scripted_peer
+    client = await AsyncClient.connect(*address)
+    await accepted.get()
+    await client.close()
+
+    async def drain() -> list[Push]:
+        return [p async for p in client.pushes()]
+
+    assert await asyncio.wait_for(drain(), 5) == []  # ends, not waiting for pushes forever

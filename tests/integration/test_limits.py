@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from client_sdk import AsyncClient, ConnectionClosed
 from protocol.errors import ErrorCode
 from protocol.frame import Flags, encode_frame
@@ -118,3 +120,23 @@ async def test_stop_sends_goaway_after_in_flight_replies(start_server: StartServ
     closed = await asyncio.wait_for(client.wait_closed(), 5)
     assert client.goaway is not None and client.goaway.reason == ErrorCode.SERVER_SHUTDOWN
     assert closed.code == ErrorCode.SERVER_SHUTDOWN
+
+
+async def test_a_request_waiting_for_write_room_keeps_its_timeout() -> None:
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def never_reads(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+
+    listener = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    client = await AsyncClient.connect(*listener.sockets[0].getsockname()[:2])
+    await accepted.get()
+    await client.send_raw(b"\x00" * (64 << 20))  # fills every buffer: writing pauses
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await client.request(EchoRequest(data=b"x"), timeout=0.5)
+    assert loop.time() - started < 3
+    client._transport.abort()  # type: ignore[union-attr]
+    listener.close()

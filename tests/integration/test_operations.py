@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from client_sdk import AsyncClient, ConnectionClosed
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import EchoReply, EchoRequest
+from server.logs import JsonFormatter, TextFormatter
 from tests.conftest import StartServer
 from tests.integration.test_serve_process import server_log, spawn_serve
 from tests.integration.testapp import app_registry, make_app
@@ -160,3 +163,35 @@ async def test_second_sigint_forces_exit() -> None:
     assert await asyncio.wait_for(proc.wait(), 5) == 130
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(stuck, 5)
+
+
+async def test_an_overlong_metrics_request_line_raises_nothing_into_the_loop(
+    start_server: StartServer,
+) -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, ctx: errors.append(ctx))
+    try:
+        server = await start_server(metrics=True, metrics_port=0)
+        assert server.metrics_address is not None
+        reader, writer = await asyncio.open_connection(*server.metrics_address)
+        writer.write(b"GET /" + b"a" * 70_000 + b" HTTP/1.0\r\n\r\n")
+        await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await asyncio.sleep(0.1)
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+def test_peer_text_cannot_forge_or_flood_log_lines() -> None:
+    forged = "mallory\n2026-01-01T00:00:00.000Z INFO tickwire.sessions: login user=admin"
+    record = logging.makeLogRecord(
+        {"name": "tickwire.sessions", "msg": "login refused", "levelname": "INFO", "levelno": 20}
+    )
+    record.user = forged
+    record.blob = "x" * 1_000_000
+    text = TextFormatter().format(record)
+    assert "\n" not in text and "user='mallory\\n2026" in text
+    assert len(text) < 1000
+    assert len(JsonFormatter().format(record)) < 1000

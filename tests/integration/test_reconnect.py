@@ -12,6 +12,7 @@ from client_sdk import AsyncClient, ConnectionClosed
 from client_sdk.client import Reconnect
 from protocol.proto.system_pb2 import EchoReply, EchoRequest
 from server import Server, ServerConfig
+from tests.conftest import wait_for
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
 
@@ -93,3 +94,28 @@ async def test_without_a_policy_a_drop_closes_the_client() -> None:
     await server.stop(timeout=1)
     closed = await asyncio.wait_for(client.wait_closed(), 5)
     assert closed.code is not None and client.closed and client.reconnects == 0
+
+
+async def test_reconnects_again_if_the_link_drops_during_the_reconnect_callback() -> None:
+    server = await serve_on(0)
+    client = await AsyncClient.connect(*server.address, reconnect=Reconnect(initial=0.02))
+    calls: list[int] = []
+
+    async def flaky(c: AsyncClient) -> None:
+        calls.append(c.reconnects)
+        if len(calls) == 1:  # the new connection dies while the callback runs
+            for conn in list(server.connections):
+                conn.transport.abort()
+            await asyncio.sleep(0.1)
+
+    client.on_reconnect(flaky)
+    try:
+        for conn in list(server.connections):
+            conn.transport.abort()
+        # Once the client knows it is down, a request waits through both reconnects.
+        await wait_for(lambda: client._down is not None)
+        assert (await client.call(EchoRequest(data=b"ok"), EchoReply, timeout=5)).data == b"ok"
+        assert client.reconnects == 2 and calls == [1, 2]
+    finally:
+        await client.close()
+        await server.stop(timeout=1)

@@ -6,12 +6,15 @@ import asyncio
 import signal
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from client_sdk import AsyncClient
+from protocol.proto.system_pb2 import EchoReply, EchoRequest
+from tests.conftest import StartServer
 from tests.integration.test_serve_process import server_log, spawn_serve
-from tests.integration.testapp import app_registry
+from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
 
 HANDLERS = """
@@ -74,3 +77,20 @@ async def test_edited_handler_is_swapped_in_on_the_same_connection(
     assert "reloaded handlers" in log
     assert "reload failed; the previous handlers stay in place" in log
     assert "SyntaxError" in log
+
+
+async def test_a_failed_reload_changes_nothing(start_server: StartServer) -> None:
+    class Explodes:
+        def wrap(self, route: Any, call_next: Any) -> Any:
+            raise RuntimeError("layer cannot wrap")
+
+    server = await start_server(make_app())
+    before = (server.apps, server.routes, server.registry)
+    broken = make_app()
+    broken.add_middleware(Explodes())
+    with pytest.raises(RuntimeError):
+        server.swap_apps(broken)
+    assert (server.apps, server.routes, server.registry) == before
+    assert server.dispatcher.routes is server.routes
+    async with await AsyncClient.connect(*server.address) as client:
+        assert (await client.call(EchoRequest(data=b"z"), EchoReply)).data == b"z"

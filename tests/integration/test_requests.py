@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import threading
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,9 @@ from client_sdk import (
 )
 from client_sdk.errors import HandlerTimeout
 from protocol.errors import ErrorCode
-from protocol.frame import Flags
+from protocol.frame import Flags, FrameDecoder, encode_frame
 from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error, Ping, Pong
+from server import App, Context
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import app_registry, make_app
@@ -291,3 +293,68 @@ async def test_hello_welcome_carries_the_servers_limits(start_server: StartServe
         with pytest.raises(LocalProtocolError, match="max_frame"):
             await client.request(EchoRequest(data=b"x" * 5000))
         assert (await client.call(EchoRequest(data=b"ok"), EchoReply)).data == b"ok"
+
+
+def bad_returns() -> App:
+    """Handlers that return something that is not a message: a sync one a dict, an async
+    one a str."""
+    app = App("bad", public=True)
+
+    @app.handler(pb.NoteRequest)
+    def sync_dict(ctx: Context, msg: pb.NoteRequest) -> Any:
+        return {"oops": 1}
+
+    @app.handler(pb.SleepRequest)
+    async def async_str(ctx: Context, msg: pb.SleepRequest) -> Any:
+        return "not a message"
+
+    return app
+
+
+async def test_a_reply_that_is_not_a_message_is_internal_and_nothing_stalls(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(bad_returns(), consumers=2)
+    async with (
+        await AsyncClient.connect(*server.address, app_registry()) as one,
+        await AsyncClient.connect(*server.address) as other,
+    ):
+        for _ in range(3):  # more than there are consumers: none may die
+            with pytest.raises(InternalError):
+                await one.request(pb.SleepRequest(ms=0, tag=1), timeout=5)
+        with pytest.raises(InternalError):
+            await one.request(pb.NoteRequest(text="x"), timeout=5)
+        assert (await one.call(EchoRequest(data=b"a"), EchoReply, timeout=5)).data == b"a"
+        assert (await other.call(EchoRequest(data=b"b"), EchoReply, timeout=5)).data == b"b"
+    assert server.dispatcher.pending == 0
+    assert all(not task.done() for task in server.dispatcher._consumers)
+
+
+async def test_a_reply_over_max_frame_is_internal_and_the_connection_stays(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(make_app(), max_frame=64 * 1024)
+    async with await AsyncClient.connect(*server.address, app_registry()) as client:
+        with pytest.raises(InternalError):
+            await client.request(pb.BigRequest(size=100_000), timeout=5)
+        assert (await client.call(pb.BigRequest(size=10), pb.BigReply)).data == b"x" * 10
+        with pytest.raises(InternalError):  # the inline path for a known reply type too
+            await client.request(pb.BigRequest(size=100_000), timeout=5)
+
+
+@pytest.mark.parametrize("awaited", [False, True])
+async def test_half_close_still_gets_every_reply(start_server: StartServer, awaited: bool) -> None:
+    server = await start_server(make_app())
+    reader, writer = await asyncio.open_connection(*server.address)
+    for seq in range(1, 4):
+        if awaited:
+            payload = pb.SleepRequest(ms=50, tag=seq).SerializeToString()
+            writer.write(encode_frame(1000, 0, seq, payload))
+        else:
+            writer.write(encode_frame(10, 0, seq, EchoRequest(data=b"h").SerializeToString()))
+    writer.write_eof()  # the client is done sending, not done listening
+    data = await asyncio.wait_for(reader.read(), 5)  # until the server closes
+    frames = FrameDecoder().feed(data)
+    assert [f.seq for f in frames] == [1, 2, 3]
+    await wait_for(lambda: not server.connections)
+    assert server.stats.close_reasons.get("peer_closed") == 1

@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from client_sdk import AsyncClient, ConnectionClosed
 from client_sdk.client import Reconnect
 from protocol.errors import ErrorCode
@@ -118,3 +120,18 @@ async def test_broken_successor_leaves_the_old_server_serving(tmp_path: Path) ->
     log = await server_log(proc)
     assert "idle_timeout" in log  # the successor said what was wrong
     assert "successor" in log and "failed" in log and "still serving" in log
+
+
+async def test_sigterm_during_a_restart_leaves_no_server_running(tmp_path: Path) -> None:
+    pid_file = tmp_path / "tickwire.pid"
+    proc, address = await spawn_serve("--pid-file", str(pid_file))
+    proc.send_signal(signal.SIGHUP)
+    await asyncio.sleep(0.03)  # the successor is still importing
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
+    await asyncio.sleep(1.5)  # long enough for a successor to have come up
+    with pytest.raises(OSError):
+        _, writer = await asyncio.open_connection(*address)
+        writer.close()
+    pid = read_pid(pid_file)
+    assert pid is None or pid == proc.pid

@@ -1,4 +1,6 @@
-"""Edges found in review: each test pins a behaviour that was once wrong or missing."""
+"""Edge cases against a real server: slow and idle peers, per-address limits, flags a
+client may not send, timeouts, handler chains, contexts, and the queued work of a
+connection that is gone."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from client_sdk import AsyncClient, InternalError
 from protocol.errors import ErrorCode
 from protocol.frame import Flags, encode_frame
 from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error
-from server import App, HandlerError, Server, ServerConfig
+from server import App, Context, HandlerError, Server, ServerConfig
 from server.errors import DeadlineExceeded
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
@@ -212,3 +214,27 @@ async def test_unkept_context_is_reused_across_sync_requests(
     async with await AsyncClient.connect(*srv.address) as client:
         await asyncio.gather(*(client.request(EchoRequest(data=b"n")) for _ in range(200)))
     assert len(made) == 1
+
+
+async def test_queued_work_of_a_closed_connection_is_not_run(start_server: StartServer) -> None:
+    app = App("counted", public=True)
+    started: list[int] = []
+    gate = asyncio.Event()
+
+    @app.handler(pb.UnorderedSleepRequest, ordered=False)
+    async def slow(ctx: Context, msg: pb.UnorderedSleepRequest) -> pb.SleepReply:
+        started.append(msg.tag)
+        await gate.wait()
+        return pb.SleepReply(tag=msg.tag)
+
+    server = await start_server(app, consumers=2)
+    _, writer = await asyncio.open_connection(*server.address)
+    payloads = [pb.UnorderedSleepRequest(tag=i).SerializeToString() for i in range(20)]
+    writer.write(b"".join(encode_frame(1005, 0, i + 1, p) for i, p in enumerate(payloads)))
+    await wait_for(lambda: len(started) == 2)
+    writer.transport.abort()
+    await wait_for(lambda: not server.connections)
+    gate.set()
+    await asyncio.sleep(0.2)
+    assert len(started) == 2  # the other 18 belonged to a connection that is gone
+    assert server.dispatcher.busy == 0

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from client_sdk import AsyncClient, SessionReplaced, Unauthenticated
+from client_sdk import AsyncClient, InternalError, SessionReplaced, Unauthenticated
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import (
+    Error,
     LoginReply,
     LoginRequest,
     LogoutReply,
@@ -30,8 +31,10 @@ from protocol.proto.system_pb2 import (
 from server import App, Context, Server, ServerConfig
 from server.auth import MemoryUsers
 from server.connection import CloseReason
+from server.errors import HandlerError
 from server.sessions import EndReason, Session
 from tests.conftest import StartServer, wait_for
+from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import app_registry
 from tests.proto import testapp_pb2 as pb
 
@@ -508,3 +511,124 @@ async def test_a_hanging_disconnect_callback_cannot_hold_up_a_stop(clients: Conn
     await login(client)
     await asyncio.wait_for(server.stop(timeout=0.5), 10)
     assert not server.sessions._tasks
+
+
+async def logged_in_alice(
+    server: Server, clients: Connect
+) -> tuple[AsyncClient, LoginReply, Session]:
+    """A client logged in as alice, its LoginReply and the server's Session of it."""
+    client = await clients(server)
+    reply = await login(client)
+    [session] = server.sessions.local_sessions("alice")
+    return client, reply, session
+
+
+async def test_a_login_by_request_and_a_resume_with_no_token_are_distinct_errors(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(authenticator=USERS)
+    client = await clients(server)
+    with pytest.raises(Unauthenticated, match="token unknown"):
+        await client.request(ResumeRequest(token=""))
+    with pytest.raises(Unauthenticated, match="wrong user name"):
+        await login(client, "alice", "pw-b")
+
+
+async def test_a_login_that_fails_half_way_leaves_no_session(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(authenticator=USERS)
+    assert server.store is not None
+    # The user index holds a string: the login's sadd fails after the token and the
+    # session record were written.
+    await server.store.set("tw:user:alice", b"not a set")
+    client = await clients(server)
+    with pytest.raises(InternalError):
+        await login(client)
+    await server.sessions.flush()
+    assert server.sessions.live == {} and server.sessions.waiting == {}
+    assert sorted(await server.store.scan_prefix("tw:")) == ["tw:user:alice"]
+
+
+async def test_refresh_and_logout_from_a_connection_the_session_left_are_refused(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(authenticator=USERS)
+    _, reply, session = await logged_in_alice(server, clients)
+    old_conn = session.conn
+    assert old_conn is not None
+    new = await clients(server)
+    await new.request(ResumeRequest(token=reply.token))
+    for stale in (
+        server.sessions.refresh(session, old_conn),
+        server.sessions.logout(session, old_conn),
+    ):
+        with pytest.raises(HandlerError) as caught:
+            await stale
+        assert caught.value.code == ErrorCode.UNAUTHENTICATED
+    assert await server.sessions.user_of_token(reply.token) == "alice"  # not rotated away
+    assert server.sessions.local_sessions("alice") == [session]  # not logged out
+
+
+async def test_saving_an_ended_session_writes_nothing(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(authenticator=USERS)
+    client, reply, session = await logged_in_alice(server, clients)
+    await client.request(LogoutRequest())
+    session.data["late"] = 1
+    await session.save()
+    assert server.store is not None
+    assert not await server.store.exists(f"tw:session:{reply.session_id}")
+
+
+async def test_saving_a_waiting_session_keeps_its_session_ttl(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(authenticator=USERS, session_ttl=1, token_ttl=60)
+    client, reply, session = await logged_in_alice(server, clients)
+    await client.close()
+    await wait_for(lambda: bool(server.sessions.waiting))
+    await server.sessions.flush()
+    await session.save()
+    assert server.store is not None
+    left = await server.store.ttl(f"tw:session:{reply.session_id}")
+    assert left is not None and left <= 1
+
+
+async def test_server_code_can_log_out_a_waiting_session(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(authenticator=USERS)
+    client, reply, session = await logged_in_alice(server, clients)
+    await client.close()
+    await wait_for(lambda: bool(server.sessions.waiting))
+    await server.sessions.logout(session)
+    assert await server.sessions.user_of_token(reply.token) is None
+    assert server.sessions.waiting == {}
+
+
+async def test_the_user_index_outlives_a_session_kept_alive_by_refresh(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(authenticator=USERS, token_ttl=0.6, session_ttl=0.3)
+    client = await clients(server)
+    await login(client)
+    for _ in range(8):  # 1.6 s: past the login's token_ttl + session_ttl
+        await asyncio.sleep(0.2)
+        await client.request(RefreshTokenRequest())
+    assert len(await server.sessions.sessions_of("alice")) == 1
+    assert await server.sessions.remove_user("alice") == 1
+
+
+async def test_unknown_messages_do_not_stop_the_auth_timeout(start_server: StartServer) -> None:
+    server = await start_server(authenticator=USERS, auth_timeout=0.3, sweep_interval=0.05)
+    peer = await RawPeer.connect(server.address)
+    try:
+        peer.send_frame(999, 0, 1)  # unknown ID: answered, but no handler ran
+        peer.send_frame(10, 0, 2, b"\xff\xff")  # undecodable Echo: same
+        frames = await peer.read_until_closed()
+        assert frames[-1].msg_id == 3
+        assert Error.FromString(frames[-1].payload).code == ErrorCode.AUTH_TIMEOUT
+    finally:
+        await peer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -13,7 +14,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from server.store import MemoryStore, StoreError, open_store
+import server.store.memory as memory_module
+from server.store import MemoryStore, Store, StoreError, open_store
 from server.store.memory import SNAPSHOT_HEADER, Snapshot, decode_snapshot, encode_snapshot
 from tests.conftest import wait_for
 
@@ -84,6 +86,13 @@ def test_bad_limits_are_refused() -> None:
         MemoryStore(sweep_interval=0)
     with pytest.raises(ValueError):
         MemoryStore(snapshot_interval=-1)
+
+
+async def test_ttls_beyond_what_redis_counts_are_refused_on_memory_too() -> None:
+    store = await MemoryStore.open()
+    with pytest.raises(ValueError, match="at most"):
+        await store.set("k", b"v", ttl=1e16)
+    await store.close()
 
 
 # -- sweep -------------------------------------------------------------------------------
@@ -270,6 +279,32 @@ async def test_periodic_snapshot_only_when_changed(tmp_path: Path) -> None:
         assert decode_snapshot(path.read_bytes()).keys == ["k", "k2"]
     finally:
         await store.close()
+
+
+async def test_close_waits_for_a_periodic_snapshot_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = memory_module._write_atomic
+    writing = threading.Event()
+
+    def slow_write(path: Path, blob: bytes) -> None:
+        writing.set()
+        time.sleep(0.3)  # a big snapshot's write and fsync
+        real(path, blob)
+
+    monkeypatch.setattr(memory_module, "_write_atomic", slow_write)
+    path = tmp_path / "store.snap"
+    store = await MemoryStore.open(path, snapshot_interval=0.05)
+    await store.set("k", b"v1")
+    while not writing.is_set():
+        await asyncio.sleep(0.01)
+    await store.set("k", b"v2")
+    # close() waits for the periodic write under way, then writes its own: no StoreError
+    # from two writes of one file at once, and the last value is the one kept.
+    await store.close()
+    reopened: Store = await MemoryStore.open(path)
+    assert await reopened.get("k") == b"v2"
+    await reopened.close()
 
 
 async def test_snapshot_on_close_without_any_interval(tmp_path: Path) -> None:

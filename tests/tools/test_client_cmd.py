@@ -173,6 +173,15 @@ async def test_bad_input_and_timeouts_fail_without_sending(
     assert late["type"] == "reply" and late["late"] is True and late["message"] == {"tag": 1}
 
 
+async def test_sleep_refuses_nan(start_server: StartServer) -> None:
+    server = await start_server()
+    code, out, err = await run_cli(
+        "client", address_of(server), "--json", stdin="ping\nsleep nan\nping\n"
+    )
+    assert code == 1, out + err
+    assert "finite" in out
+
+
 async def test_cli_script_file_human_output_and_exit_codes(
     start_server: StartServer, tmp_path: Path
 ) -> None:
