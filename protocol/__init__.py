@@ -1,7 +1,7 @@
 """tickwire's wire protocol, sans-I/O: frames, error codes, the message registry.
 
 Nothing here imports asyncio or socket; a client in another language needs only
-PROTOCOL.md and the .proto files under protocol/proto.
+docs/protocol.md and the .proto files under protocol/proto.
 """
 
 from protocol.errors import (

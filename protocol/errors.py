@@ -1,4 +1,5 @@
-"""Error codes of PROTOCOL.md and the two kinds of protocol error.
+"""The error codes of the wire protocol (docs/protocol.md, "Error codes") and the two
+kinds of protocol error.
 
 Following h11, errors split by whose fault they are:
 
@@ -32,7 +33,8 @@ class ErrorCode(IntEnum):
     SLOW_CONSUMER = 16
 
 
-#: Codes after which the sender closes the connection (PROTOCOL.md, "connection" column).
+#: Codes after which the sender closes the connection (docs/protocol.md, "Error codes",
+#: "connection" column).
 CLOSING_CODES: frozenset[int] = frozenset(
     {
         ErrorCode.BAD_FRAME,

@@ -1,6 +1,6 @@
-"""The frame codec of PROTOCOL.md, sans-I/O.
+"""The frame codec of the wire protocol, sans-I/O.
 
-Rules this module keeps (see PROTOCOL.md, "Frame"):
+Rules this module keeps (see docs/protocol.md, "Frame"):
 
 - A frame is ``length u32 | msg_id u16 | flags u8 | seq u32 | payload``, big-endian;
   ``length`` counts the 7 header bytes after it plus the payload.
@@ -132,7 +132,7 @@ class FrameDecoder:
         rest = end_of_data - pos
         if rest:
             if rest >= 4:
-                # The length is judged as soon as its 4 bytes are in (PROTOCOL.md).
+                # The length is judged as soon as its 4 bytes are in (docs/protocol.md, "Frame").
                 length = _LENGTH.unpack_from(data, pos)[0]
                 if length > max_frame or length < MIN_LENGTH:
                     self._fail(length)

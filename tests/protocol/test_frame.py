@@ -1,4 +1,4 @@
-"""The frame codec against PROTOCOL.md, "Frame".
+"""The frame codec against docs/protocol.md, "Frame".
 
 The decoder is fed by whatever chunks TCP happens to deliver, so the core property is that
 the chunking never changes the frames; the error rows are the ones the decoder itself

@@ -1,4 +1,4 @@
-"""The message registry against PROTOCOL.md, "Message IDs".
+"""The message registry against docs/protocol.md, "Message IDs".
 
 The system IDs and fields are the contract clients in other languages are built against,
 so they are checked one by one here rather than trusted to the .proto file. Application
@@ -35,7 +35,8 @@ SYSTEM_IDS = {
     30: "system.GoAway",
 }
 
-# PROTOCOL.md's "fields" column: name -> (number, type, repeated, message type or None).
+# The "fields" column of docs/protocol.md, "Fixed IDs": name -> (number, type, repeated,
+# message type or None).
 SYSTEM_FIELDS: dict[str, dict[str, tuple[int, int, bool, str | None]]] = {
     "system.Ping": {"client_time_ns": (1, FDP.TYPE_INT64, False, None)},
     "system.Pong": {
