@@ -27,8 +27,9 @@ Rules (see server/dispatch.py for the pool it is part of):
 - Per frame it does what Dispatcher.run_connection does for a fused route, with the same
   Context reuse and reply framing; tests/integration/test_fast_paths.py sends the same
   requests through both, with this module compiled and interpreted.
-- Its replies are written by Dispatcher._flush_all at the end of the loop iteration (or
-  every FLUSH_BYTES).
+- Its replies wait in `conn.out` for the Outbox's flush at the end of the loop iteration
+  (server/outbox.py; one call per read that produced output), or are written every
+  FLUSH_BYTES.
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ def run_read(dispatcher: Dispatcher, conn: Connection, data: bytes) -> int:
         else:
             length, msg_id, flags, seq = _unpack_header(data, pos)
         end = pos + 4 + length
-        # Every flag bit is refused on a request (PROTOCOL.md), so any flag at all leaves
-        # the frame to run_connection, which answers it.
+        # Every flag bit is refused on a request (docs/protocol.md, "Flags on incoming
+        # frames"), so any flag at all leaves the frame to run_connection, which answers it.
         if length > max_frame or length < _MIN_LENGTH or end > size or flags:
             break
         if msg_id != route_id:
@@ -233,10 +234,8 @@ def run_read(dispatcher: Dispatcher, conn: Connection, data: bytes) -> int:
     # here): each one counts against the auth timeout.
     conn.frames += count
     if out and not conn.flush_pending:
-        # Written once this loop iteration's reads are done, not now: see _flush_all.
-        conn.flush_pending = True
-        dispatcher.to_flush.append(conn)
-        dispatcher.flush_soon()
+        # Written once this loop iteration's reads are done, not now (server/outbox.py).
+        dispatcher.outbox.mark(conn)
     return int(pos)
 
 
