@@ -72,24 +72,10 @@ _NOT_RUNNABLE = _REQUEST_BAD_FLAGS | _OVERLOADED
 AsyncWork = tuple[Route, Context, Message]
 
 
-def _calibrate_unkept() -> int:
-    """What getrefcount reports for an object held only by an attribute and a local, the
-    way run_connection holds a Context (3 on CPython 3.11-3.13: attribute, local, argument).
-    Measured rather than assumed, because newer interpreters borrow references on the
-    stack and report fewer."""
-
-    class Holder:
-        __slots__ = ("ctx",)
-        ctx: object
-
-    holder = Holder()
-    holder.ctx = object()
-    ctx = holder.ctx
-    return getrefcount(ctx)
-
-
 #: The refcount of a reused Context nobody kept; anything above means a handler kept it.
-_UNKEPT = _calibrate_unkept()
+#: run_connection is interpreted Python, so it takes the figure frameloop measures
+#: interpreted (the compiled build counts differently: frameloop.UNKEPT).
+_UNKEPT = frameloop.load_pure().UNKEPT
 FLUSH_BYTES = frameloop.FLUSH_BYTES
 
 

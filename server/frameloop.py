@@ -78,9 +78,9 @@ class _Holder:
 
 def _calibrate_unkept() -> int:
     """What getrefcount reports for an object held only by an attribute and a local, the
-    way run_read holds a Context. Measured, not assumed: the answer differs between this
-    module compiled and interpreted, and between interpreter versions (newer ones borrow
-    references on the stack and report fewer)."""
+    way run_read and Dispatcher.run_connection hold a Context. Measured, not assumed: the
+    answer differs between this module compiled and interpreted, and between interpreter
+    versions (newer ones borrow references on the stack and report fewer)."""
     holder = _Holder()
     holder.ctx = object()
     ctx = holder.ctx
