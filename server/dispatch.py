@@ -73,9 +73,9 @@ AsyncWork = tuple[Route, Context, Message]
 
 
 #: The refcount of a reused Context nobody kept; anything above means a handler kept it.
-#: run_connection is interpreted Python, so it takes the figure frameloop measures
-#: interpreted (the compiled build counts differently: frameloop.UNKEPT).
-_UNKEPT = frameloop.load_pure().UNKEPT
+#: run_connection is interpreted Python, so it takes the figure frameloop measures when
+#: it runs interpreted (the compiled build counts differently).
+_UNKEPT = (frameloop.load_pure() if frameloop.COMPILED else frameloop).UNKEPT
 FLUSH_BYTES = frameloop.FLUSH_BYTES
 
 
