@@ -8,10 +8,11 @@ this module is; the server's config key `fast_path` picks one (`load()`), logged
 and exported as the `tickwire_build_info` metric. ``fast_path = "interpreted"`` runs the
 source even where the compiled one exists (for debugging, and for the tests that run both).
 
-Why compiled: in the 50 x 8 echo bench the interpreter's own work per frame (dispatching
-~100 bytecodes of header checks, lookups and reply framing) was the whole gap between
-the server and the minimal baseline; compiled, those become C, and what is left per frame
-is the protobuf parse, the handler and the serialization that any Python server pays.
+Why compiled: the interpreter's own work per frame (header checks, lookups and reply
+framing, dispatched as bytecode) was the whole gap between the server and the minimal
+baseline (docs/bench.md, "Figures behind the server's design"); compiled, those become C,
+and what is left per frame is the protobuf parse, the handler and the serialization that
+any Python server pays.
 
 Rules (see server/dispatch.py for the pool it is part of):
 
