@@ -10,7 +10,7 @@ Three kinds, chosen at registration, never guessed per call:
 
 ``ordered=False`` lets a handler's frames run concurrently with the frames that follow them
 on the same connection (their replies may overtake); by default a connection's frames are
-answered in arrival order (PROTOCOL.md).
+answered in arrival order (docs/protocol.md, "Responses and order").
 
 Handlers are private: before a login, their messages get UNAUTHENTICATED. ``public=True``
 (per handler, or for a whole ``App(public=True)``) opens one to anonymous connections;

@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-#: scrypt cost of new hashes: n=2**14, r=8 takes ~30-50 ms of one core and 16 MiB, the
-#: usual interactive-login setting. Checked off the event loop, in a thread.
+#: scrypt cost of new hashes: n=2**14, r=8 (16 MiB), the usual interactive-login setting
+#: (its time: docs/bench.md, "Figures behind the server's design"). Checked off the event
+#: loop, in a thread.
 DEFAULT_N, DEFAULT_R, DEFAULT_P = 1 << 14, 8, 1
 _SCHEME = "scrypt"
 _MAX_N = 1 << 20

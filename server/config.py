@@ -36,8 +36,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_frame: Annotated[
         int,
         _doc(
-            "Largest `length` a frame may announce (PROTOCOL.md); above it the peer gets "
-            "FRAME_TOO_LARGE and is closed.",
+            'Largest `length` a frame may announce (docs/protocol.md, "Frame"); above it '
+            "the peer gets FRAME_TOO_LARGE and is closed.",
             ge=MIN_LENGTH,
             le=0xFFFFFFFF,
         ),

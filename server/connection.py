@@ -83,7 +83,8 @@ class Connection(asyncio.Protocol):
         self.mailbox: deque[Frame] | None = None
         self.out: list[bytes] = []
         self.scheduled = False
-        #: On the dispatcher's list of connections to flush at the end of this iteration.
+        #: On the Outbox's list of connections to write at the end of this iteration
+        #: (set and cleared by the Outbox only: server/outbox.py).
         self.flush_pending = False
         self.reading_paused = False
         self.write_paused = False
@@ -145,8 +146,8 @@ class Connection(asyncio.Protocol):
         """The peer will send nothing more (a half-close). Requests it already sent still
         get their replies: close once the mailbox has drained, not now."""
         if self.out:
-            # Replies waiting for the end of the iteration (Dispatcher._flush_all) go
-            # now: returning None below closes the transport.
+            # Output waiting for the end of the iteration (server/outbox.py) goes now:
+            # returning None below closes the transport.
             self.flush()
         if not self.scheduled and not self.mailbox:
             return None  # nothing owed: close our side too

@@ -51,6 +51,7 @@ from server.middleware import INTERNAL_MESSAGE, SYNC_FAILURES, handler_failed
 
 if TYPE_CHECKING:
     from server.connection import Connection
+    from server.outbox import Outbox
     from server.stats import Stats
 
 log = logging.getLogger("tickwire.dispatch")
@@ -71,24 +72,10 @@ _NOT_RUNNABLE = _REQUEST_BAD_FLAGS | _OVERLOADED
 AsyncWork = tuple[Route, Context, Message]
 
 
-def _calibrate_unkept() -> int:
-    """What getrefcount reports for an object held only by an attribute and a local, the
-    way run_connection holds a Context (3 on CPython 3.11-3.13: attribute, local, argument).
-    Measured rather than assumed, because newer interpreters borrow references on the
-    stack and report fewer."""
-
-    class Holder:
-        __slots__ = ("ctx",)
-        ctx: object
-
-    holder = Holder()
-    holder.ctx = object()
-    ctx = holder.ctx
-    return getrefcount(ctx)
-
-
 #: The refcount of a reused Context nobody kept; anything above means a handler kept it.
-_UNKEPT = _calibrate_unkept()
+#: run_connection is interpreted Python, so it takes the figure frameloop measures when
+#: it runs interpreted (the compiled build counts differently).
+_UNKEPT = (frameloop.load_pure() if frameloop.COMPILED else frameloop).UNKEPT
 FLUSH_BYTES = frameloop.FLUSH_BYTES
 
 
@@ -96,8 +83,9 @@ class Dispatcher:
     def __init__(
         self,
         routes: dict[int, Route],
-        id_by_class: Callable[[type[Message]], int | None],
+        message_id: Callable[[type[Message]], int | None],
         stats: Stats,
+        outbox: Outbox,
         *,
         consumers: int,
         mailbox_limit: int,
@@ -111,21 +99,20 @@ class Dispatcher:
         loaded = frameloop.load(fast_path)
         self.run_read: Callable[[Dispatcher, Connection, bytes], int] = loaded.run_read
         self.build = "compiled" if loaded.COMPILED else "interpreted"
-        self._id_of = id_by_class
+        #: A reply class's message ID, from the registry in use (it follows a reload).
+        self._id_of = message_id
         self.stats = stats
         self.mailbox_limit = mailbox_limit
         self.resume_below = max(1, mailbox_limit // 2)
         self.max_pending = max_pending
-        #: Largest reply body that fits a frame the peer accepts (PROTOCOL.md's max_frame
-        #: holds both ways); a bigger reply becomes an INTERNAL error instead.
+        #: Largest reply body that fits a frame the peer accepts (max_frame holds both
+        #: ways: docs/protocol.md, "Frame"); a bigger reply becomes an INTERNAL error instead.
         self.max_body = max_frame - MIN_LENGTH
         self.pending = 0
         self.ready: deque[Connection] = deque()
         self._drain_scheduled = False
-        #: Connections with output to write at the end of this loop iteration (replies of
-        #: frameloop.run_read, pushes): marked with conn.flush_pending, written by _flush_all.
-        self.to_flush: list[Connection] = []
-        self._flush_scheduled = False
+        #: Where run_read's replies wait for the end of the loop iteration.
+        self.outbox = outbox
         # Work for consumers: ordered connections paused on an awaited frame, and
         # unordered frames that run on their own.
         self._ordered: deque[tuple[Connection, AsyncWork]] = deque()
@@ -137,9 +124,6 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    def set_registry(self, id_by_class: Callable[[type[Message]], int | None]) -> None:
-        self._id_of = id_by_class
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -177,7 +161,7 @@ class Dispatcher:
             # frame that must be awaited or cannot go on (writes paused, closed) and puts
             # the rest in the mailbox, as the path below would have queued them. A read
             # that would fill the mailbox, or the server's queue, takes the path below, so
-            # it pauses reading or is answered OVERLOADED exactly as it always was.
+            # it pauses reading or is answered OVERLOADED.
             self.pending += count
             conn.scheduled = True
             work = self.run_connection(conn, frames)
@@ -201,33 +185,6 @@ class Dispatcher:
             conn.pause_reading()
         if not conn.scheduled:
             self._schedule(conn)
-
-    def flush_soon(self) -> None:
-        """Have _flush_all write the connections on `to_flush` at the end of this loop
-        iteration (one call_soon per iteration, whoever marks them first)."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush_all)
-
-    def _flush_all(self) -> None:
-        """Write the replies frameloop.run_read gathered during one loop iteration, one write per
-        connection, after that iteration's reads, as the drain writes its replies.
-
-        Writing each read's replies at once, between reads, measured slower end to end
-        (50 x 8 echo): every write wakes a client that then reads a single reply, while
-        writes made back to back let it find several, and on a machine the server
-        shares with its clients those extra wakeups cost more than the server saves.
-        Anything that writes to the connection earlier (run_connection, a consumer,
-        close_with, eof_received) sends these replies first, so the order holds.
-        """
-        self._flush_scheduled = False
-        to_flush = self.to_flush
-        self.to_flush = []
-        for conn in to_flush:
-            conn.flush_pending = False
-            if conn.out:
-                conn.flush()
 
     def reschedule(self, conn: Connection) -> None:
         """Put a connection back on the ready queue (its writes resumed, say)."""

@@ -8,10 +8,11 @@ this module is; the server's config key `fast_path` picks one (`load()`), logged
 and exported as the `tickwire_build_info` metric. ``fast_path = "interpreted"`` runs the
 source even where the compiled one exists (for debugging, and for the tests that run both).
 
-Why compiled: in the 50 x 8 echo bench the interpreter's own work per frame (dispatching
-~100 bytecodes of header checks, lookups and reply framing) was the whole gap between
-the server and the minimal baseline; compiled, those become C, and what is left per frame
-is the protobuf parse, the handler and the serialization that any Python server pays.
+Why compiled: the interpreter's own work per frame (header checks, lookups and reply
+framing, dispatched as bytecode) was the whole gap between the server and the minimal
+baseline (docs/bench.md, "Figures behind the server's design"); compiled, those become C,
+and what is left per frame is the protobuf parse, the handler and the serialization that
+any Python server pays.
 
 Rules (see server/dispatch.py for the pool it is part of):
 
@@ -27,8 +28,9 @@ Rules (see server/dispatch.py for the pool it is part of):
 - Per frame it does what Dispatcher.run_connection does for a fused route, with the same
   Context reuse and reply framing; tests/integration/test_fast_paths.py sends the same
   requests through both, with this module compiled and interpreted.
-- Its replies are written by Dispatcher._flush_all at the end of the loop iteration (or
-  every FLUSH_BYTES).
+- Its replies wait in `conn.out` for the Outbox's flush at the end of the loop iteration
+  (server/outbox.py; one call per read that produced output), or are written every
+  FLUSH_BYTES.
 """
 
 from __future__ import annotations
@@ -77,9 +79,9 @@ class _Holder:
 
 def _calibrate_unkept() -> int:
     """What getrefcount reports for an object held only by an attribute and a local, the
-    way run_read holds a Context. Measured, not assumed: the answer differs between this
-    module compiled and interpreted, and between interpreter versions (newer ones borrow
-    references on the stack and report fewer)."""
+    way run_read and Dispatcher.run_connection hold a Context. Measured, not assumed: the
+    answer differs between this module compiled and interpreted, and between interpreter
+    versions (newer ones borrow references on the stack and report fewer)."""
     holder = _Holder()
     holder.ctx = object()
     ctx = holder.ctx
@@ -156,8 +158,8 @@ def run_read(dispatcher: Dispatcher, conn: Connection, data: bytes) -> int:
         else:
             length, msg_id, flags, seq = _unpack_header(data, pos)
         end = pos + 4 + length
-        # Every flag bit is refused on a request (PROTOCOL.md), so any flag at all leaves
-        # the frame to run_connection, which answers it.
+        # Every flag bit is refused on a request (docs/protocol.md, "Flags on incoming
+        # frames"), so any flag at all leaves the frame to run_connection, which answers it.
         if length > max_frame or length < _MIN_LENGTH or end > size or flags:
             break
         if msg_id != route_id:
@@ -233,10 +235,8 @@ def run_read(dispatcher: Dispatcher, conn: Connection, data: bytes) -> int:
     # here): each one counts against the auth timeout.
     conn.frames += count
     if out and not conn.flush_pending:
-        # Written once this loop iteration's reads are done, not now: see _flush_all.
-        conn.flush_pending = True
-        dispatcher.to_flush.append(conn)
-        dispatcher.flush_soon()
+        # Written once this loop iteration's reads are done, not now (server/outbox.py).
+        dispatcher.outbox.mark(conn)
     return int(pos)
 
 

@@ -8,15 +8,19 @@ reliable push takes the session's next push sequence, goes into the session's bo
 payload are appended to the connection's pending output; a latest-value push is one
 frame (seq 0, so the very same bytes) appended as is, or parked in the connection's
 `latest` map under its key while the connection is write-paused. A connection that got
-output is marked for the dispatcher's end-of-iteration flush (`Dispatcher.to_flush`, the
-one the fast path's replies use), which writes it with one ``write`` — so a member of
-ten rooms that each broadcast in one iteration costs one syscall, not ten.
+output is handed to the Outbox (server/outbox.py), the one the fast path's replies wait
+in, which writes it once at the end of the loop iteration: a member of ten rooms that
+each broadcast in one iteration costs one syscall, not ten.
 
 A push made while a handler runs goes out in the same write as the replies of that
 connection's turn, ahead of the handler's own reply. A reliable push to a connection
 that is write-paused still goes to its transport (it must not be dropped) until the
 buffer passes `slow_consumer_bytes`; then the connection is closed with SLOW_CONSUMER:
 a client that stops reading costs at most that much.
+
+The Pusher is built from what it works with: the sessions (who is reachable), the
+Outbox (where output waits), the message-ID lookup (it follows a handler reload) and,
+once the server has started, the offline queue (the inbox writer).
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ from server.store import StoreError
 if TYPE_CHECKING:
     from server.connection import Connection
     from server.inbox import Inbox
-    from server.server import Server
-    from server.sessions import Session
+    from server.outbox import Outbox
+    from server.sessions import Session, SessionManager
 
 log = logging.getLogger("tickwire.push")
 
@@ -204,8 +208,19 @@ class Room:
 class Pusher:
     """The server's push machinery (``server.pushes``)."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(
+        self,
+        sessions: SessionManager,
+        outbox: Outbox,
+        message_id: Callable[[type[Message]], int | None],
+    ) -> None:
+        self.sessions = sessions
+        self.outbox = outbox
+        #: A message class's ID in the registry in use (it follows a handler reload).
+        self.message_id = message_id
+        #: Writes reliable pushes for users with no session here to their inbox; set
+        #: when the server starts (it needs the store).
+        self.offline_queue: OfflineQueue | None = None
         #: Members of every room with any, by room name then session id.
         self.room_members: dict[str, dict[str, Session]] = {}
         #: Message types pushed as latest-value, with the function giving a value's key.
@@ -248,13 +263,39 @@ class Pusher:
     # -- pushing ------------------------------------------------------------------------
 
     def encode(self, message: Message) -> tuple[int, bytes]:
-        msg_id = self.server.registry._id_by_class.get(type(message))
+        msg_id = self.message_id(type(message))
         if msg_id is None:
             raise ValueError(
                 f"{type(message).__qualname__} has no message ID in this server's registry: "
                 "declare its module with App.add_module so clients can decode it"
             )
         return msg_id, message.SerializeToString()
+
+    def to_users(self, user_ids: Iterable[str], message: Message) -> int:
+        """Push `message` to every session of each user on this node (connected, or waiting
+        for a Resume that will replay it), encoded once. A reliable push for a user with
+        no session goes to the offline inbox (one stored body shared by all of them).
+        Returns the sessions reached."""
+        sessions: list[Session] = []
+        offline: list[str] = []
+        reachable = self.sessions.reachable
+        for user_id in user_ids:
+            if not isinstance(user_id, str):
+                raise TypeError(f"user ids are str, not {type(user_id).__name__}: {user_id!r}")
+            found = reachable(user_id)
+            if found:
+                sessions.extend(found)
+            else:
+                offline.append(user_id)
+        encoded = self.encode(message)  # once, for the sessions and the inbox
+        count = self.to_sessions(sessions, message, encoded) if sessions else 0
+        if offline and type(message) not in self.latest_keys:
+            self.to_inbox(offline, *encoded)
+        return count
+
+    def to_everyone(self, message: Message) -> int:
+        """Push `message` to every session on this node."""
+        return self.to_sessions(self.sessions.all_sessions(), message)
 
     def to_sessions(
         self,
@@ -271,17 +312,18 @@ class Pusher:
             count = self._reliable(sessions, msg_id, payload)
         else:
             count = self._latest(sessions, msg_id, payload, (msg_id, key_of(message)))
-        self._schedule()
+        self._time_fanouts()
         return count
 
     def _reliable(self, sessions: Iterable[Session], msg_id: int, payload: bytes) -> int:
         # The fan-out loop: per member, a sequence number, a deque slot pointing at the
         # one shared (msg_id, payload) (the bounded deque drops the oldest by itself), an
-        # 11-byte header and one list extend.
+        # 11-byte header, one list extend, and the Outbox's mark for a connection not
+        # marked yet this iteration.
         pack = _pack
         length = MIN_LENGTH + len(payload)
         push = _PUSH
-        to_flush = self.server.dispatcher.to_flush
+        mark = self.outbox.mark
         shared = (msg_id, payload)
         count = 0
         for session in sessions:
@@ -290,10 +332,9 @@ class Pusher:
             buffer.items.append(shared)
             conn = session.conn
             if conn is not None and not session.held and not conn.closed:
-                if not conn.flush_pending:
-                    conn.flush_pending = True
-                    to_flush.append(conn)
                 conn.out += (pack(length, msg_id, push, seq), payload)
+                if not conn.flush_pending:
+                    mark(conn)
             count += 1
         self.reliable += count
         return count
@@ -302,7 +343,7 @@ class Pusher:
         self, sessions: Iterable[Session], msg_id: int, payload: bytes, key: Hashable
     ) -> int:
         frame = _pack(MIN_LENGTH + len(payload), msg_id, _PUSH, 0) + payload
-        to_flush = self.server.dispatcher.to_flush
+        mark = self.outbox.mark
         count = 0
         for session in sessions:
             conn = session.conn
@@ -316,10 +357,9 @@ class Pusher:
                     self.conflated += 1
                 parked[key] = frame
             else:
-                if not conn.flush_pending:
-                    conn.flush_pending = True
-                    to_flush.append(conn)
                 conn.out.append(frame)
+                if not conn.flush_pending:
+                    mark(conn)
             count += 1
         self.latest += count
         return count
@@ -340,8 +380,7 @@ class Pusher:
         for seq, msg_id, payload in items:
             out.append(_pack(MIN_LENGTH + len(payload), msg_id, _PUSH, seq))
             out.append(payload)
-        self._mark(conn)
-        self._schedule()
+        self.outbox.mark(conn)
 
     def release_latest(self, conn: Connection) -> None:
         """The connection can be written again: its parked latest values go out."""
@@ -349,21 +388,13 @@ class Pusher:
         conn.latest = None
         if parked:
             conn.out.extend(parked.values())
-            self._mark(conn)
-            self._schedule()
+            self.outbox.mark(conn)
 
-    def _mark(self, conn: Connection) -> None:
-        if not conn.flush_pending:
-            conn.flush_pending = True
-            self.server.dispatcher.to_flush.append(conn)
-
-    def _schedule(self) -> None:
-        """The marked connections are written by the dispatcher's end-of-iteration flush;
-        the fan-out timings are read right after it (a call_soon queued behind it)."""
-        self.server.dispatcher.flush_soon()
+    def _time_fanouts(self) -> None:
+        """Read the fan-out timings once the Outbox has written the marked connections."""
         if self._starts and not self._timing:
             self._timing = True
-            self.server.loop.call_soon(self._record_timings)
+            self.outbox.after_flush(self._record_timings)
 
     def _record_timings(self) -> None:
         self._timing = False
@@ -373,6 +404,34 @@ class Pusher:
             for started in self._starts:
                 record(max(1, int((done - started) * 1e6)))
             self._starts.clear()
+
+    # -- the offline inbox --------------------------------------------------------------
+
+    def to_inbox(self, user_ids: list[str], msg_id: int, payload: bytes) -> None:
+        if self.offline_queue is None:
+            raise RuntimeError("the server has not started: no inbox yet")
+        self.offline += len(user_ids)
+        self.offline_queue.put(user_ids, msg_id, payload)
+
+    def keep_unacked(self, session: Session) -> None:
+        """A session's unacknowledged pushes go to its user's inbox, in order."""
+        items = list(session.pushes.items)
+        session.pushes.items.clear()
+        queue = self.offline_queue
+        if queue is not None:
+            for msg_id, payload in items:
+                queue.put([session.user_id], msg_id, payload)
+
+    async def inbox_settled(self, user_id: str) -> None:
+        """Wait until every offline push queued so far for the user is in the inbox (a
+        login takes the inbox right after)."""
+        if self.offline_queue is not None:
+            await self.offline_queue.settled(user_id)
+
+    async def drain_offline(self, timeout: float | None = None) -> None:
+        """Wait until the offline-inbox writes queued so far are done."""
+        if self.offline_queue is not None:
+            await self.offline_queue.drain(timeout)
 
 
 class OfflineQueue:

@@ -35,6 +35,7 @@ from server.middleware import (
     Middleware,
     compose_fusable,
 )
+from server.outbox import Outbox
 from server.push import OfflineQueue, Pusher, Room
 from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
@@ -65,8 +66,11 @@ class Server:
             push_buffer=self.config.push_buffer,
         )
         self.sessions.on_end = self._session_ended
+        #: Replies of the read fast path and pushes wait here for the end of the loop
+        #: iteration: one write per connection (server/outbox.py).
+        self.outbox = Outbox()
         #: Push to sessions, users, rooms, everyone (server/push.py).
-        self.pushes = Pusher(self)
+        self.pushes = Pusher(self.sessions, self.outbox, self.message_id)
         #: Reliable pushes for users with no session here, kept in the store (at start).
         self.inbox: Inbox | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # at start
@@ -89,11 +93,11 @@ class Server:
             self.middleware = [*self.middleware, self.timing]
             self.metrics = MetricsEndpoint(self, self.timing)
         self.stats = Stats()
-        id_by_class = self.registry._id_by_class
         self.dispatcher = Dispatcher(
             self.routes,
-            id_by_class.get,
+            self.message_id,
             self.stats,
+            self.outbox,
             consumers=self.config.consumers,
             mailbox_limit=self.config.mailbox_limit,
             max_pending=self.config.max_pending,
@@ -161,7 +165,11 @@ class Server:
             if before is not None:
                 route.calls, route.errors = before.calls, before.errors
         self.dispatcher.routes = self.routes
-        self.dispatcher.set_registry(self.registry._id_by_class.get)
+
+    def message_id(self, cls: type[Message]) -> int | None:
+        """The message ID of `cls` in the registry in use, None if it has none. The
+        dispatcher and the Pusher are handed this, so they follow a handler reload."""
+        return self.registry._id_by_class.get(cls)
 
     def _build_chains(self, app_routes: list[tuple[App, Route]]) -> None:
         deadline = Deadline(self.config.handler_timeout)
@@ -200,8 +208,9 @@ class Server:
         )
         self.sessions.bind(self.store)
         self.inbox = Inbox(self.store, max_per_user=config.inbox_max, ttl=config.inbox_ttl)
-        self.offline = OfflineQueue(self.inbox, loop)
+        self.offline = self.pushes.offline_queue = OfflineQueue(self.inbox, loop)
         self.loop = loop
+        self.outbox.start(loop)
         self.executor = ThreadPoolExecutor(
             self.config.blocking_threads, thread_name_prefix="tickwire-blocking"
         )
@@ -249,54 +258,23 @@ class Server:
         """Push `message` to every session of `user_id` on this node (connected, or
         waiting for a Resume that will replay it). With none, a reliable push goes to the
         user's offline inbox, delivered at the next login. Returns the sessions reached."""
-        return self.multicast((user_id,), message)
+        return self.pushes.to_users((user_id,), message)
 
     def multicast(self, user_ids: Iterable[str], message: Message) -> int:
         """`push` to several users, encoded once; the offline ones share one stored body."""
-        sessions: list[Session] = []
-        offline: list[str] = []
-        reachable = self.sessions.reachable
-        for user_id in user_ids:
-            if not isinstance(user_id, str):
-                raise TypeError(f"user ids are str, not {type(user_id).__name__}: {user_id!r}")
-            found = reachable(user_id)
-            if found:
-                sessions.extend(found)
-            else:
-                offline.append(user_id)
-        encoded = self.pushes.encode(message)  # once, for the sessions and the inbox
-        count = self.pushes.to_sessions(sessions, message, encoded) if sessions else 0
-        if offline and type(message) not in self.pushes.latest_keys:
-            self._to_inbox(offline, *encoded)
-        return count
+        return self.pushes.to_users(user_ids, message)
 
     def broadcast(self, message: Message) -> int:
         """Push `message` to every session on this node."""
-        return self.pushes.to_sessions(self.sessions.all_sessions(), message)
+        return self.pushes.to_everyone(message)
 
     def room(self, name: str) -> Room:
         """A handle on the room `name` of this node: join, leave, members, broadcast."""
         return self.pushes.room(name)
 
-    def _to_inbox(self, user_ids: list[str], msg_id: int, payload: bytes) -> None:
-        if self.offline is None:
-            raise RuntimeError("the server has not started: no inbox yet")
-        self.pushes.offline += len(user_ids)
-        self.offline.put(user_ids, msg_id, payload)
-
-    def _keep_unacked(self, session: Session) -> None:
-        """A session's unacknowledged pushes go to its user's inbox, in order."""
-        items = list(session.pushes.items)
-        session.pushes.items.clear()
-        if self.offline is not None:
-            for msg_id, payload in items:
-                self.offline.put([session.user_id], msg_id, payload)
-
     async def inbox_settled(self, user_id: str) -> None:
-        """Wait until every offline push queued so far for the user is in the inbox (a
-        login takes the inbox right after)."""
-        if self.offline is not None:
-            await self.offline.settled(user_id)
+        """Wait until every offline push queued so far for the user is in the inbox."""
+        await self.pushes.inbox_settled(user_id)
 
     def _session_ended(self, session: Session, reason: EndReason) -> None:
         for name in list(session.rooms):
@@ -310,12 +288,11 @@ class Server:
         # acknowledged reaches the user at the next login. A logout or a removal asked
         # for the session to end, pushes included.
         if reason in (EndReason.REPLACED, EndReason.EXPIRED, EndReason.FAILED):
-            self._keep_unacked(session)
+            self.pushes.keep_unacked(session)
 
     async def flush_pushes(self, timeout: float | None = None) -> None:
         """Wait until the offline-inbox writes queued so far are done."""
-        if self.offline is not None:
-            await self.offline.drain(timeout)
+        await self.pushes.drain_offline(timeout)
 
     def listening_socket(self) -> Any:
         """The listening socket (what a restart hands to the successor)."""
@@ -378,7 +355,7 @@ class Server:
         held = self.sessions.all_sessions()
         await self.sessions.save_pushes(held)
         for session in held:
-            self._keep_unacked(session)
+            self.pushes.keep_unacked(session)
         await self.flush_pushes(timeout=max(1.0, deadline - loop.time()))
         if self.store is not None:
             # Handlers are done: the memory store's final snapshot sees everything.

@@ -353,8 +353,8 @@ class SessionManager:
             self._attach(session, conn)
             sid = session.session_id
             try:
-                # One round trip on Redis. Token first, as before: nothing reads the
-                # session record without having come through the token.
+                # One round trip on Redis. Token first: nothing reads the session
+                # record without having come through the token.
                 batch = self.store.batch()
                 batch.set(_token_key(hashed), sid.encode(), ttl=self.token_ttl)
                 batch.hset(
@@ -513,7 +513,7 @@ class SessionManager:
             hashed = token_hash(token)
             old = session.token_hash
             expires_at_ms = _now_ms() + int(self.token_ttl * 1000)
-            # One round trip on Redis, in the old order: the new token exists before the
+            # One round trip on Redis, in this order: the new token exists before the
             # record names it, and the old one goes last.
             batch = store.batch()
             batch.set(_token_key(hashed), session.session_id.encode(), ttl=self.token_ttl)
@@ -691,8 +691,8 @@ class SessionManager:
         Resume on the next process replays them with their own sequence numbers.
 
         Only at a stop: written at every disconnect, each stalled member of a busy room
-        would keep a private copy of up to push_buffer pushes in the store (measured:
-        ~6 MiB per member with 16 KiB pushes), where the live buffer shares them."""
+        would keep a private copy of up to push_buffer pushes in the store, where the live
+        buffer shares them (docs/bench.md, "Figures behind the server's design")."""
         store = self.store
         for session in sessions:
             key = _session_key(session.session_id)

@@ -55,7 +55,7 @@ def system_app() -> App:
     @app.handler(Hello)
     def hello(ctx: Context, msg: Hello) -> Welcome:
         # The same answer whatever version the client names: a client that cannot speak
-        # ours disconnects (PROTOCOL.md: a new version is a new contract).
+        # ours disconnects (docs/protocol.md, "Fixed IDs": a new version is a new contract).
         config = ctx.server.config
         idle_ms = int(config.idle_timeout * 1000)
         return Welcome(

@@ -3,7 +3,7 @@
 One read of 8 pipelined Echo requests goes through Connection.data_received,
 Dispatcher.run_read (the connection is idle, so the read is run straight from the
 bytes), the default layers (fused), the reply encoding and the end-of-iteration write
-(Dispatcher._flush_all), into a transport that only records what it is given. As in the
+(Outbox.flush), into a transport that only records what it is given. As in the
 codec benchmarks, the result is checked, so a fast wrong answer never looks like a win.
 """
 
@@ -84,14 +84,15 @@ def test_dispatch_one_read_of_8_echo_requests(
 ) -> None:
     server, conn, transport = started
     dispatcher = server.dispatcher
+    outbox = server.outbox
 
     def one_read() -> None:
         conn.data_received(READ)
         # What the loop would run at the end of the iteration: the replies' write. The
         # call_soon that schedules it is left out (marked as done): in a server it is one
         # per loop iteration, shared by every connection read in it.
-        dispatcher._flush_all()
-        dispatcher._flush_scheduled = True
+        outbox.flush()
+        outbox._scheduled = True
 
     benchmark(one_read)
     frames = FrameDecoder().feed(transport.written[-1])

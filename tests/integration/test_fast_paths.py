@@ -25,9 +25,10 @@ import pytest
 from protocol.errors import ErrorCode
 from protocol.frame import Flags, FrameDecoder, encode_frame
 from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error
-from server import App, Server, ServerConfig
+from server import App, Context, Server, ServerConfig
 from server.app import Route
 from server.connection import Connection
+from server.errors import HandlerError
 from server.middleware import Call
 from tests.bench.test_dispatch_bench import RecordingTransport
 from tests.conftest import StartServer, wait_for
@@ -446,4 +447,56 @@ async def test_a_sync_handler_raising_cancelled_error_is_internal(
     assert EchoReply.FromString(frames[5].payload).data == b"after"
     assert server.dispatcher.pending == 0 and server.dispatcher.in_flight == 0
     assert server.routes[NOTE].errors == 2
+    await peer.close()
+
+
+async def test_run_read_and_run_connection_answer_a_read_byte_for_byte_alike(
+    start_server: StartServer,
+) -> None:
+    """The per-frame body exists in run_read (frames from the bytes) and run_connection
+    (frames from the decoder); this keeps them alike. The same frames go through each:
+    once on an idle connection (run_read), once behind a flagged frame (run_connection
+    takes the whole read). Replies must be the same bytes, the calls and errors counted
+    the same, and a Context shared exactly until a handler keeps one."""
+    app = App("alike", public=True)
+    contexts: list[int] = []  # ids: holding the Contexts would keep every one
+    kept: list[Context] = []
+
+    @app.handler(pb.NoteRequest)
+    def note_handler(ctx: Context, msg: pb.NoteRequest) -> Any:
+        contexts.append(id(ctx))
+        if msg.text == "keep":
+            kept.append(ctx)
+        if msg.text == "fail":  # a HandlerError: no log record to hold the frame
+            raise HandlerError(ErrorCode.RATE_LIMITED, "no")
+        if msg.text == "silent":
+            return None
+        return EchoReply(data=msg.text.encode())
+
+    server = await start_server(app)
+    route = server.routes[NOTE]
+    texts = ["a", "b", "keep", "c", "fail", "silent", "d"]
+    read = b"".join(note(seq, text) for seq, text in enumerate(texts, 1))
+    peer = await RawPeer.connect(server.address)
+    peer.send(note(100, "learn"))  # the route learns its reply type first
+    await peer.read_frames(1)
+
+    def shape(ids: list[int]) -> list[int]:
+        """Which frames shared a Context: the index of its first use, per frame."""
+        return [ids.index(each) for each in ids]
+
+    runs = []
+    for prefix in (b"", encode_frame(ECHO, 0x10, 99, b"")):
+        contexts.clear()
+        calls, errors = route.calls, route.errors
+        peer.send(prefix + read)
+        frames = await peer.read_frames(len(texts) - 1 + bool(prefix))
+        body = b"".join(encode_frame(f.msg_id, f.flags, f.seq, f.payload) for f in frames)
+        if prefix:
+            body = body[len(encode_frame(*frames[0])) :]
+        runs.append((body, route.calls - calls, route.errors - errors, shape(contexts)))
+    (fast, *fast_counts), (slow, *slow_counts) = runs
+    assert fast == slow and fast_counts == slow_counts
+    calls, errors, shared = fast_counts
+    assert (calls, errors) == (7, 1) and shared == [0, 0, 0, 3, 3, 3, 3]
     await peer.close()
