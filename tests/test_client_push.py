@@ -311,7 +311,7 @@ async def test_an_old_sessions_ack_never_reaches_the_new_session(
     await asyncio.sleep(0.05)
     server.push("alice", pb.SleepReply(tag=5))  # alice's sixth, during bob's login
     await login
-    # Without the fix, PushAck(6) went out behind the Login and emptied bob's buffer.
+    # A PushAck(6) sent behind the Login would apply to bob's session and empty its buffer.
     await wait_for(lambda: tags(got)[-3:] == [100, 101, 102])
     assert [p.seq for p in got[-3:]] == [1, 2, 3]
 
