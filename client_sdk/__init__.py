@@ -1,7 +1,7 @@
 """tickwire's Python client SDK. It imports `protocol`, never `server`."""
 
 from client_sdk.blocking import Client
-from client_sdk.client import AsyncClient, Push, PushGap, Reconnect, Session
+from client_sdk.client import AsyncClient, ConnState, Push, Reconnect, Session
 from client_sdk.errors import (
     AuthTimeout,
     BadFlags,
@@ -25,6 +25,7 @@ from client_sdk.errors import (
     UnknownMessage,
     server_error,
 )
+from client_sdk.ledger import PushGap
 
 __all__ = [
     "AsyncClient",
@@ -33,6 +34,7 @@ __all__ = [
     "BadFrame",
     "Client",
     "ClientError",
+    "ConnState",
     "ConnectionClosed",
     "DecodeFailed",
     "FrameTooLarge",

@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from client_sdk.client import (
-    ACK_DELAY,
-    ACK_EVERY,
     AsyncClient,
     Push,
     PushCallback,
@@ -28,6 +26,7 @@ from client_sdk.client import (
     SessionLostCallback,
 )
 from client_sdk.errors import ConnectionClosed
+from client_sdk.ledger import ACK_DELAY, ACK_EVERY
 from protocol.proto.system_pb2 import LoginReply, LogoutReply, ResumeReply
 from protocol.registry import MessageRegistry
 
@@ -227,8 +226,7 @@ class Client:
             raise RuntimeError("Client.close() called from one of its own callbacks")
         try:
             self._run(self._client.close(), 10.0)
-            if self._client._closed is not None:
-                self._final = self._client._closed
+            self._final = self._run(self._client.wait_closed(), 10.0)
         finally:
             self._stop_loop()
 

@@ -1,13 +1,16 @@
 """The async client: one connection, many requests in flight, pushes, clean close.
 
-It speaks PROTOCOL.md through the same sans-I/O codec as the server and never imports the
-server. Requests written in one event-loop iteration go out in one write, as replies do on
-the server side, so a pipelining client does not pay a syscall per request.
+It speaks the wire protocol (docs/protocol.md) through the same sans-I/O codec as the
+server and never imports the server. Requests written in one event-loop iteration go out in
+one write, as replies do on the server side, so a pipelining client does not pay a syscall
+per request. The push bookkeeping (what was delivered, what to drop, when to acknowledge)
+is the sans-I/O PushLedger (client_sdk/ledger.py); this module does the I/O around it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import logging
 import random
@@ -26,6 +29,7 @@ from client_sdk.errors import (
     UnexpectedReply,
     server_error,
 )
+from client_sdk.ledger import ACK_DELAY, ACK_EVERY, PushGap, PushLedger, Verdict
 from protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -77,10 +81,6 @@ M = TypeVar("M", bound=Message)
 _RESPONSE = int(Flags.RESPONSE)
 _ERROR = int(Flags.ERROR)
 _PUSH = int(Flags.PUSH)
-#: Default PushAck batching: one acknowledgement at most this long after the first push
-#: it covers, or as soon as this many pushes wait for one (whichever comes first).
-ACK_DELAY = 0.05
-ACK_EVERY = 64
 #: Closes after which reconnecting would only repeat them: the session lives on another
 #: connection now (two devices would kick each other forever), or this client never
 #: logged in (the server would close the next connection for the same reason).
@@ -100,16 +100,6 @@ class Push(NamedTuple):
 
 
 PushCallback = Callable[[Push], Any]
-
-
-class PushGap(NamedTuple):
-    """A Resume's reply said some pushes are gone: of those after `seen` (the last one
-    this client handed to the application) up to `last_push_seq` (the server's newest),
-    some were dropped from the server's bounded buffer and will never arrive. The
-    application should re-sync its state (fetch it afresh) rather than rely on pushes."""
-
-    seen: int
-    last_push_seq: int
 
 
 PushGapCallback = Callable[[PushGap], Awaitable[None] | None]
@@ -160,21 +150,57 @@ class Session:
         )
 
 
+class ConnState(enum.Enum):
+    """Where the client's connection is in its life; one value replaces a set of flags.
+
+    CONNECTING -> OPEN (connect() returned). OPEN -> DOWN when the connection ends or the
+    server announces it will (a closing Error, a GoAway): requests in flight fail. From
+    DOWN, once the transport is gone, RECONNECTING (with a Reconnect policy, unless the
+    close is final) or CLOSED. RECONNECTING -> RESTORING when a new connection is made,
+    RESTORING -> OPEN once the session is restored and the on_reconnect callbacks ran;
+    a drop meanwhile goes back to RECONNECTING. Any state -> CLOSED on close(), a final
+    close, or when the policy's attempts run out; CLOSED is for good.
+    """
+
+    #: connect() is still opening the first connection.
+    CONNECTING = "connecting"
+    #: Requests go straight out.
+    OPEN = "open"
+    #: The connection ended (or the server said it is ending it) and nothing reconnects
+    #: yet: requests wait, notify() raises; the transport's end decides what follows.
+    DOWN = "down"
+    #: No connection: the reconnect loop waits out its backoff or connects.
+    RECONNECTING = "reconnecting"
+    #: A new connection: the session is resumed and the on_reconnect callbacks run. Only
+    #: their requests (the reconnect task's) go out; the others wait for OPEN.
+    RESTORING = "restoring"
+    #: For good: every request raises the reason wait_closed() returns.
+    CLOSED = "closed"
+
+
+#: The states with a connection to write on.
+_LIVE = frozenset({ConnState.CONNECTING, ConnState.OPEN, ConnState.RESTORING})
+#: The states in which the connection is gone, for a reason (`_reason`).
+_GONE = frozenset({ConnState.DOWN, ConnState.RECONNECTING, ConnState.CLOSED})
+
+
 class _Wire(asyncio.Protocol):
     """The asyncio side of AsyncClient: bytes in, frames to the client. One per
     connection: after a reconnect, the old one's late events are ignored."""
 
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.Transport | None = None
+        #: The transport's write buffer is full (pause_writing): requests wait for room.
+        self.paused = False
 
     @property
     def current(self) -> bool:
-        return self.transport is not None and self.client._transport is self.transport
+        return self.client._wire is self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.client._transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]
+        self.client._wire = self
 
     def data_received(self, data: bytes) -> None:
         if not self.current:
@@ -184,22 +210,22 @@ class _Wire(asyncio.Protocol):
         for frame in frames:
             client._on_frame(frame)
         if client._decoder.error is not None:
-            client._fail(ConnectionClosed(f"server broke the protocol: {client._decoder.error}"))
-            if client._transport is not None:
-                client._transport.abort()
+            client._drop_connection(f"server broke the protocol: {client._decoder.error}")
 
     def pause_writing(self) -> None:
         if self.current:
-            self.client._writable.clear()
+            self.paused = True
+            self.client._sync_events()
 
     def resume_writing(self) -> None:
         if self.current:
-            self.client._writable.set()
+            self.paused = False
+            self.client._sync_events()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.current:
             return
-        self.client._transport = None
+        self.client._wire = None
         self.client._fail(
             ConnectionClosed("connection closed" if exc is None else f"connection lost: {exc}")
         )
@@ -216,34 +242,35 @@ class AsyncClient:
         ack_delay: float = ACK_DELAY,
         ack_every: int = ACK_EVERY,
     ) -> None:
-        if ack_delay < 0 or ack_every < 1:
-            raise ValueError("ack_delay must be >= 0 and ack_every >= 1")
+        self._ledger = PushLedger(ack_delay, ack_every)
         self.registry = registry or system_registry()
         self._decoder = FrameDecoder(max_frame)
-        self._transport: asyncio.Transport | None = None
+        self._wire: _Wire | None = None
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self._reply_hooks: dict[int, Callable[[Frame], None]] = {}
         self._next_seq = 1
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._writable = asyncio.Event()
-        self._writable.set()
         self._push_callbacks: dict[type[Message], list[PushCallback]] = {}
         self._observers: list[Callable[[Frame], Any]] = []
         self._push_queues: list[asyncio.Queue[Push | None]] = []
-        #: Why the current connection ended (None while it is up).
-        self._down: ConnectionClosed | None = None
-        self._up = asyncio.Event()
-        self._up.set()
-        #: Set when the client is closed for good (by close(), or no reconnect).
-        self._closed: ConnectionClosed | None = None
+        self._state = ConnState.CONNECTING
+        #: Why the connection is gone (in the _GONE states): why it ended, or once CLOSED
+        #: why the client is done.
+        self._reason: ConnectionClosed | None = None
+        # Derived from the state and the wire in _sync_events only, for the waiters:
+        # requests waiting for a connection (set in OPEN and CLOSED), requests waiting
+        # for room in the write buffer, and wait_closed().
+        self._usable = asyncio.Event()
+        self._writable = asyncio.Event()
         self._closed_event = asyncio.Event()
+        self._sync_events()
         self._address: tuple[str, int] = ("", 0)
         self._connect_timeout = 10.0
         self._reconnect: Reconnect | None = None
-        self._reconnecting: asyncio.Task[None] | None = None
+        #: The reconnect loop, running in RECONNECTING and RESTORING.
+        self._reconnect_task: asyncio.Task[None] | None = None
         self._reconnect_callbacks: list[ReconnectCallback] = []
-        self._user_closed = False
         #: Connections re-established so far.
         self.reconnects = 0
         #: The GoAway the server sent before closing, if it did.
@@ -257,29 +284,13 @@ class AsyncClient:
         self._max_request = 0
         #: The logged-in session (login, resume), None when there is none.
         self.session: Session | None = None
-        #: The highest reliable push sequence handed to the application in this session.
-        self._last_push_seq = 0
-        #: A session this client logged in or resumed itself (login(), resume()): its
-        #: pushes are deduplicated by sequence. A LoginRequest sent with request() is not
-        #: known here, so its pushes pass through as they come, unacknowledged.
-        self._tracking = False
-        #: That session is attached to the current connection (its Login/Resume reply
-        #: came on it): acknowledgements may go out.
-        self._attached = False
-        #: The highest sequence a PushAck was sent for in this session (on this connection).
-        self._acked_seq = 0
-        self._ack_delay = ack_delay
-        self._ack_every = ack_every
-        self._ack_timer: asyncio.TimerHandle | None = None
-        self._ack_soon = False
+        #: The one PushAck scheduled (call_soon or call_at) and the ledger's ack_due it
+        #: was scheduled for.
+        self._ack_handle: asyncio.Handle | None = None
+        self._ack_at: float | None = None
         self._push_gap_callbacks: list[PushGapCallback] = []
-        #: Reliable pushes dropped because the application had them already (a replay).
-        self.duplicate_pushes = 0
         #: PushAck frames sent.
         self.acks_sent = 0
-        #: True after a Resume whose reply said some pushes are gone (see on_push_gap);
-        #: reset by the next Resume or Login.
-        self.push_gap = False
         self._credentials: tuple[str, str, str] | None = None
         self._auto_refresh = False
         self._refresher: asyncio.Task[None] | None = None
@@ -309,6 +320,8 @@ class AsyncClient:
         client._connect_timeout = timeout
         client._reconnect = reconnect
         await client._open()
+        if client._state is ConnState.CONNECTING:  # not dropped already
+            client._set_state(ConnState.OPEN)
         return client
 
     async def _open(self) -> None:
@@ -336,34 +349,37 @@ class AsyncClient:
         await self.close()
 
     @property
+    def state(self) -> ConnState:
+        """Where the connection is in its life (see ConnState)."""
+        return self._state
+
+    @property
     def closed(self) -> bool:
-        return self._closed is not None
+        return self._state is ConnState.CLOSED
 
     @property
     def connected(self) -> bool:
         """The connection is up and ready: false while reconnecting (the session is
         being resumed, say) and once closed."""
-        return self._closed is None and self._down is None and self._up.is_set()
+        return self._state is ConnState.OPEN
 
     async def close(self) -> None:
         """Flush what is queued, close, and fail requests still waiting."""
-        self._user_closed = True
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
         transport = self._transport
         if transport is not None and not transport.is_closing():
             self._send_ack()  # what the application got needs no replay
             self._flush()
             transport.close()
-        self._fail(ConnectionClosed("client closed the connection"))
-        self._finish()
+        self._fail(ConnectionClosed("client closed the connection"), final=True)
         await self._closed_event.wait()
         # Nothing of this client may outlive close(): callbacks still running, the
         # reconnect loop, the token refresher.
         current = asyncio.current_task()
         leftovers = [
             task
-            for task in (*self._callback_tasks, self._reconnecting, self._refresher)
+            for task in (*self._callback_tasks, self._reconnect_task, self._refresher)
             if task is not None and task is not current and not task.done()
         ]
         for task in leftovers:
@@ -373,8 +389,7 @@ class AsyncClient:
 
     async def wait_closed(self) -> ConnectionClosed:
         await self._closed_event.wait()
-        assert self._closed is not None
-        return self._closed
+        return self._gone()
 
     # -- requests -------------------------------------------------------------------
 
@@ -402,34 +417,30 @@ class AsyncClient:
 
         `on_reply(frame)` runs the moment the reply arrives, before any frame after it is
         handled (the caller resumes only later): for state that later frames depend on."""
-        if self._closed is not None:
-            raise self._closed
-        # Reconnecting, or the reconnect callbacks (a Resume) still run: wait for the
-        # connection within the request's own timeout. The callbacks' own requests come
-        # from the reconnect task and go straight out.
-        if self._down is not None and asyncio.current_task() is self._reconnecting:
-            # A reconnect callback's request on a connection that dropped again: fail
-            # now, so the reconnect loop goes on, instead of writing into nothing.
-            raise self._down
-        if (
-            self._down is not None or not self._up.is_set()
-        ) and asyncio.current_task() is not self._reconnecting:
+        state = self._state
+        if state is ConnState.CLOSED:
+            raise self._gone()
+        if asyncio.current_task() is self._reconnect_task:
+            # The reconnect loop's own requests (the Resume, on_reconnect callbacks') go
+            # straight out while RESTORING; on a connection that dropped again they fail
+            # now, so the loop goes on, instead of writing into nothing.
+            if state is ConnState.RECONNECTING:
+                raise self._gone()
+        elif state is not ConnState.OPEN and state is not ConnState.CONNECTING:
+            # Down, reconnecting, or the session is being restored: wait for OPEN within
+            # the request's own timeout.
             async with asyncio.timeout(timeout):
-                while self._down is not None or not self._up.is_set():
-                    await self._up.wait()
-                    if self._closed is not None:
-                        raise self._closed
-                    if self._down is not None:
-                        self._up.clear()  # dropped again: wait for the next one
+                while self._state is not ConnState.OPEN:
+                    await self._usable.wait()
+                    if self._state is ConnState.CLOSED:
+                        raise self._gone()
         if not self._writable.is_set():
             # The server is not reading: wait for room, within the request's own timeout;
-            # a connection that ends meanwhile wakes us (see _fail).
+            # a connection that ends meanwhile wakes us (see _sync_events).
             async with asyncio.timeout(timeout):
                 await self._writable.wait()
-            if self._closed is not None:
-                raise self._closed
-            if self._down is not None:
-                raise self._down
+            if self._state in _GONE:
+                raise self._gone()
         if self._max_request and MIN_LENGTH + len(payload) > self._max_request:
             raise LocalProtocolError(
                 f"a {len(payload)}-byte payload passes the server's max_frame "
@@ -469,16 +480,14 @@ class AsyncClient:
     def notify(self, message: Message) -> None:
         """Send a one-way message (seq 0): no reply; a failure arrives in `errors`. While
         the connection is down it raises: a notification is not queued for later."""
-        if self._closed is not None:
-            raise self._closed
-        if self._down is not None:
-            raise self._down
+        if self._state in _GONE:
+            raise self._gone()
         self._send(encode_frame(self.registry.id_of(message), 0, 0, message.SerializeToString()))
 
     async def send_raw(self, data: bytes) -> None:
         """Write bytes as they are (debugging, protocol tests)."""
-        if self._closed is not None:
-            raise self._closed
+        if self._state is ConnState.CLOSED:
+            raise self._gone()
         self._send(data)
 
     async def ping(self, *, timeout: float | None = 10.0) -> float:
@@ -503,7 +512,8 @@ class AsyncClient:
     ) -> MessageRegistry:
         """The server's schema as a registry of dynamic classes; `adopt` makes it this
         client's registry, so messages the client has no code for can be sent by name."""
-        # By its fixed ID (PROTOCOL.md), so it works whatever this client's registry holds.
+        # By its fixed ID (docs/protocol.md, "Fixed IDs"), so it works whatever this
+        # client's registry holds.
         frame = await self.roundtrip(DESCRIBE_ID, b"", timeout=timeout)
         registry = MessageRegistry.from_describe(DescribeReply.FromString(frame.payload))
         if adopt:
@@ -535,8 +545,8 @@ class AsyncClient:
         def new_session(frame: Frame) -> None:
             if not frame.flags & _ERROR:
                 # Pushes right behind the reply are the new session's, numbered anew.
-                self._track_session(0)
-                self.push_gap = False
+                self._ledger.logged_in()
+                self._arm_ack()
 
         try:
             reply = await self._system_call(
@@ -549,8 +559,8 @@ class AsyncClient:
             )
         except BaseException:
             # Refused or failed: the server kept whatever session this connection had.
-            if not self._attached and self.session is not None:
-                self._attached = was_attached
+            if self.session is not None:
+                self._ledger.refused(was_attached)
             raise
         self._credentials = (user, password, device) if remember else None
         self._auto_refresh = auto_refresh
@@ -591,7 +601,7 @@ class AsyncClient:
         own session that the replay repeats are dropped, not handed over twice."""
         if last_push_seq is None:
             own = self.session is not None and self.session.token == token
-            last_push_seq = self._last_push_seq if own else 0
+            last_push_seq = self._ledger.last_seq if own else 0
         seen = last_push_seq
         request = ResumeRequest(token=token, last_push_seq=seen)
         # No acknowledgement ahead of it: the Resume's last_push_seq is one already.
@@ -606,18 +616,16 @@ class AsyncClient:
                 reply = ResumeReply.FromString(frame.payload)
             except DecodeError:
                 return  # _system_call raises UnexpectedReply
-            same = (
-                self._tracking
-                and self.session is not None
-                and self.session.session_id == reply.session_id
+            gap = self._ledger.resumed(
+                asked=seen,
+                ours=self.session is not None and self.session.session_id == reply.session_id,
+                push_gap=reply.push_gap,
+                server_last=reply.last_push_seq,
+                now=asyncio.get_running_loop().time(),
             )
-            self._track_session(self._last_push_seq if same else seen)
-            self.push_gap = reply.push_gap
-            if reply.push_gap:
-                self._report_gap(PushGap(self._last_push_seq, reply.last_push_seq))
-            if self._last_push_seq:
-                # Acknowledgements sent on the old connection may never have arrived.
-                self._schedule_ack()
+            if gap is not None:
+                self._report_gap(gap)
+            self._arm_ack()
 
         try:
             reply = await self._system_call(
@@ -631,12 +639,12 @@ class AsyncClient:
         except Unauthenticated:
             if self.session is not None and self.session.token == token:
                 self._set_session(None)  # that session is gone
-            elif not self._attached and self.session is not None:
-                self._attached = was_attached  # refused: the connection keeps its session
+            elif self.session is not None:
+                self._ledger.refused(was_attached)  # the connection keeps its session
             raise
         except BaseException:
-            if not self._attached and self.session is not None:
-                self._attached = was_attached
+            if self.session is not None:
+                self._ledger.refused(was_attached)
             raise
         self._set_session(
             Session(
@@ -649,7 +657,18 @@ class AsyncClient:
     def last_push_seq(self) -> int:
         """The highest push sequence handed to the application in this session (what a
         Resume sends)."""
-        return self._last_push_seq
+        return self._ledger.last_seq
+
+    @property
+    def push_gap(self) -> bool:
+        """True after a Resume whose reply said some pushes are gone (see on_push_gap);
+        reset by the next Resume or Login."""
+        return self._ledger.gap
+
+    @property
+    def duplicate_pushes(self) -> int:
+        """Reliable pushes dropped because the application had them already (a replay)."""
+        return self._ledger.duplicates
 
     def on_push_gap(self, callback: PushGapCallback) -> None:
         """Run `callback(gap)` (sync or async) when a Resume's reply says some pushes
@@ -678,54 +697,37 @@ class AsyncClient:
         Returns whether acks were on (to restore them if the request is refused)."""
         if send:
             self._send_ack()
-        was = self._attached
-        self._attached = False
-        self._cancel_ack()
+        was = self._ledger.detach()
+        self._arm_ack()
         return was
-
-    def _track_session(self, last_push_seq: int) -> None:
-        """A Login or Resume reply just arrived on this connection: the session's pushes
-        are counted from `last_push_seq`, and acknowledged from here on."""
-        self._cancel_ack()
-        self._last_push_seq = last_push_seq
-        self._acked_seq = 0
-        self._tracking = True
-        self._attached = True
 
     # -- acknowledgements -------------------------------------------------------------
 
-    def _schedule_ack(self) -> None:
-        """Reliable pushes were handed over: acknowledge them soon, batched."""
-        if not self._attached:
+    def _arm_ack(self) -> None:
+        """Keep the one scheduled PushAck in step with the ledger's ack_due, after any
+        event that may have moved it. Due already: after the frames being handled (a
+        burst read in one go costs one ack); later: a timer."""
+        due = self._ledger.ack_due
+        if due == self._ack_at:
             return
-        if self._last_push_seq - self._acked_seq >= self._ack_every:
-            # Once per loop iteration at most: a burst read in one go costs one ack.
-            if not self._ack_soon:
-                self._ack_soon = True
-                asyncio.get_running_loop().call_soon(self._send_ack)
-        elif self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(self._ack_delay, self._send_ack)
-
-    def _cancel_ack(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
+        if self._ack_handle is not None:
+            self._ack_handle.cancel()
+            self._ack_handle = None
+        self._ack_at = due
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            if due <= loop.time():
+                self._ack_handle = loop.call_soon(self._send_ack)
+            else:
+                self._ack_handle = loop.call_at(due, self._send_ack)
 
     def _send_ack(self) -> None:
         """Acknowledge every push handed to the application so far (one seq-0 PushAck),
-        if there is something new to acknowledge and a session on this connection."""
-        self._ack_soon = False
-        self._cancel_ack()
-        seq = self._last_push_seq
-        if (
-            not self._attached
-            or seq <= self._acked_seq
-            or self._down is not None
-            or self._closed is not None
-            or self._transport is None
-        ):
+        if the ledger has something new to acknowledge on this connection."""
+        seq = self._ledger.take_ack()
+        self._arm_ack()
+        if seq is None or self._state not in _LIVE or self._transport is None:
             return
-        self._acked_seq = seq
         self.acks_sent += 1
         self._send(encode_frame(PUSH_ACK_ID, 0, 0, PushAck(seq=seq).SerializeToString()))
 
@@ -757,9 +759,8 @@ class AsyncClient:
         # The push sequence is reset when the reply arrives (login, resume), not here:
         # pushes right behind the reply were counted before the caller resumed.
         if session is None:
-            self._last_push_seq = 0
-            self._tracking = self._attached = False
-            self._cancel_ack()
+            self._ledger.forget()
+            self._arm_ack()
         self.session = session
         self._schedule_refresh()
 
@@ -768,7 +769,7 @@ class AsyncClient:
         if self._refresher is not None and self._refresher is not current:
             self._refresher.cancel()
         self._refresher = None
-        if self._auto_refresh and self.session is not None and self._closed is None:
+        if self._auto_refresh and self.session is not None and not self.closed:
             self._refresher = asyncio.get_running_loop().create_task(
                 self._refresh_later(self.session), name="tickwire-refresh"
             )
@@ -777,7 +778,7 @@ class AsyncClient:
         """auto_refresh: renew the token at 80% of its remaining lifetime; after a refresh
         the connection lost, try again shortly (until the token has expired)."""
         await asyncio.sleep(max(0.0, _REFRESH_AT * (session.expires_at_ms / 1000 - time.time())))
-        while self.session is session and self._closed is None:
+        while self.session is session and not self.closed:
             try:
                 await self.refresh_token(timeout=30.0)
                 return  # refresh_token scheduled the next one
@@ -827,7 +828,7 @@ class AsyncClient:
         try:
             if session is not None:
                 try:
-                    await self.resume(session.token, self._last_push_seq, timeout=timeout)
+                    await self.resume(session.token, self._ledger.last_seq, timeout=timeout)
                     log.info("resumed session %s", session.session_id)
                     return True
                 except Unauthenticated as exc:
@@ -858,7 +859,7 @@ class AsyncClient:
         assert reason is not None
         for pending in self._lose_session(reason):
             await pending
-        return self._down is None
+        return self._state is ConnState.RESTORING
 
     def _drop_connection(self, why: str) -> None:
         self._fail(ConnectionClosed(why))
@@ -885,7 +886,7 @@ class AsyncClient:
 
     async def pushes(self) -> AsyncIterator[Push]:
         """Every push from now on, in order, until the connection closes."""
-        if self._closed is not None:
+        if self.closed:
             return  # closed for good: no push will come
         queue: asyncio.Queue[Push | None] = asyncio.Queue()
         self._push_queues.append(queue)
@@ -916,12 +917,13 @@ class AsyncClient:
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self._out
-        if not out or self._transport is None or self._transport.is_closing():
+        transport = self._transport
+        if not out or transport is None or transport.is_closing():
             out.clear()
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        self._transport.write(data)
+        transport.write(data)
 
     def _on_frame(self, frame: Frame) -> None:
         flags = frame.flags
@@ -983,17 +985,11 @@ class AsyncClient:
             self._fail(ConnectionClosed("server sent GoAway", error))
             return
         seq = frame.seq
-        if seq:
-            if seq <= self._last_push_seq and self._tracking:
-                # A replay repeating what the application got already in this session.
-                self.duplicate_pushes += 1
-                return
-            if seq > self._last_push_seq:
-                self._last_push_seq = seq
-            if self._tracking:
-                # Acknowledged once handed over below (a callback that raises is logged:
-                # it is not delivered again either).
-                self._schedule_ack()
+        if self._ledger.push(seq, asyncio.get_running_loop().time()) is Verdict.DUPLICATE:
+            return
+        # Acknowledged as handed over below, whatever the callbacks do (one that raises
+        # is logged; the push is not delivered again either).
+        self._arm_ack()
         try:
             message = self.registry.decode(frame.msg_id, frame.payload)
         except RemoteProtocolError as exc:
@@ -1011,38 +1007,69 @@ class AsyncClient:
         for queue in self._push_queues:
             queue.put_nowait(push)
 
-    def _fail(self, exc: ConnectionClosed) -> None:
+    def _fail(self, exc: ConnectionClosed, *, final: bool = False) -> None:
         """The connection ended (or is about to: a closing Error, a GoAway): record the
         first reason and fail every request waiting on it. Whether the client is done
-        is decided once the transport is really gone."""
-        if self._down is None:
-            self._down = exc
-            self._up.clear()
+        is decided once the transport is really gone, or at once when `final` (close())."""
+        state = self._state
+        if state in _LIVE:
+            self._reason = exc
+            # A drop while RESTORING leaves the reconnect loop, already running, to go on.
+            self._set_state(
+                ConnState.RECONNECTING if state is ConnState.RESTORING else ConnState.DOWN
+            )
             # The session is not on a connection until the next Login/Resume reply.
-            self._attached = False
-            self._cancel_ack()
+            self._ledger.detach()
+            self._arm_ack()
             if exc.code == ErrorCode.SESSION_REPLACED and exc.error is not None:
                 # Ours lives on another connection now; it is not coming back here.
                 for pending in self._lose_session(exc.error):
                     self._spawn(pending)
+        reason = self._gone()
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(self._down)
+                future.set_exception(reason)
         self._pending.clear()
         self._reply_hooks.clear()
         self._out.clear()
-        self._writable.set()  # wake requests waiting for room; they see the connection gone
-        if self._transport is None or self._transport.is_closing() or exc.error is None:
-            if self._reconnect is None or self._user_closed or self._final():
+        transport = self._transport
+        if transport is None or transport.is_closing() or exc.error is None:
+            if final or self._reconnect is None or self._final() or self.closed:
                 self._finish()
-            elif self._reconnecting is None:
-                self._reconnecting = asyncio.get_running_loop().create_task(
+            elif self._state is ConnState.DOWN:
+                self._set_state(ConnState.RECONNECTING)
+                self._reconnect_task = asyncio.get_running_loop().create_task(
                     self._reconnect_loop(), name="tickwire-reconnect"
                 )
 
     def _final(self) -> bool:
         """The server closed for a reason a reconnect would only repeat (_FINAL_CODES)."""
-        return self._down is not None and self._down.code in _FINAL_CODES
+        return self._reason is not None and self._reason.code in _FINAL_CODES
+
+    def _gone(self) -> ConnectionClosed:
+        """Why the connection is gone (in the _GONE states): what requests raise."""
+        assert self._reason is not None
+        return self._reason
+
+    @property
+    def _transport(self) -> asyncio.Transport | None:
+        """The current connection's transport (None while there is none)."""
+        return None if self._wire is None else self._wire.transport
+
+    def _set_state(self, state: ConnState) -> None:
+        self._state = state
+        self._sync_events()
+
+    def _sync_events(self) -> None:
+        """The Events waiters await, derived here and only here from the state and the
+        current wire: a connection to send on (set in OPEN, and in CLOSED so that waiters
+        wake to raise), room in its write buffer (set too once the connection is gone,
+        for the same reason), and the end."""
+        state = self._state
+        _toggle(self._usable, state is ConnState.OPEN or state is ConnState.CLOSED)
+        wire = self._wire
+        _toggle(self._writable, state not in _LIVE or wire is None or not wire.paused)
+        _toggle(self._closed_event, state is ConnState.CLOSED)
 
     def _spawn(self, awaitable: Awaitable[None]) -> None:
         async def run() -> None:
@@ -1054,15 +1081,14 @@ class AsyncClient:
 
     def _finish(self, reason: ConnectionClosed | None = None) -> None:
         """Closed for good: nothing reconnects, iterators end, waiters wake."""
-        if self._closed is None:
-            self._closed = reason or self._down or ConnectionClosed("connection closed")
+        if self._state is not ConnState.CLOSED:
+            self._reason = reason or self._reason or ConnectionClosed("connection closed")
+            self._set_state(ConnState.CLOSED)
         if self._refresher is not None:
             self._refresher.cancel()
             self._refresher = None
         for queue in self._push_queues:
             queue.put_nowait(None)
-        self._up.set()  # wake requests waiting for a connection; they see _closed
-        self._closed_event.set()
 
     async def _reconnect_loop(self) -> None:
         policy = self._reconnect
@@ -1081,7 +1107,7 @@ class AsyncClient:
                     log.info("reconnect attempt %d to %s:%d failed: %s", tries, *self._address, exc)
                     delay = min(max(delay, policy.initial) * 2, policy.maximum)
                     continue
-                if self._closed is not None:
+                if self.closed:
                     # Closed for good while it connected (close(), a final close).
                     if self._transport is not None:
                         self._transport.close()
@@ -1091,7 +1117,7 @@ class AsyncClient:
                 # connection up, while requests that waited for it are released only
                 # afterwards.
                 if not await self._restore_session():
-                    if self._closed is not None:
+                    if self.closed:
                         return
                     delay = min(max(delay, policy.initial) * 2, policy.maximum)
                     continue
@@ -1102,25 +1128,36 @@ class AsyncClient:
                             await result
                     except Exception:
                         log.exception("reconnect callback %r raised", callback)
-                if self._down is None:
-                    self._up.set()
+                if self._state is ConnState.RESTORING:
+                    self._set_state(ConnState.OPEN)
                     return
-                if self._closed is not None:
+                if self.closed:
                     return  # closed for good meanwhile (SessionReplaced, say)
                 # It dropped again while the callbacks ran: start over from the short wait.
                 delay = policy.initial
             self._finish(
                 ConnectionClosed(
                     f"gave up reconnecting to {self._address[0]}:{self._address[1]} after "
-                    f"{tries} attempts (last: {self._down})"
+                    f"{tries} attempts (last: {self._reason})"
                 )
             )
         finally:
-            self._reconnecting = None
+            self._reconnect_task = None
+            if self._state is ConnState.RECONNECTING or self._state is ConnState.RESTORING:
+                # Only an exception escaping the loop gets here: without the loop nothing
+                # would ever leave these states, and requests would wait for nothing.
+                self._finish()
 
     def _back_up(self) -> None:
         self.reconnects += 1
         self.goaway = None
-        self._down = None
-        self._writable.set()
+        self._reason = None
+        self._set_state(ConnState.RESTORING)
         log.info("reconnected to %s:%d (%d)", *self._address, self.reconnects)
+
+
+def _toggle(event: asyncio.Event, on: bool) -> None:
+    if on:
+        event.set()
+    else:
+        event.clear()

@@ -1,17 +1,19 @@
 """The SDK's push side against a real server: each reliable push handed to the
 application exactly once and in order (across a forced reconnect mid-burst too),
-automatic batched acknowledgements, push gaps reported after a Resume, duplicates from a
-replay dropped, latest-value pushes passed straight through, the blocking Client."""
+automatic batched acknowledgements (never one of an old session reaching a new one),
+push gaps reported after a Resume, duplicates from a replay dropped, latest-value pushes
+passed straight through, the blocking Client (its push callbacks included)."""
 
 from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 from typing import Any
 
 import pytest
 
-from client_sdk import AsyncClient, Client, Push, PushGap, Reconnect
+from client_sdk import AsyncClient, Client, ConnectionClosed, Push, PushGap, Reconnect
 from protocol.proto.system_pb2 import LoginRequest
 from server import App, Context, Server
 from server.auth import MemoryUsers
@@ -274,3 +276,83 @@ async def test_blocking_client_gets_pushes_once_and_acknowledges_them(
         server.push("alice", pb.SleepReply(tag=n))
     assert await asyncio.wait_for(job, 20) == ([7, 8, 9], 3, 0, False)
     await wait_for(lambda: not session.pushes.items)  # acknowledged
+
+
+class SlowUsers(MemoryUsers):
+    """MemoryUsers that takes `delay` seconds to answer once `slow` is set (a remote
+    user database), so a push of the old session can arrive while a Login is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__(USERS)
+        self.slow = False
+
+    async def authenticate(self, user: str, password: str, device: str) -> str | None:
+        if self.slow:
+            await asyncio.sleep(0.2)
+        return await super().authenticate(user, password, device)
+
+
+async def test_an_old_sessions_ack_never_reaches_the_new_session(
+    start_server: StartServer, clients: list[AsyncClient]
+) -> None:
+    auth = SlowUsers()
+    server = await start_server(push_app(), authenticator=auth)
+    for tag in (100, 101, 102):  # bob's offline inbox
+        server.push("bob", pb.SleepReply(tag=tag))
+    await server.flush_pushes()
+    client = await connect(server, clients, ack_delay=0.01)
+    got = collect(client)
+    await client.login("alice", "a")
+    for tag in range(5):
+        server.push("alice", pb.SleepReply(tag=tag))
+    await wait_for(lambda: len(got) == 5)
+    auth.slow = True
+    login = asyncio.ensure_future(client.login("bob", "b"))
+    await asyncio.sleep(0.05)
+    server.push("alice", pb.SleepReply(tag=5))  # alice's sixth, during bob's login
+    await login
+    # A PushAck(6) sent behind the Login would apply to bob's session and empty its buffer.
+    await wait_for(lambda: tags(got)[-3:] == [100, 101, 102])
+    assert [p.seq for p in got[-3:]] == [1, 2, 3]
+
+
+async def test_blocking_client_after_close_and_from_its_own_callbacks(
+    start_server: StartServer,
+) -> None:
+    server = await start(start_server)
+    host, port = server.address
+
+    def scenario() -> tuple[list[str], str]:
+        seen: list[str] = []
+        with Client(host, port, app_registry()) as client:
+            client.login("alice", "a")
+            done = threading.Event()
+
+            def on_push(push: object) -> None:
+                try:
+                    client.ping(timeout=1)
+                    seen.append("no error")
+                except RuntimeError as exc:
+                    seen.append(str(exc))
+                done.set()
+
+            client.on_push(pb.SleepReply, on_push)
+            assert done.wait(20)
+        closed = client.wait_closed(1)
+        errors = []
+        for call in (lambda: client.ping(), lambda: client.notify(pb.NoteRequest(text="x"))):
+            try:
+                call()
+            except ConnectionClosed as exc:
+                errors.append(type(exc).__name__)
+        return seen + errors, type(closed).__name__
+
+    # The push arrives while the client's thread runs the callback.
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, scenario)
+    await wait_for(lambda: bool(server.sessions.local_sessions("alice")))
+    server.push("alice", pb.SleepReply(tag=1))
+    seen, closed = await asyncio.wait_for(future, 30)
+    assert seen[0].startswith("a blocking Client method was called from one of its callbacks")
+    assert seen[1:] == ["ConnectionClosed", "ConnectionClosed"]
+    assert closed == "ConnectionClosed"

@@ -1,10 +1,14 @@
 """The SDK's sessions against a real server: login, refresh, logout, resume by hand and
-after a reconnect, duplicate logins, remembered credentials, the blocking Client."""
+after a reconnect (a reconnect callback's request failing fast when the link drops
+again), duplicate logins, remembered credentials, close() leaving no task behind, the
+blocking Client."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -463,3 +467,60 @@ async def test_blocking_client_logs_in_refreshes_and_logs_out(start_server: Star
                 client.call(pb.NoteRequest(text="?"), pb.BlockingReply)
 
     await asyncio.to_thread(script)
+
+
+async def test_a_reconnect_callbacks_request_fails_fast_when_the_link_drops_again(
+    start_server: StartServer, clients: list[AsyncClient]
+) -> None:
+    server = await start(start_server)
+    client = await connect(server, clients, FAST)
+    await client.login("alice", "pw-a")
+    outcome: list[BaseException | None] = []
+    first = asyncio.Event()
+
+    async def callback(c: AsyncClient) -> None:
+        if first.is_set():
+            return
+        first.set()
+        await asyncio.sleep(0.3)  # the link drops meanwhile
+        try:
+            await c.ping(timeout=30)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    client.on_reconnect(callback)
+    [session] = server.sessions.local_sessions("alice")
+    assert session.conn is not None
+    session.conn.transport.abort()
+    await asyncio.wait_for(first.wait(), 10)
+    await wait_for(lambda: bool(server.sessions.local_sessions("alice")))
+    [session] = server.sessions.local_sessions("alice")
+    assert session.conn is not None
+    session.conn.transport.abort()  # during the callback
+    await wait_for(lambda: bool(outcome), timeout=10)  # not after the ping's 30 s
+    assert isinstance(outcome[0], ConnectionClosed)
+    assert await client.ping(timeout=10) >= 0  # and the client reconnected again
+
+
+async def test_close_leaves_no_task_running(
+    start_server: StartServer, clients: list[AsyncClient]
+) -> None:
+    server = await start(start_server)
+    first = await connect(server, clients)
+    await first.login("alice", "pw-a")
+    started = asyncio.Event()
+
+    async def slow_lost(reason: BaseException) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    first.on_session_lost(slow_lost)
+    second = await connect(server, clients)
+    await second.login("alice", "pw-a")  # replaces the first: its session is lost
+    await asyncio.wait_for(started.wait(), 10)
+    await first.close()
+    assert not first._callback_tasks or all(t.done() for t in first._callback_tasks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gc.collect()

@@ -1,5 +1,6 @@
 """The SDK gets its connection back by itself: after a drop, after GoAway (waiting what
-the server asked), with jittered backoff, and gives up when told to."""
+the server asked), with jittered backoff, and gives up when told to; its ConnState on
+the way."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from client_sdk import AsyncClient, ConnectionClosed
+from client_sdk import AsyncClient, ConnectionClosed, ConnState
 from client_sdk.client import Reconnect
 from protocol.proto.system_pb2 import EchoReply, EchoRequest
 from server import Server, ServerConfig
@@ -113,9 +114,39 @@ async def test_reconnects_again_if_the_link_drops_during_the_reconnect_callback(
         for conn in list(server.connections):
             conn.transport.abort()
         # Once the client knows it is down, a request waits through both reconnects.
-        await wait_for(lambda: client._down is not None)
+        await wait_for(lambda: not client.connected)
         assert (await client.call(EchoRequest(data=b"ok"), EchoReply, timeout=5)).data == b"ok"
         assert client.reconnects == 2 and calls == [1, 2]
     finally:
         await client.close()
         await server.stop(timeout=1)
+
+
+async def test_the_state_goes_through_reconnecting_and_restoring_back_to_open() -> None:
+    server = await serve_on(0)
+    client = await AsyncClient.connect(*server.address, reconnect=Reconnect(initial=0.2))
+    seen: list[ConnState] = []
+    waiting: list[bool] = []
+
+    async def during(c: AsyncClient) -> None:
+        seen.append(c.state)
+        await echo(c, b"callback")  # the callback's own request goes straight out
+        waiting.append(not request.done())  # while the others wait for OPEN
+
+    client.on_reconnect(during)
+    try:
+        assert client.state is ConnState.OPEN and client.connected
+        for conn in list(server.connections):
+            conn.transport.abort()
+        await asyncio.sleep(0.05)  # within the 0.1-0.2 s jittered wait
+        assert client.state is ConnState.RECONNECTING and not client.connected
+        with pytest.raises(ConnectionClosed):
+            client.notify(EchoRequest(data=b"x"))  # not queued for later
+        request = asyncio.ensure_future(echo(client, b"waited"))
+        assert await request == b"waited"
+        assert seen == [ConnState.RESTORING] and waiting == [True]
+        assert client.state is ConnState.OPEN and client.connected
+    finally:
+        await client.close()
+        await server.stop(timeout=1)
+    assert client.state is ConnState.CLOSED and client.closed
