@@ -12,7 +12,7 @@ reading costs the server no more memory than its pending limit.
 
 1. **Users and server.** The parent writes a users file (one user per member, scrypt
    n=16: the logins are set-up, not the thing measured) and spawns `tickwire serve
-   --no-chat --app bench.fanout_app:app` on it, without auth or idle timeouts.
+   --no-chat --app bench.serverside.fanout_app:app` on it, without auth or idle timeouts.
 2. **Members.** `--procs` receiver processes (spawn context, uvloop each) open their share
    of the connections; each logs in as its own user and sends FanoutJoin. Frames are
    parsed raw (the SDK would measure itself): a receiver walks the length prefixes of
@@ -57,6 +57,7 @@ import uvloop
 from google.protobuf.message import DecodeError, Message
 from hdrh.histogram import HdrHistogram
 
+from bench.fanout_report import fanout_notes, fanout_table
 from bench.load import apportion, sleep_until, wait_for_start
 from bench.login import LoginUser, first_conn
 from bench.proc import (
@@ -76,6 +77,7 @@ from bench.proto.bench_pb2 import (
     FanoutTrigger,
     FanoutTriggerReply,
 )
+from bench.results import FanoutReport
 from bench.wire import FrameClient, WireError, code_name, msg_id_of
 from bench.workers import (
     ERROR_SAMPLES,
@@ -91,12 +93,10 @@ from bench.workers import (
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import Error, GoAway, LoginReply, LoginRequest, PushAck
 
-#: The issue's target, shown next to the measured rate.
-TARGET_DELIVERIES_PER_S = 500_000
 #: The users' password hashes: cheap, the logins are set-up.
 SCRYPT_N = 16
 #: The app the bench serves.
-APP = "bench.fanout_app:app"
+APP = "bench.serverside.fanout_app:app"
 
 _FRAME = struct.Struct(">IHBI")  # length, msg_id, flags, seq
 _HEADER_LEN = _FRAME.size  # 11
@@ -164,92 +164,6 @@ class WorkerFanoutResult(msgspec.Struct, frozen=True, kw_only=True):
     stalled_saw_slow_consumer: int
     stalled_pushes: int
     error_samples: list[str] = []
-
-
-class FanoutReport(msgspec.Struct, frozen=True, kw_only=True):
-    """One `tickwire bench fanout` run: the JSON of --json."""
-
-    kind: str = "fanout"
-    host: str
-    members: int
-    procs: int
-    burst: int
-    size: int
-    ack_every: int
-    stalled: int
-    warmup_s: float
-    duration_s: float
-    #: The window as the driver saw it: from its Stats reset to its last Stats, which
-    #: follows the Trigger in flight at the end of `duration_s` (receivers count pushes
-    #: read within `duration_s` exactly).
-    elapsed_s: float
-    joined: int
-    connect_errors: int
-    join_errors: int
-    triggers: int
-    #: Broadcasts in the window (between the two Stats) and over the whole run.
-    broadcasts_window: int
-    broadcasts_total: int
-    #: Pushes the reading members read inside the window, and that over `duration_s`.
-    deliveries_window: int
-    deliveries_per_s: float
-    #: Broadcasts in the window x reading members (approximate: a push in flight at either
-    #: edge of the window counts on the side its member read it).
-    expected_window: int
-    #: Over the whole run: broadcasts x reading members, and what they read (exact).
-    expected_total: int
-    delivered_total: int
-    behind: int
-    lost: int
-    errors: int
-    throughput: list[int]
-    #: Server side, from its fan-out histogram for the window: microseconds from a
-    #: broadcast call to the write of its last member.
-    fanout_count: int
-    fanout_p50_us: int
-    fanout_p90_us: int
-    fanout_p99_us: int
-    fanout_max_us: int
-    fanout_histogram: str
-    server_cpu_pct: float | None
-    #: The part of it spent in the kernel (system time): the writes, and on loopback
-    #: the TCP work of delivering them, which Linux charges to the sender.
-    server_sys_pct: float | None = None
-    receiver_cpu_pct: float
-    driver_cpu_pct: float | None
-    other_cpu_pct: float | None
-    machine_cpus: int
-    rss_before_kib: int | None
-    rss_peak_kib: int | None
-    rss_after_kib: int | None
-    slow_consumer_bytes: int
-    slow_consumer_closes: int
-    writes_paused: int
-    #: At the end of the window, from the server: bytes waiting in all its transports,
-    #: the most in one, and connections it had closed whose socket was not gone yet.
-    pending_bytes: int = 0
-    pending_bytes_max: int = 0
-    closing: int = 0
-    stalled_cut: int
-    stalled_saw_slow_consumer: int
-    stalled_pushes: int
-    error_samples: list[str] = []
-
-    @property
-    def lossless(self) -> bool:
-        return self.delivered_total == self.expected_total and not self.behind
-
-    @property
-    def clean(self) -> bool:
-        return (
-            self.lossless
-            and not self.errors
-            and not self.lost
-            and not self.connect_errors
-            and not self.join_errors
-            and self.joined == self.members
-            and self.deliveries_window > 0
-        )
 
 
 # -- receiver side ----------------------------------------------------------------------
@@ -824,23 +738,12 @@ def fanout_command(host: str, users_file: Path, settings: list[str]) -> list[str
     return cmd
 
 
-def slow_consumer_limit(settings: list[str]) -> int:
-    """The server's slow_consumer_bytes for these --set settings."""
-    from server.config import ServerConfig
-
-    limit = ServerConfig().slow_consumer_bytes
-    for setting in settings:
-        key, _, value = setting.partition("=")
-        if key.strip() == "slow_consumer_bytes":
-            with contextlib.suppress(ValueError):
-                limit = int(value)
-    return limit
-
-
 def bench_fanout(opts: FanoutOptions, console: Console, log: Callable[[str], None]) -> FanoutReport:
     """Write the users, spawn the server with the bench app, run, print the table."""
-    from bench.fanout_report import fanout_notes, fanout_table
-    from bench.runner import make_users
+    # Here, not at the top: the receiver processes import this module, and load
+    # generators do not load the server.
+    from bench.serverside.config import slow_consumer_limit
+    from bench.serverside.users import make_users
 
     params = opts.params
     raise_nofile_limit()
