@@ -284,6 +284,15 @@ def register(subparsers: Any) -> None:
     scenario.add_argument(
         "--seed", type=int, default=0, help="seeds ctx.rng of every connection (default: 0)"
     )
+    scenario.add_argument(
+        "--schema",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a generated _pb2 module of the application's messages, e.g. myapp.chat_pb2: "
+        "every connection's client can send and receive them (repeatable; a scenario "
+        "module's SCHEMA list adds its own)",
+    )
     _add_server_args(scenario)
     scenario.set_defaults(func=run_scenario_cmd)
 
@@ -683,7 +692,7 @@ def run_scenario_cmd(args: argparse.Namespace) -> int:
         spec = f"{Path(module).resolve()}:{func}"
     if problem is None:
         try:
-            load_scenario(spec, os.getcwd())
+            load_scenario(spec, os.getcwd(), args.schema)
         except BenchError as exc:
             problem = str(exc)
     if problem:
@@ -701,6 +710,7 @@ def run_scenario_cmd(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             scenario=spec,
             args=dict(args.arg),
+            schema=list(args.schema),
             search_path=os.getcwd(),
             seed=args.seed,
         ),
