@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -68,6 +67,7 @@ from bench.proc import (
     raise_nofile_limit,
     rss_kib,
 )
+from bench.proto import bench_pb2
 from bench.proto.bench_pb2 import (
     FanoutJoin,
     FanoutJoinReply,
@@ -78,7 +78,7 @@ from bench.proto.bench_pb2 import (
     FanoutTriggerReply,
 )
 from bench.results import FanoutReport
-from bench.wire import FrameClient, WireError, code_name, msg_id_of
+from bench.wire import FrameClient, WireError, code_name
 from bench.workers import (
     ERROR_SAMPLES,
     BenchError,
@@ -91,24 +91,28 @@ from bench.workers import (
     split,
 )
 from protocol.errors import ErrorCode
+from protocol.frame import HEADER, HEADER_SIZE, MIN_LENGTH, Flags
 from protocol.proto.system_pb2 import Error, GoAway, LoginReply, LoginRequest, PushAck
+from protocol.registry import system_registry
+from protocol.system import ERROR_ID, GOAWAY_ID, PUSH_ACK_ID
 
 #: The users' password hashes: cheap, the logins are set-up.
 SCRYPT_N = 16
 #: The app the bench serves.
 APP = "bench.serverside.fanout_app:app"
 
-_FRAME = struct.Struct(">IHBI")  # length, msg_id, flags, seq
-_HEADER_LEN = _FRAME.size  # 11
-_MIN_LENGTH = 7
+#: The protocol's messages and the bench app's: the wire IDs of what members and the
+#: driver send and expect.
+REGISTRY = system_registry([bench_pb2])
+
+#: The longest frame a member accepts: well above the bench app's largest push (its
+#: MAX_SIZE, 1 MiB of data), so only a broken length stops a member.
 _MAX_FRAME = 1 << 24
-_RESPONSE = 0x01
-_ERROR = 0x02
-_PUSH = 0x04
-_PUSH_ID = msg_id_of(FanoutPush)
-_ERROR_ID = msg_id_of(Error)
-_GOAWAY_ID = msg_id_of(GoAway)
-_PUSH_ACK_ID = msg_id_of(PushAck)
+# Plain ints, compared per frame by the receivers.
+_RESPONSE = int(Flags.RESPONSE)
+_ERROR = int(Flags.ERROR)
+_PUSH = int(Flags.PUSH)
+_PUSH_ID = REGISTRY.id_of(FanoutPush)
 _SLOW_CONSUMER = int(ErrorCode.SLOW_CONSUMER)
 
 _CALL_TIMEOUT_S = 30.0
@@ -246,7 +250,7 @@ class Member(ClientConnection):
 
     def send(self, msg_id: int, seq: int, payload: bytes) -> None:
         if self._transport is not None:
-            self._transport.write(_FRAME.pack(_MIN_LENGTH + len(payload), msg_id, 0, seq) + payload)
+            self._transport.write(HEADER.pack(MIN_LENGTH + len(payload), msg_id, 0, seq) + payload)
 
     async def call(self, request: Message, reply_type: type[M]) -> M:
         """Send `request`, return its reply; WireError for anything else."""
@@ -255,7 +259,7 @@ class Member(ClientConnection):
         self._seq += 1
         seq = self._seq
         waiter = self._waiter = asyncio.get_running_loop().create_future()
-        self.send(msg_id_of(type(request)), seq, request.SerializeToString())
+        self.send(REGISTRY.id_of(request), seq, request.SerializeToString())
         try:
             msg_id, got_seq, body = await asyncio.wait_for(waiter, _CALL_TIMEOUT_S)
         except TimeoutError:
@@ -264,10 +268,10 @@ class Member(ClientConnection):
             ) from None
         finally:
             self._waiter = None
-        if msg_id == _ERROR_ID:
+        if msg_id == ERROR_ID:
             error = Error.FromString(body)
             raise WireError(f"{type(request).__name__}: {code_name(error.code)}: {error.message}")
-        if got_seq != seq or msg_id != msg_id_of(reply_type):
+        if got_seq != seq or msg_id != REGISTRY.id_of(reply_type):
             raise WireError(f"expected a {reply_type.__name__} to seq {seq}, got msg_id={msg_id}")
         try:
             return reply_type.FromString(body)
@@ -280,12 +284,12 @@ class Member(ClientConnection):
         pos = 0
         last = self.last_seq
         pushes = 0
-        unpack = _FRAME.unpack_from
-        while end_of_data - pos >= _HEADER_LEN:
+        unpack = HEADER.unpack_from
+        while end_of_data - pos >= HEADER_SIZE:
             length, msg_id, flags, seq = unpack(buf, pos)
             end = pos + 4 + length
             if end > end_of_data:
-                if not _MIN_LENGTH <= length <= _MAX_FRAME:
+                if not MIN_LENGTH <= length <= _MAX_FRAME:
                     self._fail(f"{self.name}: frame length {length} out of range")
                     return
                 break
@@ -295,7 +299,7 @@ class Member(ClientConnection):
                 last = seq
                 pushes += 1
             else:
-                self._frame(msg_id, flags, seq, buf[pos + _HEADER_LEN : end])
+                self._frame(msg_id, flags, seq, buf[pos + HEADER_SIZE : end])
             pos = end
         self._buf = buf[pos:] if pos < end_of_data else b""
         if pushes:
@@ -311,15 +315,15 @@ class Member(ClientConnection):
                 self.unacked += pushes
                 if self.unacked >= every:
                     self.unacked = 0
-                    self.send(_PUSH_ACK_ID, 0, PushAck(seq=last).SerializeToString())
+                    self.send(PUSH_ACK_ID, 0, PushAck(seq=last).SerializeToString())
 
     def _frame(self, msg_id: int, flags: int, seq: int, body: bytes) -> None:
         waiter = self._waiter
         if seq and flags & (_RESPONSE | _ERROR) and waiter is not None and not waiter.done():
             waiter.set_result((msg_id, seq, body))
-        elif msg_id == _ERROR_ID and flags & _ERROR:
+        elif msg_id == ERROR_ID and flags & _ERROR:
             self.closed_error = Error.FromString(body).code
-        elif msg_id == _GOAWAY_ID:
+        elif msg_id == GOAWAY_ID:
             self.closed_error = GoAway.FromString(body).reason
         else:
             self.totals.error(f"{self.name}: unexpected frame msg_id={msg_id} flags={flags}")
@@ -514,7 +518,7 @@ async def _drive(
     """The driver connection: Triggers in a closed loop, Stats at the window's edges, CPU
     and RSS readings around them."""
     driven = _Driven()
-    client = await FrameClient.connect(server.host, server.port)
+    client = await FrameClient.connect(server.host, server.port, registry=REGISTRY)
     try:
         probe = await client.call(FanoutTrigger(count=0, size=params.size), FanoutTriggerReply)
         if probe.members != members:
@@ -596,7 +600,7 @@ async def _drive(
 
 def _final_stats(server: Endpoint) -> FanoutStatsReply:
     async def ask() -> FanoutStatsReply:
-        client = await FrameClient.connect(server.host, server.port)
+        client = await FrameClient.connect(server.host, server.port, registry=REGISTRY)
         try:
             return await client.call(FanoutStats(reset=False), FanoutStatsReply)
         finally:
