@@ -1,6 +1,6 @@
 """Putting a bench together: which servers to start, where to place them, in what order.
 
-`tools/bench_cmd.py` only turns arguments into `EchoOptions`/`IdleOptions` and prints;
+`tools/bench/` only turns arguments into `EchoOptions`/`IdleOptions` and prints;
 the decisions live here so that tests drive the same code the command does.
 
 Comparison rounds start a fresh server process for every run (baseline, tickwire,
