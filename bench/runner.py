@@ -4,7 +4,7 @@
 the decisions live here so that tests drive the same code the command does.
 
 Comparison rounds start a fresh server process for every run (baseline, tickwire,
-baseline, tickwire, ...). A fresh process costs about half a second per run and buys
+baseline, tickwire, ...). A fresh process costs its start-up per run and buys
 independent samples: no run inherits another's heap, caches or leftover connections, and
 a server that degrades over time cannot pass that off as noise. Interleaving puts each
 tickwire run next to a baseline run made moments before, so slow drift of the machine

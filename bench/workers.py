@@ -2,8 +2,8 @@
 
 Workers are started with the spawn context: the parent runs a thread (the server's stderr
 reader), and forking a process with threads can leave a lock held forever in the child;
-spawn gives each worker a clean interpreter at the cost of ~0.2 s start-up, paid before
-the measured window.
+spawn gives each worker a clean interpreter at the cost of its start-up, paid before the
+measured window.
 """
 
 from __future__ import annotations
