@@ -184,3 +184,12 @@ def test_unusable_schemas_are_refused_before_any_load(
 ) -> None:
     assert run_cli("scenario", "bench.scenarios:ping_echo", "--schema", schema, *SHORT) == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_schema_attribute_that_is_not_a_list_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "one_name.py"
+    script.write_text(APP_SCENARIO.format(schema='SCHEMA = "bench.proto.bench_pb2"'))
+    assert run_cli("scenario", f"{script}:trigger", *SHORT) == 2
+    assert "SCHEMA must be a list or tuple of _pb2 modules" in capsys.readouterr().err
