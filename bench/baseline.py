@@ -1,15 +1,19 @@
 """The baseline: the smallest honest uvloop + protobuf echo server we know how to write.
 
 `tickwire bench echo --compare-baseline` runs it next to the real server. It answers the
-same wire contract (PROTOCOL.md frames; EchoRequest -> EchoReply, Ping -> Pong) with none
-of the machinery the real server carries (dispatch pool, middleware, sessions, limits), so
-the gap between the two is the price of that machinery, and the baseline's number is a
-ceiling for this language, loop and codec on this machine.
+same wire contract (docs/protocol.md frames; EchoRequest -> EchoReply, Ping -> Pong) with
+none of the machinery the real server carries (dispatch pool, middleware, sessions,
+limits), so the gap between the two is the price of that machinery, and the baseline's
+number is a ceiling for this language, loop and codec on this machine.
 
-It is written the way ARCHITECTURE.md asks the server to be fast: one `asyncio.Protocol`,
-every frame of one `data_received` split with `struct.unpack_from`, the payload copied
-once, replies of one read joined into one write. It is not made slow on purpose, and it
-does not skip the protobuf decode/encode either: the real server has to do both.
+It is written the way docs/architecture.md asks the server to be fast: one
+`asyncio.Protocol`, every frame of one `data_received` split with `struct.unpack_from`,
+the payload copied once, replies of one read joined into one write. It is not made slow
+on purpose, and it does not skip the protobuf decode/encode either: the real server has
+to do both.
+
+It imports `protocol` for the frame layout and the message IDs (sans-I/O, nothing of the
+server's) and nothing else of tickwire but `bench.proc`'s fd-limit helper.
 
 What it leaves out, on purpose: unknown message IDs are ignored (no Error frame), there are
 no timeouts, and a bad length closes the connection without an Error frame.
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -31,14 +34,11 @@ from typing import cast
 import uvloop
 
 from bench.proc import raise_nofile_limit
+from protocol.frame import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, MIN_LENGTH, Flags
 from protocol.proto import system_pb2
+from protocol.system import ECHO_ID, ECHO_REPLY_ID, PING_ID, PONG_ID
 
-_HEADER = struct.Struct(">IHBI")
-_HEADER_SIZE = 11
-_MIN_LENGTH = 7
-_MAX_FRAME = 1 << 20
-_RESPONSE = 0x01
-_PING, _PONG, _ECHO_REQUEST, _ECHO_REPLY = 1, 2, 10, 11
+_RESPONSE = int(Flags.RESPONSE)
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -55,13 +55,13 @@ class EchoProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._buf:
             data = self._buf + data
-        unpack = _HEADER.unpack_from
+        unpack = HEADER.unpack_from
         end_of_data = len(data)
         out: list[bytes] = []
         pos = 0
-        while end_of_data - pos >= _HEADER_SIZE:
+        while end_of_data - pos >= HEADER_SIZE:
             length, msg_id, _flags, seq = unpack(data, pos)
-            if not _MIN_LENGTH <= length <= _MAX_FRAME:
+            if not MIN_LENGTH <= length <= DEFAULT_MAX_FRAME:
                 assert self._transport is not None
                 self._transport.close()
                 self._buf = b""
@@ -69,17 +69,17 @@ class EchoProtocol(asyncio.Protocol):
             end = pos + 4 + length
             if end > end_of_data:
                 break
-            if msg_id == _ECHO_REQUEST:
-                request = system_pb2.EchoRequest.FromString(data[pos + _HEADER_SIZE : end])
+            if msg_id == ECHO_ID:
+                request = system_pb2.EchoRequest.FromString(data[pos + HEADER_SIZE : end])
                 body = system_pb2.EchoReply(data=request.data).SerializeToString()
-                out.append(_HEADER.pack(_MIN_LENGTH + len(body), _ECHO_REPLY, _RESPONSE, seq))
+                out.append(HEADER.pack(MIN_LENGTH + len(body), ECHO_REPLY_ID, _RESPONSE, seq))
                 out.append(body)
-            elif msg_id == _PING:
-                ping = system_pb2.Ping.FromString(data[pos + _HEADER_SIZE : end])
+            elif msg_id == PING_ID:
+                ping = system_pb2.Ping.FromString(data[pos + HEADER_SIZE : end])
                 body = system_pb2.Pong(
                     client_time_ns=ping.client_time_ns, server_time_ns=time.time_ns()
                 ).SerializeToString()
-                out.append(_HEADER.pack(_MIN_LENGTH + len(body), _PONG, _RESPONSE, seq))
+                out.append(HEADER.pack(MIN_LENGTH + len(body), PONG_ID, _RESPONSE, seq))
                 out.append(body)
             pos = end
         self._buf = data[pos:] if pos < end_of_data else b""

@@ -19,9 +19,10 @@ Shape of a run, and why:
   were, since that lateness is part of every latency it measures.
 - Requests are pre-encoded; only the 4-byte seq changes per request, so the generator
   spends its time on the socket and not on protobuf.
-- Replies are matched FIFO per connection (PROTOCOL.md: answers come in request order)
-  and checked by header only: msg_id 11, RESPONSE flag, the expected seq, and the length
-  of an EchoReply carrying the same bytes. Anything else is an error, counted and sampled.
+- Replies are matched FIFO per connection (docs/protocol.md: answers come in request
+  order) and checked by header only: EchoReply's msg_id, RESPONSE flag, the expected seq,
+  and the length of an EchoReply carrying the same bytes. Anything else is an error,
+  counted and sampled.
 - The window, --requests, the histograms and throughput over time: `bench.load`.
 """
 
@@ -31,7 +32,6 @@ import asyncio
 import contextlib
 import os
 import statistics
-import struct
 import time
 from collections import deque
 from multiprocessing.connection import Connection
@@ -61,16 +61,12 @@ from bench.workers import (
     open_connections,
     run_worker,
 )
+from protocol.frame import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, MAX_SEQ, MIN_LENGTH, Flags
 from protocol.proto import system_pb2
+from protocol.system import ECHO_ID, ECHO_REPLY_ID
 
-_HEADER = struct.Struct(">IHBI")
-_HEADER_SIZE = 11
-_MIN_LENGTH = 7
-_MAX_FRAME = 1 << 20
-_ECHO_REQUEST = 10
-_ECHO_REPLY = 11
-_RESPONSE = 0x01
-_MAX_SEQ = 0xFFFFFFFF
+#: A plain int, compared with every reply's flags.
+_RESPONSE = int(Flags.RESPONSE)
 
 #: Open loop: the generator wakes at most this often and sends every request due by
 #: then, each still measured from its own scheduled time. At high rates a wake-up per
@@ -106,9 +102,10 @@ class EchoConnection(ClientConnection):
         self._totals = totals
         self._payload = payload
         self._closed_loop = closed_loop
-        # length | msg_id | flags never change; only the seq is written per request.
-        self._prefix = struct.pack(">IHB", _MIN_LENGTH + len(payload), _ECHO_REQUEST, 0)
-        self._reply_length = _MIN_LENGTH + len(payload)
+        # length | msg_id | flags never change; only the seq (the last 4 header bytes) is
+        # written per request.
+        self._prefix = HEADER.pack(MIN_LENGTH + len(payload), ECHO_ID, 0, 0)[:-4]
+        self._reply_length = MIN_LENGTH + len(payload)
         self._next_seq = 1
         self._expect = 1
         #: Per request in flight, oldest first: the µs its latency is measured from.
@@ -127,7 +124,7 @@ class EchoConnection(ClientConnection):
             parts.append(prefix)
             parts.append(seq.to_bytes(4, "big"))
             parts.append(payload)
-            seq = seq + 1 if seq < _MAX_SEQ else 1
+            seq = seq + 1 if seq < MAX_SEQ else 1
         self._next_seq = seq
         self._totals.sent += count
         transport.write(b"".join(parts))
@@ -149,7 +146,7 @@ class EchoConnection(ClientConnection):
         totals = self._totals
         if self._buf:
             data = self._buf + data
-        unpack = _HEADER.unpack_from
+        unpack = HEADER.unpack_from
         pending = self._pending
         expect = self._expect
         reply_length = self._reply_length
@@ -159,9 +156,9 @@ class EchoConnection(ClientConnection):
         answered = 0
         good = 0
         pos = 0
-        while end_of_data - pos >= _HEADER_SIZE:
+        while end_of_data - pos >= HEADER_SIZE:
             length, msg_id, flags, seq = unpack(data, pos)
-            if not _MIN_LENGTH <= length <= _MAX_FRAME:
+            if not MIN_LENGTH <= length <= DEFAULT_MAX_FRAME:
                 totals.error(f"bad frame length {length}; closing")
                 self._buf = b""
                 self.close()
@@ -176,8 +173,8 @@ class EchoConnection(ClientConnection):
             sent_at = pending.popleft()
             answered += 1
             wanted = expect
-            expect = expect + 1 if expect < _MAX_SEQ else 1
-            if msg_id != _ECHO_REPLY or flags != _RESPONSE or seq != wanted:
+            expect = expect + 1 if expect < MAX_SEQ else 1
+            if msg_id != ECHO_REPLY_ID or flags != _RESPONSE or seq != wanted:
                 totals.error(
                     f"expected EchoReply seq={wanted}, got msg_id={msg_id} "
                     f"flags={flags:#x} seq={seq}"

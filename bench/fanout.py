@@ -12,7 +12,7 @@ reading costs the server no more memory than its pending limit.
 
 1. **Users and server.** The parent writes a users file (one user per member, scrypt
    n=16: the logins are set-up, not the thing measured) and spawns `tickwire serve
-   --no-chat --app bench.fanout_app:app` on it, without auth or idle timeouts.
+   --no-chat --app bench.serverside.fanout_app:app` on it, without auth or idle timeouts.
 2. **Members.** `--procs` receiver processes (spawn context, uvloop each) open their share
    of the connections; each logs in as its own user and sends FanoutJoin. Frames are
    parsed raw (the SDK would measure itself): a receiver walks the length prefixes of
@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +56,7 @@ import uvloop
 from google.protobuf.message import DecodeError, Message
 from hdrh.histogram import HdrHistogram
 
+from bench.fanout_report import fanout_notes, fanout_table
 from bench.load import apportion, sleep_until, wait_for_start
 from bench.login import LoginUser, first_conn
 from bench.proc import (
@@ -67,6 +67,7 @@ from bench.proc import (
     raise_nofile_limit,
     rss_kib,
 )
+from bench.proto import bench_pb2
 from bench.proto.bench_pb2 import (
     FanoutJoin,
     FanoutJoinReply,
@@ -76,7 +77,8 @@ from bench.proto.bench_pb2 import (
     FanoutTrigger,
     FanoutTriggerReply,
 )
-from bench.wire import FrameClient, WireError, code_name, msg_id_of
+from bench.results import FanoutReport
+from bench.wire import FrameClient, WireError, code_name
 from bench.workers import (
     ERROR_SAMPLES,
     BenchError,
@@ -89,26 +91,28 @@ from bench.workers import (
     split,
 )
 from protocol.errors import ErrorCode
+from protocol.frame import HEADER, HEADER_SIZE, MIN_LENGTH, Flags
 from protocol.proto.system_pb2 import Error, GoAway, LoginReply, LoginRequest, PushAck
+from protocol.registry import system_registry
+from protocol.system import ERROR_ID, GOAWAY_ID, PUSH_ACK_ID
 
-#: The issue's target, shown next to the measured rate.
-TARGET_DELIVERIES_PER_S = 500_000
 #: The users' password hashes: cheap, the logins are set-up.
 SCRYPT_N = 16
 #: The app the bench serves.
-APP = "bench.fanout_app:app"
+APP = "bench.serverside.fanout_app:app"
 
-_FRAME = struct.Struct(">IHBI")  # length, msg_id, flags, seq
-_HEADER_LEN = _FRAME.size  # 11
-_MIN_LENGTH = 7
+#: The protocol's messages and the bench app's: the wire IDs of what members and the
+#: driver send and expect.
+REGISTRY = system_registry([bench_pb2])
+
+#: The longest frame a member accepts: well above the bench app's largest push (its
+#: MAX_SIZE, 1 MiB of data), so only a broken length stops a member.
 _MAX_FRAME = 1 << 24
-_RESPONSE = 0x01
-_ERROR = 0x02
-_PUSH = 0x04
-_PUSH_ID = msg_id_of(FanoutPush)
-_ERROR_ID = msg_id_of(Error)
-_GOAWAY_ID = msg_id_of(GoAway)
-_PUSH_ACK_ID = msg_id_of(PushAck)
+# Plain ints, compared per frame by the receivers.
+_RESPONSE = int(Flags.RESPONSE)
+_ERROR = int(Flags.ERROR)
+_PUSH = int(Flags.PUSH)
+_PUSH_ID = REGISTRY.id_of(FanoutPush)
 _SLOW_CONSUMER = int(ErrorCode.SLOW_CONSUMER)
 
 _CALL_TIMEOUT_S = 30.0
@@ -164,92 +168,6 @@ class WorkerFanoutResult(msgspec.Struct, frozen=True, kw_only=True):
     stalled_saw_slow_consumer: int
     stalled_pushes: int
     error_samples: list[str] = []
-
-
-class FanoutReport(msgspec.Struct, frozen=True, kw_only=True):
-    """One `tickwire bench fanout` run: the JSON of --json."""
-
-    kind: str = "fanout"
-    host: str
-    members: int
-    procs: int
-    burst: int
-    size: int
-    ack_every: int
-    stalled: int
-    warmup_s: float
-    duration_s: float
-    #: The window as the driver saw it: from its Stats reset to its last Stats, which
-    #: follows the Trigger in flight at the end of `duration_s` (receivers count pushes
-    #: read within `duration_s` exactly).
-    elapsed_s: float
-    joined: int
-    connect_errors: int
-    join_errors: int
-    triggers: int
-    #: Broadcasts in the window (between the two Stats) and over the whole run.
-    broadcasts_window: int
-    broadcasts_total: int
-    #: Pushes the reading members read inside the window, and that over `duration_s`.
-    deliveries_window: int
-    deliveries_per_s: float
-    #: Broadcasts in the window x reading members (approximate: a push in flight at either
-    #: edge of the window counts on the side its member read it).
-    expected_window: int
-    #: Over the whole run: broadcasts x reading members, and what they read (exact).
-    expected_total: int
-    delivered_total: int
-    behind: int
-    lost: int
-    errors: int
-    throughput: list[int]
-    #: Server side, from its fan-out histogram for the window: microseconds from a
-    #: broadcast call to the write of its last member.
-    fanout_count: int
-    fanout_p50_us: int
-    fanout_p90_us: int
-    fanout_p99_us: int
-    fanout_max_us: int
-    fanout_histogram: str
-    server_cpu_pct: float | None
-    #: The part of it spent in the kernel (system time): the writes, and on loopback
-    #: the TCP work of delivering them, which Linux charges to the sender.
-    server_sys_pct: float | None = None
-    receiver_cpu_pct: float
-    driver_cpu_pct: float | None
-    other_cpu_pct: float | None
-    machine_cpus: int
-    rss_before_kib: int | None
-    rss_peak_kib: int | None
-    rss_after_kib: int | None
-    slow_consumer_bytes: int
-    slow_consumer_closes: int
-    writes_paused: int
-    #: At the end of the window, from the server: bytes waiting in all its transports,
-    #: the most in one, and connections it had closed whose socket was not gone yet.
-    pending_bytes: int = 0
-    pending_bytes_max: int = 0
-    closing: int = 0
-    stalled_cut: int
-    stalled_saw_slow_consumer: int
-    stalled_pushes: int
-    error_samples: list[str] = []
-
-    @property
-    def lossless(self) -> bool:
-        return self.delivered_total == self.expected_total and not self.behind
-
-    @property
-    def clean(self) -> bool:
-        return (
-            self.lossless
-            and not self.errors
-            and not self.lost
-            and not self.connect_errors
-            and not self.join_errors
-            and self.joined == self.members
-            and self.deliveries_window > 0
-        )
 
 
 # -- receiver side ----------------------------------------------------------------------
@@ -332,7 +250,7 @@ class Member(ClientConnection):
 
     def send(self, msg_id: int, seq: int, payload: bytes) -> None:
         if self._transport is not None:
-            self._transport.write(_FRAME.pack(_MIN_LENGTH + len(payload), msg_id, 0, seq) + payload)
+            self._transport.write(HEADER.pack(MIN_LENGTH + len(payload), msg_id, 0, seq) + payload)
 
     async def call(self, request: Message, reply_type: type[M]) -> M:
         """Send `request`, return its reply; WireError for anything else."""
@@ -341,7 +259,7 @@ class Member(ClientConnection):
         self._seq += 1
         seq = self._seq
         waiter = self._waiter = asyncio.get_running_loop().create_future()
-        self.send(msg_id_of(type(request)), seq, request.SerializeToString())
+        self.send(REGISTRY.id_of(request), seq, request.SerializeToString())
         try:
             msg_id, got_seq, body = await asyncio.wait_for(waiter, _CALL_TIMEOUT_S)
         except TimeoutError:
@@ -350,10 +268,10 @@ class Member(ClientConnection):
             ) from None
         finally:
             self._waiter = None
-        if msg_id == _ERROR_ID:
+        if msg_id == ERROR_ID:
             error = Error.FromString(body)
             raise WireError(f"{type(request).__name__}: {code_name(error.code)}: {error.message}")
-        if got_seq != seq or msg_id != msg_id_of(reply_type):
+        if got_seq != seq or msg_id != REGISTRY.id_of(reply_type):
             raise WireError(f"expected a {reply_type.__name__} to seq {seq}, got msg_id={msg_id}")
         try:
             return reply_type.FromString(body)
@@ -366,12 +284,12 @@ class Member(ClientConnection):
         pos = 0
         last = self.last_seq
         pushes = 0
-        unpack = _FRAME.unpack_from
-        while end_of_data - pos >= _HEADER_LEN:
+        unpack = HEADER.unpack_from
+        while end_of_data - pos >= HEADER_SIZE:
             length, msg_id, flags, seq = unpack(buf, pos)
             end = pos + 4 + length
             if end > end_of_data:
-                if not _MIN_LENGTH <= length <= _MAX_FRAME:
+                if not MIN_LENGTH <= length <= _MAX_FRAME:
                     self._fail(f"{self.name}: frame length {length} out of range")
                     return
                 break
@@ -381,7 +299,7 @@ class Member(ClientConnection):
                 last = seq
                 pushes += 1
             else:
-                self._frame(msg_id, flags, seq, buf[pos + _HEADER_LEN : end])
+                self._frame(msg_id, flags, seq, buf[pos + HEADER_SIZE : end])
             pos = end
         self._buf = buf[pos:] if pos < end_of_data else b""
         if pushes:
@@ -397,15 +315,15 @@ class Member(ClientConnection):
                 self.unacked += pushes
                 if self.unacked >= every:
                     self.unacked = 0
-                    self.send(_PUSH_ACK_ID, 0, PushAck(seq=last).SerializeToString())
+                    self.send(PUSH_ACK_ID, 0, PushAck(seq=last).SerializeToString())
 
     def _frame(self, msg_id: int, flags: int, seq: int, body: bytes) -> None:
         waiter = self._waiter
         if seq and flags & (_RESPONSE | _ERROR) and waiter is not None and not waiter.done():
             waiter.set_result((msg_id, seq, body))
-        elif msg_id == _ERROR_ID and flags & _ERROR:
+        elif msg_id == ERROR_ID and flags & _ERROR:
             self.closed_error = Error.FromString(body).code
-        elif msg_id == _GOAWAY_ID:
+        elif msg_id == GOAWAY_ID:
             self.closed_error = GoAway.FromString(body).reason
         else:
             self.totals.error(f"{self.name}: unexpected frame msg_id={msg_id} flags={flags}")
@@ -600,7 +518,7 @@ async def _drive(
     """The driver connection: Triggers in a closed loop, Stats at the window's edges, CPU
     and RSS readings around them."""
     driven = _Driven()
-    client = await FrameClient.connect(server.host, server.port)
+    client = await FrameClient.connect(server.host, server.port, registry=REGISTRY)
     try:
         probe = await client.call(FanoutTrigger(count=0, size=params.size), FanoutTriggerReply)
         if probe.members != members:
@@ -682,7 +600,7 @@ async def _drive(
 
 def _final_stats(server: Endpoint) -> FanoutStatsReply:
     async def ask() -> FanoutStatsReply:
-        client = await FrameClient.connect(server.host, server.port)
+        client = await FrameClient.connect(server.host, server.port, registry=REGISTRY)
         try:
             return await client.call(FanoutStats(reset=False), FanoutStatsReply)
         finally:
@@ -824,23 +742,12 @@ def fanout_command(host: str, users_file: Path, settings: list[str]) -> list[str
     return cmd
 
 
-def slow_consumer_limit(settings: list[str]) -> int:
-    """The server's slow_consumer_bytes for these --set settings."""
-    from server.config import ServerConfig
-
-    limit = ServerConfig().slow_consumer_bytes
-    for setting in settings:
-        key, _, value = setting.partition("=")
-        if key.strip() == "slow_consumer_bytes":
-            with contextlib.suppress(ValueError):
-                limit = int(value)
-    return limit
-
-
 def bench_fanout(opts: FanoutOptions, console: Console, log: Callable[[str], None]) -> FanoutReport:
     """Write the users, spawn the server with the bench app, run, print the table."""
-    from bench.fanout_report import fanout_notes, fanout_table
-    from bench.runner import make_users
+    # Here, not at the top: the receiver processes import this module, and load
+    # generators do not load the server.
+    from bench.serverside.config import slow_consumer_limit
+    from bench.serverside.users import make_users
 
     params = opts.params
     raise_nofile_limit()

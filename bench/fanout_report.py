@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from bench.fanout import TARGET_DELIVERIES_PER_S, FanoutReport
+from bench.results import TARGET_DELIVERIES_PER_S, FanoutReport
 
 
 def _pct(value: float | None) -> str:

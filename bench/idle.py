@@ -19,7 +19,6 @@ server refused is part of the answer.
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 from multiprocessing.connection import Connection
 
@@ -40,24 +39,21 @@ from bench.workers import (
     open_connections,
     run_worker,
 )
+from protocol.frame import HEADER, HEADER_SIZE, MIN_LENGTH, Flags
 from protocol.proto import system_pb2
+from protocol.system import ERROR_ID, GOAWAY_ID, PING_ID, PONG_ID
 
-_HEADER = struct.Struct(">IHBI")
-_HEADER_SIZE = 11
-_MIN_LENGTH = 7
-_PING, _PONG = 1, 2
-_ERROR, _GOAWAY = 3, 30
-_RESPONSE = 0x01
+_RESPONSE = int(Flags.RESPONSE)
 _PING_SEQ = 1
 
 
 def closing_reason(msg_id: int, payload: bytes) -> str | None:
     """ "AUTH_TIMEOUT: no login ..." for an Error or GoAway frame (what a server sends
     before it closes a connection), None for any other frame."""
-    if msg_id == _ERROR:
+    if msg_id == ERROR_ID:
         error = system_pb2.Error.FromString(payload)
         return f"Error {code_name(error.code)}: {error.message}"
-    if msg_id == _GOAWAY:
+    if msg_id == GOAWAY_ID:
         away = system_pb2.GoAway.FromString(payload)
         return f"GoAway {code_name(away.reason)}: {away.message}"
     return None
@@ -117,9 +113,9 @@ class IdleConnection(ClientConnection):
         if self._buf:
             data = self._buf + data
         pos = 0
-        while len(data) - pos >= _HEADER_SIZE:
-            length, msg_id, flags, seq = _HEADER.unpack_from(data, pos)
-            if length < _MIN_LENGTH:
+        while len(data) - pos >= HEADER_SIZE:
+            length, msg_id, flags, seq = HEADER.unpack_from(data, pos)
+            if length < MIN_LENGTH:
                 self._totals.sample(f"bad frame length {length}; closing")
                 self.close()
                 return
@@ -127,14 +123,14 @@ class IdleConnection(ClientConnection):
             if end > len(data):
                 break
             pos = end
-            if msg_id == _PONG and flags == _RESPONSE and seq == _PING_SEQ and self.pinged:
+            if msg_id == PONG_ID and flags == _RESPONSE and seq == _PING_SEQ and self.pinged:
                 if not self.answered:
                     self.answered = True
                     self._totals.answered += 1
                     self._totals.settle()
             else:
                 try:
-                    reason = closing_reason(msg_id, data[pos - length + _MIN_LENGTH : pos])
+                    reason = closing_reason(msg_id, data[pos - length + MIN_LENGTH : pos])
                 except DecodeError:
                     reason = None
                 if reason is not None:
@@ -162,7 +158,7 @@ async def _idle_worker(pipe: Connection, share: Share, params: IdleParams) -> Wo
     command = await loop.run_in_executor(None, pipe.recv)
     if command[0] == "ping":
         body = system_pb2.Ping(client_time_ns=time.time_ns()).SerializeToString()
-        frame = _HEADER.pack(_MIN_LENGTH + len(body), _PING, 0, _PING_SEQ) + body
+        frame = HEADER.pack(MIN_LENGTH + len(body), PING_ID, 0, _PING_SEQ) + body
         totals.all_settled = loop.create_future()
         for conn in conns:
             if conn.ping(frame):

@@ -120,8 +120,8 @@ class LoadTotals:
     """Counters shared by every connection of one worker; plain attributes for speed.
 
     Latencies are buffered and folded into the histogram in batches with a Counter,
-    because hdrh's `record_value` is pure Python (~0.6 µs) and would otherwise cost the
-    generator a sizeable share of its throughput.
+    because hdrh's `record_value` is pure Python and, called once per reply, would cost
+    the generator a sizeable share of its throughput (docs/bench.md has its cost).
     """
 
     __slots__ = (

@@ -4,12 +4,12 @@ The open-loop generator sends every request at its own scheduled time and measur
 latency from that time, so a generator that wakes late adds its lateness to every
 latency it reports. The event loop's own timers are too coarse for that: uvloop (libuv)
 counts time in whole milliseconds, so `asyncio.sleep(0.0004)` returns at once and
-`asyncio.sleep(0.0015)` returns after about 1.1 ms. Spinning on `sleep(0)` would be
+`asyncio.sleep(0.0015)` on a whole millisecond. Spinning on `sleep(0)` would be
 precise but would burn a core that the server under test needs.
 
 On Linux a timerfd armed with an absolute time becomes readable when that time passes,
 and the event loop watches it like a socket: one epoll wake-up, tens of µs late at the
-median (measured on the dev box: p50 23 µs at 300 µs intervals, 6% of a core). Python
+median (docs/bench.md, "Open loop", has the figures). Python
 3.11 has no `os.timerfd_*` (3.13 has), so it is reached through ctypes. Elsewhere the
 pacer falls back to `loop.call_at`, with the loop's millisecond granularity.
 """

@@ -37,8 +37,8 @@ def server_command(target: str, host: str) -> list[str]:
     that line, not a guessed port, is how the bench finds them.
 
     ``--no-chat``: the system handlers only. `tickwire serve` runs the example chat app by
-    default; no bench calls it, and leaving it out keeps the server under test the same
-    as before it existed (and results comparable across that change).
+    default; no bench calls it, and the server under test carries no handlers the load
+    does not use.
     """
     if target == "tickwire":
         serve = [sys.executable, "-m", "tools.cli", "serve", "--no-chat"]
@@ -257,7 +257,7 @@ def machine_busy_seconds() -> float | None:
 
     irq and softirq count because the utime + stime of our own processes can include
     interrupt work (loopback TCP is mostly softirq) that /proc/stat files under those
-    columns; leaving them out made "other" read 0% next to a process spinning at 19%.
+    columns; without them "other" can read 0% next to a busy process.
     What remains after our processes is other processes, plus interrupt work not charged
     to ours. steal (time the hypervisor gave to someone else) is not ours to count.
     """

@@ -19,36 +19,28 @@ memory-store snapshot, and proof that they did come back.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import secrets
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import NamedTuple
 
 import msgspec
 import uvloop
 
 from bench.proc import ServerProcess, rss_kib, server_command
 from bench.results import RestoreReport
+from bench.serverside.snapshot import SampledSession, build_snapshot
 from bench.wire import FrameClient, ServerError, WireError
 from bench.workers import ERROR_SAMPLES
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import ResumeReply, ResumeRequest
 
-if TYPE_CHECKING:
-    from server.connection import Connection
-
 _RESTORED = re.compile(r"store snapshot restored .*keys=(\d+) expired=(\d+)")
 _RESUME_CONCURRENCY = 50
 _CONNECT_TIMEOUT_S = 10.0
-#: Sessions in the snapshot wait this long for a Resume (the server's default is 120 s):
-#: long enough that none expires while the bench runs, and it changes nothing the
-#: restore does (every key has an expiry either way).
-SESSION_TTL_S = 3600.0
-TOKEN_TTL_S = 86_400.0
 TARGET_S = 2.0
 
 
@@ -58,71 +50,6 @@ class RestoreParams(msgspec.Struct, frozen=True, kw_only=True):
     sample: int = 200
     rounds: int = 3
     seed: int = 0
-
-
-class SampledSession(NamedTuple):
-    user: str
-    session_id: str
-    token: str
-
-
-class BuiltSnapshot(NamedTuple):
-    path: Path
-    sessions: int
-    keys: int
-    size: int
-    build_s: float
-    write_s: float
-    sample: list[SampledSession]
-
-
-class _OfflineConnection:
-    """What `SessionManager.login` and `connection_closed` use of a connection."""
-
-    __slots__ = ("closed", "id", "session")
-
-    def __init__(self, conn_id: int) -> None:
-        self.id = conn_id
-        self.closed = False
-        self.session: object = None
-
-    def close_with(self, code: int, message: str, **kwargs: object) -> None:
-        self.closed = True
-
-
-async def build_snapshot(path: Path, sessions: int, sample: int, *, seed: int = 0) -> BuiltSnapshot:
-    """Write a memory-store snapshot at `path` holding `sessions` disconnected sessions of
-    as many users; return it with `sample` of them (user, session id, token) drawn at
-    random."""
-    from server.sessions import DuplicateLogin, SessionManager
-    from server.store import MemoryStore
-
-    path.unlink(missing_ok=True)
-    store = await MemoryStore.open(path, snapshot_interval=0)
-    manager = SessionManager(
-        session_ttl=SESSION_TTL_S,
-        token_ttl=TOKEN_TTL_S,
-        duplicate_login=DuplicateLogin.REPLACE,
-        node="bench-restore",
-    )
-    manager.bind(store)
-    picks = set(random.Random(seed).sample(range(sessions), min(sample, sessions)))
-    sampled: list[SampledSession] = []
-    t0 = time.monotonic()
-    for i in range(sessions):
-        conn = cast("Connection", _OfflineConnection(i + 1))
-        session, token = await manager.login(conn, f"user{i}", "bench")
-        if i in picks:
-            sampled.append(SampledSession(session.user_id, session.session_id, token))
-        manager.connection_closed(conn)
-        if i % 1000 == 999:
-            await manager.flush()  # the disconnect writes, before they pile up
-    await manager.flush()
-    keys = len(store)
-    t1 = time.monotonic()
-    await store.close()
-    t2 = time.monotonic()
-    return BuiltSnapshot(path, sessions, keys, path.stat().st_size, t1 - t0, t2 - t1, sampled)
 
 
 class ResumeResult(NamedTuple):

@@ -210,3 +210,94 @@ class RestoreReport(msgspec.Struct, frozen=True, kw_only=True):
     #: The issue's target: a restart with the sessions back within this many seconds.
     target_s: float = 2.0
     error_samples: list[str] = []
+
+
+#: The fan-out bench's target (deliveries/s to a 10,000-member room), shown next to the
+#: measured rate.
+TARGET_DELIVERIES_PER_S = 500_000
+
+
+class FanoutReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One `tickwire bench fanout` run: the JSON of --json."""
+
+    kind: str = "fanout"
+    host: str
+    members: int
+    procs: int
+    burst: int
+    size: int
+    ack_every: int
+    stalled: int
+    warmup_s: float
+    duration_s: float
+    #: The window as the driver saw it: from its Stats reset to its last Stats, which
+    #: follows the Trigger in flight at the end of `duration_s` (receivers count pushes
+    #: read within `duration_s` exactly).
+    elapsed_s: float
+    joined: int
+    connect_errors: int
+    join_errors: int
+    triggers: int
+    #: Broadcasts in the window (between the two Stats) and over the whole run.
+    broadcasts_window: int
+    broadcasts_total: int
+    #: Pushes the reading members read inside the window, and that over `duration_s`.
+    deliveries_window: int
+    deliveries_per_s: float
+    #: Broadcasts in the window x reading members (approximate: a push in flight at either
+    #: edge of the window counts on the side its member read it).
+    expected_window: int
+    #: Over the whole run: broadcasts x reading members, and what they read (exact).
+    expected_total: int
+    delivered_total: int
+    behind: int
+    lost: int
+    errors: int
+    throughput: list[int]
+    #: Server side, from its fan-out histogram for the window: microseconds from a
+    #: broadcast call to the write of its last member.
+    fanout_count: int
+    fanout_p50_us: int
+    fanout_p90_us: int
+    fanout_p99_us: int
+    fanout_max_us: int
+    fanout_histogram: str
+    server_cpu_pct: float | None
+    #: The part of it spent in the kernel (system time): the writes, and on loopback
+    #: the TCP work of delivering them, which Linux charges to the sender.
+    server_sys_pct: float | None = None
+    receiver_cpu_pct: float
+    driver_cpu_pct: float | None
+    other_cpu_pct: float | None
+    machine_cpus: int
+    rss_before_kib: int | None
+    rss_peak_kib: int | None
+    rss_after_kib: int | None
+    slow_consumer_bytes: int
+    slow_consumer_closes: int
+    writes_paused: int
+    #: At the end of the window, from the server: bytes waiting in all its transports,
+    #: the most in one, and connections it had closed whose socket was not gone yet.
+    pending_bytes: int = 0
+    pending_bytes_max: int = 0
+    closing: int = 0
+    stalled_cut: int
+    stalled_saw_slow_consumer: int
+    stalled_pushes: int
+    error_samples: list[str] = []
+
+    @property
+    def lossless(self) -> bool:
+        return self.delivered_total == self.expected_total and not self.behind
+
+    @property
+    def clean(self) -> bool:
+        return (
+            self.lossless
+            and not self.errors
+            and not self.lost
+            and not self.connect_errors
+            and not self.join_errors
+            and self.joined == self.members
+            and self.deliveries_window > 0
+        )

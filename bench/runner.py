@@ -1,10 +1,10 @@
 """Putting a bench together: which servers to start, where to place them, in what order.
 
-`tools/bench_cmd.py` only turns arguments into `EchoOptions`/`IdleOptions` and prints;
+`tools/bench/` only turns arguments into `EchoOptions`/`IdleOptions` and prints;
 the decisions live here so that tests drive the same code the command does.
 
 Comparison rounds start a fresh server process for every run (baseline, tickwire,
-baseline, tickwire, ...). A fresh process costs about half a second per run and buys
+baseline, tickwire, ...). A fresh process costs its start-up per run and buys
 independent samples: no run inherits another's heap, caches or leftover connections, and
 a server that degrades over time cannot pass that off as noise. Interleaving puts each
 tickwire run next to a baseline run made moments before, so slow drift of the machine
@@ -15,10 +15,8 @@ the per-round ratios.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -29,7 +27,6 @@ from bench.idle import IdleParams, run_idle
 from bench.login import (
     PRODUCTION_SCRYPT_N,
     LoginParams,
-    LoginUser,
     local_redis_pid,
     run_login,
 )
@@ -46,8 +43,9 @@ from bench.report import (
 from bench.restore import RestoreParams, run_restore
 from bench.results import EchoReport, EchoRun, IdleReport, RestoreReport
 from bench.scenario import ScenarioParams, run_scenario
+from bench.serverside.config import default_redis_url
+from bench.serverside.users import make_users
 from bench.workers import BenchError
-from server.config import ServerConfig
 
 #: One measured run: (server, target name, round number) -> the run.
 RunOne = Callable[[Endpoint, str, int], EchoRun]
@@ -274,20 +272,6 @@ class LoginOptions(msgspec.Struct, frozen=True, kw_only=True):
     server: ServerOptions = msgspec.field(default_factory=ServerOptions)
 
 
-def make_users(conns: int, scrypt_n: int, path: Path) -> list[LoginUser]:
-    """`conns` users with random passwords, written to the users file at `path` with
-    their hashes at scrypt cost `scrypt_n` (hashed in threads: scrypt releases the GIL)."""
-    from server.auth import hash_password
-
-    tag = secrets.token_hex(3)  # runs against one Redis never share a user
-    users = [LoginUser(f"bench-{tag}-{i}", secrets.token_urlsafe(12)) for i in range(conns)]
-    with ThreadPoolExecutor(max(1, len(available_cpus()))) as pool:
-        hashes = list(pool.map(lambda u: hash_password(u.password, n=scrypt_n), users))
-    lines = [f"{u.name}:{h}" for u, h in zip(users, hashes, strict=True)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return users
-
-
 def login_settings(opts: LoginOptions, users_file: Path) -> list[str]:
     """The `tickwire serve --set` config of a login bench."""
     settings = [f"users_file={users_file}", f"store={opts.store}"]
@@ -320,7 +304,7 @@ def bench_login(
         log(f"tickwire ({' '.join(cmd[1:])})")
         store_pid = None
         if opts.store == "redis":
-            store_pid = local_redis_pid(opts.redis_url or ServerConfig().redis_url)
+            store_pid = local_redis_pid(opts.redis_url or default_redis_url())
             if store_pid is None:
                 log("the Redis is not a local redis-server: its CPU is not read")
 

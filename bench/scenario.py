@@ -1,6 +1,7 @@
 """Scenarios: load written as a Python function that uses the client SDK.
 
     tickwire bench scenario bench.scenarios:ping_echo --conns 20 --duration 5
+    tickwire bench scenario my_load:chat --schema myapp.chat_pb2 --conns 20
 
 A scenario is ``async def scenario(client: client_sdk.AsyncClient, ctx: ScenarioContext)
 -> None``. Every connection (one `AsyncClient` each) calls it in a loop, closed-loop:
@@ -9,11 +10,17 @@ run: its latency (from the call to its return) goes into the same merged HdrHist
 echo's, it counts towards throughput over time and --requests, and the same progress
 display shows it. An exception is an error (counted, the first few sampled) and the loop
 goes on; `ConnectionClosed` ends that connection's loop (and is an error while the run
-lasts).
+lasts). An exception raised before the call gave the event loop back (before its first
+await that waits) ends the run at once, shown once: nothing reached the server, the
+next call would fail the same way, and retrying would only spin the CPU.
 
 MODULE is a dotted module name (importable from the current directory too) or a path
 to a .py file; FUNC a coroutine function in it. Scenarios see `ctx.args`, the
 ``--arg KEY=VALUE`` pairs of the command line, for their own knobs.
+
+The application's messages: every connection's client knows the protocol's own messages
+and those of the schema, the generated ``_pb2`` modules named by ``--schema MODULE`` and
+by the scenario module's ``SCHEMA`` (a sequence of such modules, or of their names).
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ import inspect
 import os
 import random
 import sys
-from collections.abc import Awaitable, Callable
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
 from bench.load import (
     Driven,
@@ -47,6 +56,8 @@ from bench.progress import ProgressSink
 from bench.results import EchoRun, WorkerEchoResult
 from bench.workers import ERROR_SAMPLES, BenchError, Share, run_worker, split
 from client_sdk import AsyncClient, ConnectionClosed
+from protocol.errors import RegistryError
+from protocol.registry import MessageRegistry, declared_id, system_registry
 
 _CONNECT_TIMEOUT_S = 10.0
 #: After the window: how long in-flight iterations may take to return before they are
@@ -85,11 +96,24 @@ class ScenarioError(BenchError):
     """MODULE:FUNC does not name a usable scenario."""
 
 
-def load_scenario(spec: str, search_path: str | None = None) -> Scenario:
-    """The coroutine function that ``MODULE:FUNC`` names.
+class ScenarioFailed(BenchError):
+    """The scenario raised before it gave the event loop back: the run stops."""
+
+
+class LoadedScenario(NamedTuple):
+    func: Scenario
+    #: The registry each connection's client gets: the protocol's messages and the schema's.
+    registry: MessageRegistry
+
+
+def load_scenario(
+    spec: str, search_path: str | None = None, schema: Sequence[str] = ()
+) -> LoadedScenario:
+    """The coroutine function that ``MODULE:FUNC`` names, with its client registry.
 
     MODULE is a dotted name, found on sys.path with `search_path` (the directory the
-    command ran in) in front, or a path to a .py file.
+    command ran in) in front, or a path to a .py file. `schema` names generated ``_pb2``
+    modules (--schema); the scenario module's ``SCHEMA`` adds its own.
     """
     module_name, sep, func_name = spec.rpartition(":")
     if not sep or not module_name or not func_name:
@@ -124,14 +148,52 @@ def load_scenario(spec: str, search_path: str | None = None) -> Scenario:
             f"{spec} must be an async function (async def {func_name}(client, ctx)), "
             f"not {type(func).__name__}"
         )
+    declared = getattr(module, "SCHEMA", ())
+    if isinstance(declared, (str, ModuleType)) or not isinstance(declared, Sequence):
+        raise ScenarioError(
+            f"{module_name}.SCHEMA must be a list or tuple of _pb2 modules or module names"
+        )
+    modules = [_schema_module(item, f"{module_name}.SCHEMA") for item in declared]
+    modules += [_schema_module(name, "--schema") for name in schema]
+    try:
+        registry = system_registry(modules)
+    except RegistryError as exc:
+        raise ScenarioError(f"the scenario's schema does not fit the protocol: {exc}") from None
     scenario: Scenario = func
-    return scenario
+    return LoadedScenario(scenario, registry)
+
+
+def _schema_module(item: object, where: str) -> ModuleType:
+    """One generated ``_pb2`` module of the schema, given as itself or by its dotted name."""
+    if isinstance(item, str):
+        try:
+            module = importlib.import_module(item)
+        except Exception as exc:
+            raise ScenarioError(
+                f"{where}: cannot import {item}: {type(exc).__name__}: {exc}"
+            ) from exc
+    elif isinstance(item, ModuleType):
+        module = item
+    else:
+        raise ScenarioError(f"{where}: {item!r} is neither a module nor a module name")
+    descriptor = getattr(module, "DESCRIPTOR", None)
+    types = getattr(descriptor, "message_types_by_name", None)
+    if types is None:
+        raise ScenarioError(
+            f"{where}: {module.__name__} is not a generated _pb2 module (protoc's Python "
+            "output for a .proto file)"
+        )
+    if not any(declared_id(d) is not None for d in types.values()):
+        raise ScenarioError(f"{where}: {module.__name__} declares no (tickwire.msg_id) message")
+    return module
 
 
 class ScenarioParams(RunParams, frozen=True, kw_only=True):
     #: MODULE:FUNC, with a file path MODULE made absolute.
     scenario: str
     args: dict[str, str] = {}
+    #: --schema: generated _pb2 modules whose messages every connection's client knows.
+    schema: list[str] = []
     #: The directory the command ran in: importable by the workers too.
     search_path: str | None = None
     seed: int = 0
@@ -142,18 +204,35 @@ def _first_conn(params: ScenarioParams, share: Share) -> int:
     return sum(split(params.conns, params.procs)[: share.index])
 
 
+class _Turn:
+    """Tells whether an awaited call gave the event loop back: armed with `call_soon`
+    before the call, it has run by the call's end only if the loop had a turn."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self) -> None:
+        self.seen = True
+
+
 async def _scenario_worker(
     pipe: Connection, share: Share, params: ScenarioParams
 ) -> WorkerEchoResult:
-    func = load_scenario(params.scenario, params.search_path)
+    func, registry = load_scenario(params.scenario, params.search_path, params.schema)
     totals = LoadTotals(quota_of(params, share))
     samples: list[str] = []
     gate = asyncio.Semaphore(max(1, share.connect_concurrency))
+    call_soon = asyncio.get_running_loop().call_soon
+    failed: list[str] = []
 
     async def connect() -> AsyncClient | None:
         async with gate:
             try:
-                return await AsyncClient.connect(share.host, share.port, timeout=_CONNECT_TIMEOUT_S)
+                return await AsyncClient.connect(
+                    share.host, share.port, registry, timeout=_CONNECT_TIMEOUT_S
+                )
             except (OSError, TimeoutError) as exc:
                 if len(samples) < ERROR_SAMPLES:
                     samples.append(f"connect: {type(exc).__name__}: {exc}")
@@ -180,10 +259,26 @@ async def _scenario_worker(
         raise BenchError("parent aborted the run")
     totals.open_window(window)
 
+    def stop_run(ctx: ScenarioContext, exc: Exception) -> None:
+        """The scenario failed without giving the loop back: every call would, and the
+        loop would spin on them. End the run with what it raised, once."""
+        if not failed:
+            failed.append(
+                f"scenario {params.scenario} raised before its first await on connection "
+                f"{ctx.conn} (iteration {ctx.iteration}), so the run stops:\n"
+                + "".join(traceback.format_exception(exc)).rstrip()
+            )
+        totals.running = False
+        if totals.done is not None:
+            totals.done.set()
+
     async def loop_one(client: AsyncClient, ctx: ScenarioContext) -> None:
+        turn = _Turn()
         while totals.running:
             started = now_us()
             totals.sent += 1
+            turn.seen = False
+            handle = call_soon(turn)
             try:
                 await func(client, ctx)
             except ConnectionClosed as exc:
@@ -191,14 +286,16 @@ async def _scenario_worker(
                     totals.error(f"connection {ctx.conn} closed: {exc}")
                 return
             except Exception as exc:
+                if not turn.seen:
+                    stop_run(ctx, exc)
+                    return
                 totals.error(f"{type(exc).__name__}: {exc}")
-                # A scenario that fails before it awaits anything would otherwise never
-                # give the loop back, and the run could not end.
-                await asyncio.sleep(0)
             else:
                 totals.record(started, now_us())
                 if ctx.iteration % 16 == 15:
-                    await asyncio.sleep(0)  # the same for one that never waits on the server
+                    await asyncio.sleep(0)  # a scenario that never waits on the server
+            finally:
+                handle.cancel()
             ctx.iteration += 1
 
     loops = [loop_one(c, ctx) for c, ctx in zip(clients, contexts, strict=True)]
@@ -206,6 +303,8 @@ async def _scenario_worker(
     for client in clients:
         with contextlib.suppress(Exception):
             await client.close()
+    if failed:
+        raise ScenarioFailed(failed[0])
     return totals.result(
         connections=len(clients),
         connect_errors=share.conns - len(clients),

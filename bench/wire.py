@@ -11,36 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
 from protocol.errors import ErrorCode
+from protocol.frame import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, MAX_SEQ, MIN_LENGTH, Flags
 from protocol.proto.system_pb2 import Error, GoAway
-from protocol.registry import declared_id
+from protocol.registry import MessageRegistry, system_registry
+from protocol.system import ERROR_ID, GOAWAY_ID
 
-_BODY_HEADER = struct.Struct(">HBI")  # msg_id, flags, seq: what `length` counts before the payload
-_LENGTH = struct.Struct(">I")
-_MIN_LENGTH = 7
-_MAX_FRAME = 1 << 20
-_RESPONSE = 0x01
-_ERROR = 0x02
-_MAX_SEQ = 0xFFFFFFFF
+_RESPONSE = int(Flags.RESPONSE)
+_ERROR = int(Flags.ERROR)
 
 M = TypeVar("M", bound=Message)
 
-
-def msg_id_of(message_type: type[Message]) -> int:
-    """The wire id system.proto declares for `message_type`."""
-    msg_id = declared_id(message_type.DESCRIPTOR)
-    if msg_id is None:
-        raise ValueError(f"{message_type.__name__} declares no tickwire.msg_id")
-    return msg_id
-
-
-_ERROR_ID = msg_id_of(Error)
-_GOAWAY_ID = msg_id_of(GoAway)
+#: The protocol's own messages: what a FrameClient knows unless given more.
+_SYSTEM = system_registry()
 
 
 def code_name(code: int) -> str:
@@ -67,17 +54,34 @@ class Closed(WireError):
 
 
 class FrameClient:
-    """One connection: `call` sends a request and returns its decoded reply."""
+    """One connection: `call` sends a request and returns its decoded reply.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    `registry` gives the wire IDs of the messages sent and expected: the protocol's own
+    by default, an application's too when the bench serves one (bench.fanout).
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        registry: MessageRegistry | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self._registry = registry or _SYSTEM
         self._seq = 0
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, timeout: float = 10.0) -> FrameClient:
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 10.0,
+        registry: MessageRegistry | None = None,
+    ) -> FrameClient:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        return cls(reader, writer)
+        return cls(reader, writer, registry)
 
     async def call(self, request: Message, reply_type: type[M]) -> M:
         """Send `request`, return the reply of type `reply_type` to it.
@@ -86,22 +90,20 @@ class FrameClient:
         WireError for anything else (a reply of another type or seq, an unsolicited
         frame: this client never has anything else in flight).
         """
-        self._seq = self._seq + 1 if self._seq < _MAX_SEQ else 1
+        self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
         seq = self._seq
         payload = request.SerializeToString()
-        header = _LENGTH.pack(_MIN_LENGTH + len(payload)) + _BODY_HEADER.pack(
-            msg_id_of(type(request)), 0, seq
-        )
+        header = HEADER.pack(MIN_LENGTH + len(payload), self._registry.id_of(request), 0, seq)
         try:
             self._writer.write(header + payload)
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
             raise Closed(f"write failed: {type(exc).__name__}: {exc}") from None
         msg_id, flags, got_seq, body = await self._read_frame()
-        if msg_id == _GOAWAY_ID:
+        if msg_id == GOAWAY_ID:
             away = _parse(GoAway, body)
             raise Closed(f"GoAway {code_name(away.reason)}: {away.message}")
-        if msg_id == _ERROR_ID and flags & _ERROR:
+        if msg_id == ERROR_ID and flags & _ERROR:
             error = _parse(Error, body)
             if got_seq == seq:
                 raise ServerError(error.code, error.message)
@@ -110,22 +112,21 @@ class FrameClient:
             raise WireError(
                 f"expected the reply to seq {seq}, got msg_id={msg_id} flags={flags} seq={got_seq}"
             )
-        if msg_id != msg_id_of(reply_type):
+        if msg_id != self._registry.id_of(reply_type):
             raise WireError(f"expected a {reply_type.__name__}, got msg_id={msg_id}")
         return _parse(reply_type, body)
 
     async def _read_frame(self) -> tuple[int, int, int, bytes]:
         try:
-            (length,) = _LENGTH.unpack(await self._reader.readexactly(4))
-            if not _MIN_LENGTH <= length <= _MAX_FRAME:
+            length, msg_id, flags, seq = HEADER.unpack(await self._reader.readexactly(HEADER_SIZE))
+            if not MIN_LENGTH <= length <= DEFAULT_MAX_FRAME:
                 raise WireError(f"frame length {length} out of range")
-            rest = await self._reader.readexactly(length)
+            body = await self._reader.readexactly(length - MIN_LENGTH)
         except asyncio.IncompleteReadError:
             raise Closed("the server closed the connection") from None
         except (ConnectionError, OSError) as exc:
             raise Closed(f"read failed: {type(exc).__name__}: {exc}") from None
-        msg_id, flags, seq = _BODY_HEADER.unpack_from(rest)
-        return msg_id, flags, seq, rest[_MIN_LENGTH:]
+        return msg_id, flags, seq, body
 
     async def close(self) -> None:
         self._writer.close()

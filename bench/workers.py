@@ -2,13 +2,14 @@
 
 Workers are started with the spawn context: the parent runs a thread (the server's stderr
 reader), and forking a process with threads can leave a lock held forever in the child;
-spawn gives each worker a clean interpreter at the cost of ~0.2 s start-up, paid before
-the measured window.
+spawn gives each worker a clean interpreter at the cost of its start-up, paid before the
+measured window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import time
@@ -138,7 +139,8 @@ def run_worker(
 
     Pins it to `cpus` (if any), lifts its fd limit, runs `main()` on a uvloop loop and
     sends the parent ``("result", msgpack of what main returned)``, or ``("error",
-    traceback)`` when anything failed; the pipe is closed either way.
+    why)`` when anything failed: a BenchError's message, which says it in words, or the
+    traceback of anything else. The pipe is closed either way.
     """
     try:
         if cpus:
@@ -146,10 +148,19 @@ def run_worker(
         raise_nofile_limit()
         result = uvloop.run(main())
         pipe.send(("result", msgspec.msgpack.encode(result)))
+    except BenchError as exc:
+        _tell_parent(pipe, ("error", str(exc)))
     except BaseException:
-        pipe.send(("error", traceback.format_exc()))
+        _tell_parent(pipe, ("error", traceback.format_exc()))
     finally:
         pipe.close()
+
+
+def _tell_parent(pipe: Connection, message: tuple[str, str]) -> None:
+    """Send a worker's failure, unless the parent is gone: it stops reading the pipes at
+    the first failure, and every other worker would print its own as a BrokenPipeError."""
+    with contextlib.suppress(OSError):
+        pipe.send(message)
 
 
 def first_samples(results: Iterable[WorkerResult]) -> list[str]:

@@ -20,7 +20,7 @@ from bench.load import new_histogram, summarize
 from bench.proc import Endpoint
 from bench.results import EchoReport, EchoRun, IdleReport, WorkerEchoResult
 from bench.workers import shares, split
-from tools import bench_cmd
+from tools.bench import main as bench_main
 
 # A server that answers every request with the wrong seq: the bench must count errors.
 LIAR_SERVER = """
@@ -86,7 +86,7 @@ def _assert_sane(run: EchoRun) -> None:
 
 
 def test_echo_against_baseline_writes_valid_json(tmp_path: Path) -> None:
-    code = bench_cmd.main(_echo_args(tmp_path, "--target", "baseline"))
+    code = bench_main(_echo_args(tmp_path, "--target", "baseline"))
     assert code == 0
     report = msgspec.json.decode((tmp_path / "result.json").read_bytes(), type=EchoReport)
     assert report.comparison is None
@@ -100,7 +100,7 @@ def test_echo_against_baseline_writes_valid_json(tmp_path: Path) -> None:
 def test_compare_baseline_interleaves_rounds(tmp_path: Path) -> None:
     # The baseline stands in for tickwire here so the test does not depend on the server.
     stand_in = shlex.join([sys.executable, "-m", "bench.baseline", "--port", "0"])
-    code = bench_cmd.main(
+    code = bench_main(
         _echo_args(tmp_path, "--compare-baseline", "--rounds", "2", "--server-cmd", stand_in)
     )
     assert code == 0
@@ -123,7 +123,7 @@ def test_compare_baseline_interleaves_rounds(tmp_path: Path) -> None:
 def test_wrong_seq_is_counted_as_errors(tmp_path: Path) -> None:
     script = tmp_path / "liar.py"
     script.write_text(LIAR_SERVER)
-    code = bench_cmd.main(
+    code = bench_main(
         _echo_args(tmp_path, "--server-cmd", shlex.join([sys.executable, str(script)]))
     )
     assert code == 1
@@ -136,13 +136,13 @@ def test_wrong_seq_is_counted_as_errors(tmp_path: Path) -> None:
 
 def test_server_that_never_listens_fails_cleanly(tmp_path: Path) -> None:
     cmd = shlex.join([sys.executable, "-c", "import sys; sys.exit(3)"])
-    assert bench_cmd.main(_echo_args(tmp_path, "--server-cmd", cmd)) == 2
+    assert bench_main(_echo_args(tmp_path, "--server-cmd", cmd)) == 2
     assert not (tmp_path / "result.json").exists()
 
 
 def test_idle_connections_all_answer_their_ping(tmp_path: Path) -> None:
     out = tmp_path / "idle.json"
-    code = bench_cmd.main(
+    code = bench_main(
         [
             "idle",
             "--target",

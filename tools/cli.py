@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from tools import (
-        bench_cmd,
+        bench,
         client_cmd,
         config_cmd,
         decode_cmd,
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd.register(sub)
-    bench_cmd.register(sub)
+    bench.register(sub)
     ids_cmd.register(sub)
     client_cmd.register(sub)
     decode_cmd.register(sub)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Folders whose .proto files are compiled: the protocol's own, the example chat service's
 #: (served by `tickwire serve` by default), the test application's, and the fan-out bench
-#: app's (bench/fanout_app.py).
+#: app's (bench/serverside/fanout_app.py).
 PROTO_DIRS = ("protocol/proto", "examples/chat", "tests/proto", "bench/proto")
 
 

@@ -9,14 +9,14 @@ import msgspec
 from hdrh.histogram import HdrHistogram
 
 from bench.results import EchoReport, EchoRun
-from tools import bench_cmd
+from tools.bench import main
 
 #: Against the inline baseline, so the tests do not depend on the state of the server.
 BASELINE = ("--target", "baseline", "--no-cpu-pin")
 
 
 def run_cli(*args: str) -> int:
-    return bench_cmd.main(list(args))
+    return main(list(args))
 
 
 def read_report(path: Path) -> EchoReport:

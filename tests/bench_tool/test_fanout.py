@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from bench.fanout import FanoutReport
+from bench.results import FanoutReport
 from tests.bench_tool.helpers import run_cli
 
 SMALL = ("fanout", "--members", "20", "--procs", "2", "--duration", "1", "--warmup", "0.3")

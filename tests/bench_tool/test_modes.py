@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,12 +20,12 @@ from rich.console import Console
 from bench import pacer
 from bench.echo import EchoParams
 from bench.load import RunParams, apportion, latency_curve, merge_series, new_histogram, quota_of
-from bench.proc import Endpoint
+from bench.proc import PROJECT_ROOT, Endpoint
 from bench.progress import LiveProgress, Snapshot, describe
 from bench.runner import EchoOptions, ServerOptions, bench_echo
 from bench.workers import shares
 from tests.bench_tool.helpers import BASELINE, assert_valid_run, read_report, run_cli
-from tools import bench_cmd
+from tools.bench import common, main
 
 
 class Recorder:
@@ -132,7 +133,7 @@ def test_contradictory_load_options_are_refused(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     try:
-        code = bench_cmd.main(["echo", *BASELINE, *args])
+        code = main(["echo", *BASELINE, *args])
     except SystemExit as exc:  # argparse's own refusals
         code = int(exc.code or 0)
     assert code == 2
@@ -143,9 +144,9 @@ def test_progress_only_on_a_terminal_and_not_with_no_progress() -> None:
     parser_args = argparse.Namespace(progress=True)
     tty = Console(file=io.StringIO(), force_terminal=True)
     pipe = Console(file=io.StringIO(), force_terminal=False)
-    assert isinstance(bench_cmd._progress(parser_args, tty), LiveProgress)
-    assert bench_cmd._progress(parser_args, pipe) is None
-    assert bench_cmd._progress(argparse.Namespace(progress=False), tty) is None
+    assert isinstance(common.progress(parser_args, tty), LiveProgress)
+    assert common.progress(parser_args, pipe) is None
+    assert common.progress(argparse.Namespace(progress=False), tty) is None
 
 
 def test_live_progress_draws_phase_rate_and_errors() -> None:
@@ -222,3 +223,27 @@ async def test_pacer_wakes_at_the_armed_time(
         assert len(woke) == 1
     finally:
         p.close()
+
+
+KINDS = ("echo", "idle", "scenario", "login", "restore", "fanout", "compare")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [("tools.cli", "bench"), ("tools.bench",), ("tools.bench_cmd",)],
+    ids=["tickwire bench", "python -m tools.bench", "python -m tools.bench_cmd"],
+)
+def test_every_entry_point_offers_every_kind(entry: tuple[str, ...]) -> None:
+    """`tickwire bench` and the two `python -m` forms are one command with the same kinds,
+    each registered by its module in tools/bench/."""
+    out = subprocess.run(
+        [sys.executable, "-m", *entry, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PROJECT_ROOT,
+        timeout=60,
+    ).stdout
+    assert out.startswith("usage: tickwire bench")
+    for kind in KINDS:
+        assert f"    {kind} " in out, out

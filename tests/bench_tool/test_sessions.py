@@ -17,9 +17,10 @@ import uvloop
 
 from bench.idle import IdleParams, closing_reason, run_idle
 from bench.proc import ServerProcess, server_command
-from bench.restore import build_snapshot, resume_sample
+from bench.restore import resume_sample
 from bench.results import IdleReport, RestoreReport
 from bench.runner import IDLE_SETTINGS, ServerOptions
+from bench.serverside.snapshot import build_snapshot
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import Error, GoAway
 from tests.bench_tool.helpers import assert_valid_run, read_report, run_cli

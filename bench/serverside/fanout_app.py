@@ -1,6 +1,6 @@
 """The application `tickwire bench fanout` serves: one room, broadcasts on demand, stats.
 
-    tickwire serve --no-chat --app bench.fanout_app:app --set users_file=USERS ...
+    tickwire serve --no-chat --app bench.serverside.fanout_app:app --set users_file=USERS ...
 
 - `FanoutJoin` (private: log in first) puts the caller's session in the room "fanout".
 - `FanoutTrigger{count, size}` (public) broadcasts `count` `FanoutPush` messages of
