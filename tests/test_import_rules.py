@@ -47,20 +47,6 @@ RULES = [
     Rule("bench", ("server",), exempt=("bench/serverside",)),
 ]
 
-#: TEMPORARY: the bench files that import `server` today, outside bench/serverside/
-#: (which does not exist yet on this branch). Once bench/serverside/ exists this must be
-#: empty (test_bench_server_imports_wait_for_serverside says so), and an entry whose file
-#: no longer imports server fails at once. Once empty, it can go, with its filter in
-#: test_packages_keep_their_import_rules and test_bench_server_imports_wait_for_serverside.
-BENCH_FILES_STILL_IMPORTING_SERVER: frozenset[str] = frozenset(
-    {
-        "bench/fanout.py",  # slow_consumer_limit(): `from server.config import ServerConfig`
-        "bench/fanout_app.py",  # the fan-out bench's server app
-        "bench/restore.py",  # the session-restore bench builds a SessionManager
-        "bench/runner.py",  # ServerConfig, and hash_password for the users file
-    }
-)
-
 
 @dataclass(frozen=True)
 class Import:
@@ -176,24 +162,7 @@ def rule_of(package: str) -> Rule:
 def test_packages_keep_their_import_rules(rule: Rule) -> None:
     assert files_of(rule.package), f"no Python files under {rule.package}/"
     found = violations_in_tree(rule)
-    if rule.package == "bench":
-        found = [v for v in found if v.path not in BENCH_FILES_STILL_IMPORTING_SERVER]
     assert not found, "forbidden imports:\n" + "\n".join(map(str, found))
-
-
-def test_bench_server_imports_wait_for_serverside() -> None:
-    """The temporary allow-list lists exactly the bench files that still import server,
-    and only until bench/serverside/ exists."""
-    importing = {v.path for v in violations_in_tree(rule_of("bench"))}
-    stale = sorted(BENCH_FILES_STILL_IMPORTING_SERVER - importing)
-    assert not stale, (
-        f"remove from BENCH_FILES_STILL_IMPORTING_SERVER, they no longer import server: {stale}"
-    )
-    if (ROOT / "bench" / "serverside").is_dir():
-        assert not BENCH_FILES_STILL_IMPORTING_SERVER, (
-            "bench/serverside/ exists: empty BENCH_FILES_STILL_IMPORTING_SERVER and move "
-            f"what still imports server into it: {sorted(importing)}"
-        )
 
 
 # -- the checker itself --------------------------------------------------------------------

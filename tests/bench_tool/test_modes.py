@@ -230,11 +230,11 @@ KINDS = ("echo", "idle", "scenario", "login", "restore", "fanout", "compare")
 
 @pytest.mark.parametrize(
     "entry",
-    [("tools.cli", "bench"), ("tools.bench",), ("tools.bench_cmd",)],
-    ids=["tickwire bench", "python -m tools.bench", "python -m tools.bench_cmd"],
+    [("tools.cli", "bench"), ("tools.bench",)],
+    ids=["tickwire bench", "python -m tools.bench"],
 )
 def test_every_entry_point_offers_every_kind(entry: tuple[str, ...]) -> None:
-    """`tickwire bench` and the two `python -m` forms are one command with the same kinds,
+    """`tickwire bench` and `python -m tools.bench` are one command with the same kinds,
     each registered by its module in tools/bench/."""
     out = subprocess.run(
         [sys.executable, "-m", *entry, "--help"],
