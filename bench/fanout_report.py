@@ -102,7 +102,7 @@ def _growth(report: FanoutReport) -> str:
 def fanout_notes(report: FanoutReport) -> list[str]:
     notes = [
         "fan-out: microseconds from a broadcast call to the write of its last member "
-        "(server.pushes.fanout_us, the window only)"
+        "(server.pusher.fanout_us, the window only)"
     ]
     if report.server_cpu_pct is not None and report.server_cpu_pct >= 90:
         notes.append("[yellow]the server used a whole core: its event loop was the limit[/yellow]")

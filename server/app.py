@@ -90,7 +90,7 @@ class Context:
         session = self.conn.session
         if session is None:
             raise RuntimeError("ctx.push needs a logged-in session: pushes are per session")
-        self.conn.server.pushes.to_sessions((session,), message)
+        self.conn.server.pusher.to_sessions((session,), message)
 
 
 class Route:

@@ -165,7 +165,7 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.latest:
-            self.server.pushes.release_latest(self)
+            self.server.pusher.release_latest(self)
         self.dispatcher.reschedule(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

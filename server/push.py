@@ -206,7 +206,7 @@ class Room:
 
 
 class Pusher:
-    """The server's push machinery (``server.pushes``)."""
+    """The server's push machinery (``server.pusher``)."""
 
     def __init__(
         self,

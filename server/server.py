@@ -70,12 +70,10 @@ class Server:
         #: iteration: one write per connection (server/outbox.py).
         self.outbox = Outbox()
         #: Push to sessions, users, rooms, everyone (server/push.py).
-        self.pushes = Pusher(self.sessions, self.outbox, self.message_id)
+        self.pusher = Pusher(self.sessions, self.outbox, self.message_id)
         #: Reliable pushes for users with no session here, kept in the store (at start).
         self.inbox: Inbox | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # at start
-        #: Writes to the inbox, one at a time and in push order (created at start).
-        self.offline: OfflineQueue | None = None
         self.apps: list[App] = []
         self.registry = system_registry()
         self.routes: dict[int, Route] = {}
@@ -141,7 +139,7 @@ class Server:
             self._build_chains(app_routes)
         describe_reply = registry.describe()
         latest = {t: key for app in all_apps for t, key in app.latest.items()}
-        self.pushes.latest_keys = latest
+        self.pusher.latest_keys = latest
         self._room_left = [hook for app in all_apps for hook in app.room_left]
         self.apps, self.registry, self._app_routes, self.routes = (
             all_apps,
@@ -208,7 +206,7 @@ class Server:
         )
         self.sessions.bind(self.store)
         self.inbox = Inbox(self.store, max_per_user=config.inbox_max, ttl=config.inbox_ttl)
-        self.offline = self.pushes.offline_queue = OfflineQueue(self.inbox, loop)
+        self.pusher.offline_queue = OfflineQueue(self.inbox, loop)
         self.loop = loop
         self.outbox.start(loop)
         self.executor = ThreadPoolExecutor(
@@ -258,27 +256,27 @@ class Server:
         """Push `message` to every session of `user_id` on this node (connected, or
         waiting for a Resume that will replay it). With none, a reliable push goes to the
         user's offline inbox, delivered at the next login. Returns the sessions reached."""
-        return self.pushes.to_users((user_id,), message)
+        return self.pusher.to_users((user_id,), message)
 
     def multicast(self, user_ids: Iterable[str], message: Message) -> int:
         """`push` to several users, encoded once; the offline ones share one stored body."""
-        return self.pushes.to_users(user_ids, message)
+        return self.pusher.to_users(user_ids, message)
 
     def broadcast(self, message: Message) -> int:
         """Push `message` to every session on this node."""
-        return self.pushes.to_everyone(message)
+        return self.pusher.to_everyone(message)
 
     def room(self, name: str) -> Room:
         """A handle on the room `name` of this node: join, leave, members, broadcast."""
-        return self.pushes.room(name)
+        return self.pusher.room(name)
 
     async def inbox_settled(self, user_id: str) -> None:
         """Wait until every offline push queued so far for the user is in the inbox."""
-        await self.pushes.inbox_settled(user_id)
+        await self.pusher.inbox_settled(user_id)
 
     def _session_ended(self, session: Session, reason: EndReason) -> None:
         for name in list(session.rooms):
-            self.pushes.leave(name, session)
+            self.pusher.leave(name, session)
             for hook in self._room_left:
                 try:
                     hook(self, name, session)
@@ -288,11 +286,11 @@ class Server:
         # acknowledged reaches the user at the next login. A logout or a removal asked
         # for the session to end, pushes included.
         if reason in (EndReason.REPLACED, EndReason.EXPIRED, EndReason.FAILED):
-            self.pushes.keep_unacked(session)
+            self.pusher.keep_unacked(session)
 
     async def flush_pushes(self, timeout: float | None = None) -> None:
         """Wait until the offline-inbox writes queued so far are done."""
-        await self.pushes.drain_offline(timeout)
+        await self.pusher.drain_offline(timeout)
 
     def listening_socket(self) -> Any:
         """The listening socket (what a restart hands to the successor)."""
@@ -355,7 +353,7 @@ class Server:
         held = self.sessions.all_sessions()
         await self.sessions.save_pushes(held)
         for session in held:
-            self.pushes.keep_unacked(session)
+            self.pusher.keep_unacked(session)
         await self.flush_pushes(timeout=max(1.0, deadline - loop.time()))
         if self.store is not None:
             # Handlers are done: the memory store's final snapshot sees everything.

@@ -93,7 +93,7 @@ def system_app() -> App:
             server.sessions.abandon(session)  # the client will never see its token
             raise
         # Right behind the reply: the new session's pushes (the inbox first).
-        ctx.after_reply = partial(server.pushes.release, session, 0)
+        ctx.after_reply = partial(server.pusher.release, session, 0)
         log.info(
             "login",
             extra={"conn": ctx.conn.id, "user": user_id, "session": session.session_id},
@@ -122,7 +122,7 @@ def system_app() -> App:
         last = session.pushes.last_seq
         await _take_inbox(ctx, session)
         # Right behind the reply: what the client missed, in order, then anything new.
-        ctx.after_reply = partial(server.pushes.release, session, seen)
+        ctx.after_reply = partial(server.pusher.release, session, seen)
         log.info(
             "resume",
             extra={

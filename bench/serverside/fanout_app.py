@@ -8,7 +8,7 @@
   call: the server then writes them to each member in one write (one per connection per
   loop iteration, server/push.py), as it would several broadcasts made in one iteration.
   Answered after the broadcasts, with the room's size and the broadcasts made so far.
-- `FanoutStats{reset}` (public) answers `server.pushes.fanout_us` (the HDR histogram of
+- `FanoutStats{reset}` (public) answers `server.pusher.fanout_us` (the HDR histogram of
   microseconds from a push call to the write of its last member, encoded) and counters;
   with `reset` the histogram starts again after the answer, so a bench reads the
   histogram of its measured window alone.
@@ -76,7 +76,7 @@ def make_app() -> App:
             raise HandlerError(
                 TOO_BIG, f"a Trigger takes count <= {MAX_COUNT} and size <= {MAX_SIZE}"
             )
-        room = ctx.server.pushes.rooms.get(ROOM)
+        room = ctx.server.pusher.rooms.get(ROOM)
         if room is None:
             return FanoutTriggerReply(members=0, broadcasts=state.broadcasts)
         message = state.message(msg.size)
@@ -89,7 +89,7 @@ def make_app() -> App:
     @app.handler(FanoutStats, public=True)
     def stats(ctx: Context, msg: FanoutStats) -> FanoutStatsReply:
         server = ctx.server
-        pushes = server.pushes
+        pushes = server.pusher
         room = pushes.rooms.get(ROOM)
         histogram = pushes.fanout_us
         pending = [

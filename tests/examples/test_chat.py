@@ -272,7 +272,7 @@ async def test_a_bad_room_name_is_refused(
     with pytest.raises(ServerError) as info:
         await join(alice, room)
     assert info.value.code == ChatError.BAD_ROOM
-    assert server.pushes.rooms == {}
+    assert server.pusher.rooms == {}
 
 
 async def test_an_empty_line_is_refused(start_server: StartServer, clients: Connect) -> None:
@@ -290,7 +290,7 @@ async def test_chat_needs_a_login(start_server: StartServer, clients: Connect) -
     anonymous = await clients(server)
     with pytest.raises(Unauthenticated):
         await join(anonymous, "lobby")
-    assert server.pushes.rooms == {}
+    assert server.pusher.rooms == {}
 
 
 async def test_a_session_that_ends_leaves_its_rooms(

@@ -44,7 +44,7 @@ async def test_replies_and_pushes_of_one_iteration_leave_in_one_write(
     seen_at_timing: list[int] = []
     server.outbox.after_flush(lambda: seen_at_timing.append(len(transport.written)))
     conn.data_received(echo(1) + echo(2))
-    server.pushes.replay(conn, [(7, 1021, b""), (8, 1021, b"")])
+    server.pusher.replay(conn, [(7, 1021, b""), (8, 1021, b"")])
     conn.data_received(echo(3))
     assert transport.written == [] and server.outbox.marked == [conn]
     await asyncio.sleep(0)
@@ -85,7 +85,7 @@ async def test_pushes_follow_a_handler_reload(start_server: StartServer) -> None
     the reloaded apps declare can be pushed after the reload, with its ID."""
     server = await start_server()
     with pytest.raises(ValueError, match="no message ID"):
-        server.pushes.encode(legacy_pb2.LegacyReply(code=1))
+        server.pusher.encode(legacy_pb2.LegacyReply(code=1))
     app = App("legacy", public=True)
 
     @app.handler(legacy_pb2.LegacyRequest)
@@ -93,7 +93,7 @@ async def test_pushes_follow_a_handler_reload(start_server: StartServer) -> None
         return legacy_pb2.LegacyReply(code=1)
 
     server.swap_apps(app)
-    msg_id, payload = server.pushes.encode(legacy_pb2.LegacyReply(code=1))
+    msg_id, payload = server.pusher.encode(legacy_pb2.LegacyReply(code=1))
     assert msg_id == 1021 and legacy_pb2.LegacyReply.FromString(payload).code == 1
     # And the dispatcher, handed the same lookup, frames the new route's reply with it.
     peer = await RawPeer.connect(server.address)

@@ -307,7 +307,7 @@ async def test_latest_value_pushes_conflate_while_a_client_lags(
     for ms in range(1, 101):
         server.push("alice", pb.UnorderedSleepRequest(tag=1, ms=ms))
         server.push("alice", pb.UnorderedSleepRequest(tag=2, ms=1000 + ms))
-    assert server.pushes.conflated == 198  # two keys, one value each kept
+    assert server.pusher.conflated == 198  # two keys, one value each kept
     client._transport.resume_reading()
     latest = lambda: [p.message for p in got if isinstance(p.message, pb.UnorderedSleepRequest)]  # noqa: E731
     await wait_for(lambda: len(latest()) == 2, timeout=20)
@@ -427,11 +427,11 @@ async def test_a_bad_offline_item_does_not_stall_the_inbox_writer(
     server = await start_server(push_app(), authenticator=USERS)
     with pytest.raises(TypeError, match="user ids are str"):
         server.push(42, pb.SleepReply(tag=1))  # type: ignore[arg-type]
-    assert server.offline is not None
-    server.offline.put([42], 1001, b"")  # type: ignore[list-item]  # what the check keeps out
+    assert server.pusher.offline_queue is not None
+    server.pusher.offline_queue.put([42], 1001, b"")  # type: ignore[list-item]  # what the check keeps out
     server.push("alice", pb.SleepReply(tag=2))
     await server.flush_pushes()
-    assert server.offline.lost == 1 and len(server.offline) == 0
+    assert server.pusher.offline_queue.lost == 1 and len(server.pusher.offline_queue) == 0
     peer = await RawPeer.connect(server.address)
     try:
         await raw_login(peer, "alice")
@@ -605,7 +605,7 @@ async def test_room_handles_share_members_and_empty_rooms_cost_nothing(
     server = await start_server(push_app(), authenticator=USERS)
     assert server.room("nobody").broadcast(pb.SleepReply(tag=1)) == 0
     assert "nobody" not in server.room("other") and len(server.room("nobody")) == 0
-    assert server.pushes.room_members == {}  # no room was made by those calls
+    assert server.pusher.room_members == {}  # no room was made by those calls
     client = await AsyncClient.connect(*server.address)
     await client.request(LoginRequest(user="alice", password="a"))
     [session] = server.sessions.local_sessions("alice")
@@ -615,6 +615,6 @@ async def test_room_handles_share_members_and_empty_rooms_cost_nothing(
     lobby.join(session)
     assert session in server.room("lobby")
     await client.request(LogoutRequest())
-    assert session not in lobby and server.pushes.room_members == {}
+    assert session not in lobby and server.pusher.room_members == {}
     assert lobby.broadcast(pb.SleepReply(tag=2)) == 0
     await client.close()
