@@ -48,8 +48,8 @@ class CloseReason(StrEnum):
 class Connection(asyncio.Protocol):
     __slots__ = (
         "close_reason",
-        "closed",
-        "closed_tick",
+        "closing",
+        "closing_tick",
         "ctx",
         "decoder",
         "dispatcher",
@@ -88,7 +88,10 @@ class Connection(asyncio.Protocol):
         self.flush_pending = False
         self.reading_paused = False
         self.write_paused = False
-        self.closed = False
+        #: The connection is ending: set by close_with, by a half-close once answered, and
+        #: by connection_lost. From then on nothing more runs or is queued for it, though
+        #: its transport may still be writing what it was given.
+        self.closing = False
         self.close_reason: CloseReason | None = None
         self.fatal: RemoteProtocolError | None = None
         #: The peer half-closed: close once what it already sent has been answered.
@@ -108,7 +111,7 @@ class Connection(asyncio.Protocol):
         #: Sequence number of this connection in the server's life: ties open and close lines.
         self.id = 0
         self.write_paused_tick = 0
-        self.closed_tick = 0
+        self.closing_tick = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -169,7 +172,7 @@ class Connection(asyncio.Protocol):
         self.dispatcher.reschedule(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.closing = True
         mailbox = self.mailbox
         if mailbox:
             self.dispatcher.pending -= len(mailbox)
@@ -187,7 +190,7 @@ class Connection(asyncio.Protocol):
         out = self.out
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        if self.closed:
+        if self.closing:
             return
         self.stats.bytes_out += len(data)
         transport = self.transport
@@ -208,22 +211,27 @@ class Connection(asyncio.Protocol):
         everything owed has been answered, so now the connection ends."""
         if self.fatal is not None:
             self.close_with(self.fatal.code, self.fatal.message)
-        elif self.eof and not self.closed:
+        elif self.eof and not self.closing:
             # The replies were flushed just before this call; closing lets them drain.
-            self.closed = True
-            self.closed_tick = self.server.tick
+            self.closing = True
+            self.closing_tick = self.server.tick
             self.close_reason = CloseReason.PEER_CLOSED
             self.transport.close()
 
     def pause_reading(self) -> None:
-        if not self.reading_paused and not self.closed:
+        if not self.reading_paused and not self.closing:
             self.reading_paused = True
             self.stats.reads_paused += 1
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         # Not while draining for a stop: what is unread stays unread.
-        if self.reading_paused and not self.closed and self.fatal is None and self.server.accepting:
+        if (
+            self.reading_paused
+            and not self.closing
+            and self.fatal is None
+            and self.server.accepting
+        ):
             self.reading_paused = False
             self.stats.reads_resumed += 1
             self.transport.resume_reading()
@@ -243,7 +251,7 @@ class Connection(asyncio.Protocol):
         The frame goes after whatever is already buffered, so a slow reader still gets it;
         a peer that reads nothing at all is aborted by the sweep after `close_grace`.
         """
-        if self.closed:
+        if self.closing:
             return
         self.close_reason = CloseReason.for_code(code)
         self.stats.count_error(code)
@@ -252,8 +260,8 @@ class Connection(asyncio.Protocol):
             if goaway
             else error_frame(code, message, 0, 0)
         )
-        self.closed = True
-        self.closed_tick = self.server.tick
+        self.closing = True
+        self.closing_tick = self.server.tick
         transport = self.transport
         if self.out:
             self.out.append(frame)
@@ -272,4 +280,4 @@ class Connection(asyncio.Protocol):
         return self.transport.get_extra_info("peername") if self.transport else None
 
     def __repr__(self) -> str:
-        return f"<Connection {self.peer} closed={self.closed}>"
+        return f"<Connection {self.peer} closing={self.closing}>"

@@ -151,7 +151,7 @@ class Dispatcher:
             not conn.scheduled
             and not conn.mailbox
             and not conn.write_paused
-            and not conn.closed
+            and not conn.closing
             and count < self.mailbox_limit
             and self.pending + count <= self.max_pending
         ):
@@ -247,7 +247,7 @@ class Dispatcher:
         out_bytes = 0
         rest: list[Frame] | None = None
         for frame in frames:
-            if conn.write_paused or conn.closed:
+            if conn.write_paused or conn.closing:
                 rest = [frame, *frames]
                 break
             msg_id, flags, seq, payload = frame
@@ -437,14 +437,14 @@ class Dispatcher:
                 conn, work = ordered.popleft()
                 item: AsyncWork | None = work
                 while item is not None:
-                    if conn.closed:  # gone while it waited: run nothing more for it
+                    if conn.closing:  # gone while it waited: run nothing more for it
                         self.run_connection(conn)
                         break
                     await self._run_awaited(conn, item, ordered=True)
                     item = self.run_connection(conn)
             else:
                 conn, work = unordered.popleft()
-                if conn.closed:
+                if conn.closing:
                     continue
                 await self._run_awaited(conn, work, ordered=False)
                 if conn.out:
@@ -462,7 +462,7 @@ class Dispatcher:
         finally:
             self.busy -= 1
         try:
-            if conn.closed or reply is None:
+            if conn.closing or reply is None:
                 return
             data = self.encode_reply(reply, ctx.seq, route)
             if data is not None:

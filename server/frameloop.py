@@ -106,7 +106,7 @@ def run_read(dispatcher: Dispatcher, conn: Connection, data: bytes) -> int:
         conn.scheduled
         or conn.mailbox
         or conn.write_paused
-        or conn.closed
+        or conn.closing
         or conn.fatal is not None
         or conn.decoder.buffered
         or size // _HEADER_SIZE >= dispatcher.mailbox_limit
@@ -175,7 +175,7 @@ def run_read(dispatcher: Dispatcher, conn: Connection, data: bytes) -> int:
             handler = route.handler
             reply_type = route.reply_type
             reply_id = route.reply_id
-        if conn.write_paused or conn.closed:
+        if conn.write_paused or conn.closing:
             break
         try:
             msg = parse(data[pos + _HEADER_SIZE : end])

@@ -331,7 +331,7 @@ class Pusher:
             seq = buffer.last_seq = buffer.last_seq + 1
             buffer.items.append(shared)
             conn = session.conn
-            if conn is not None and not session.held and not conn.closed:
+            if conn is not None and not session.held and not conn.closing:
                 conn.out += (pack(length, msg_id, push, seq), payload)
                 if not conn.flush_pending:
                     mark(conn)
@@ -347,7 +347,7 @@ class Pusher:
         count = 0
         for session in sessions:
             conn = session.conn
-            if conn is None or session.held or conn.closed:
+            if conn is None or session.held or conn.closing:
                 continue  # a latest value is not kept for later: the next one will do
             if conn.write_paused:
                 parked = conn.latest
@@ -370,7 +370,7 @@ class Pusher:
         new pushes through from now on."""
         session.held = False
         conn = session.conn
-        if conn is None or conn.closed:
+        if conn is None or conn.closing:
             return
         self.replay(conn, session.pushes.entries(after))
 

@@ -368,7 +368,7 @@ class Server:
         queued; a peer that stopped reading cannot hold a stop up."""
         if self.dispatcher.busy:
             return True
-        return any(c.mailbox and not c.write_paused and not c.closed for c in self.connections)
+        return any(c.mailbox and not c.write_paused and not c.closing for c in self.connections)
 
     # -- connections --------------------------------------------------------------------
 
@@ -442,8 +442,8 @@ class Server:
         grace_before = tick - ticks(config.close_grace)
         auth_before = tick - ticks(config.auth_timeout) if config.auth_timeout else -1
         for conn in list(self.connections):
-            if conn.closed:
-                if conn.closed_tick < grace_before:
+            if conn.closing:
+                if conn.closing_tick < grace_before:
                     conn.transport.abort()
             elif conn.write_paused and conn.write_paused_tick < stall_before:
                 conn.close_with(

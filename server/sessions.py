@@ -332,7 +332,7 @@ class SessionManager:
 
         async def work() -> tuple[Session, str]:
             await self._apply_policy(conn, user_id)
-            if conn.closed:
+            if conn.closing:
                 raise HandlerError(ErrorCode.UNAUTHENTICATED, "connection closed during login")
             if conn.session is not None:
                 await self._logout(conn.session, EndReason.LOGOUT)
@@ -597,7 +597,7 @@ class SessionManager:
         self.live[session.session_id] = session
         self._by_user.setdefault(session.user_id, []).append(session)
         self._fire(self._on_connected, session)
-        if conn.closed:
+        if conn.closing:
             # It closed while the store calls were awaited, so its connection_lost found
             # no session: the session must not stay "live" on a dead connection.
             self._detach(session, EndReason.CLOSED)

@@ -106,7 +106,7 @@ def make_app() -> App:
             members=len(room) if room is not None else 0,
             bytes_out=server.stats.bytes_out,
             connections=len(server.connections),
-            closing=sum(1 for conn in server.connections if conn.closed),
+            closing=sum(1 for conn in server.connections if conn.closing),
             pending_bytes=sum(pending),
             pending_bytes_max=max(pending, default=0),
         )

@@ -44,15 +44,15 @@ class BuiltSnapshot(NamedTuple):
 class _OfflineConnection:
     """What `SessionManager.login` and `connection_closed` use of a connection."""
 
-    __slots__ = ("closed", "id", "session")
+    __slots__ = ("closing", "id", "session")
 
     def __init__(self, conn_id: int) -> None:
         self.id = conn_id
-        self.closed = False
+        self.closing = False
         self.session: object = None
 
     def close_with(self, code: int, message: str, **kwargs: object) -> None:
-        self.closed = True
+        self.closing = True
 
 
 async def build_snapshot(path: Path, sessions: int, sample: int, *, seed: int = 0) -> BuiltSnapshot:

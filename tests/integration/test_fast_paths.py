@@ -217,7 +217,7 @@ async def test_writes_paused_in_the_middle_of_a_read_keep_the_rest_in_order(
     assert [f.seq for f in frames] == list(range(1, count + 1))
     assert all(f.msg_id == 1009 and len(f.payload) > 256 * 1024 for f in frames)
     await wait_for(lambda: dispatcher.in_flight == 0)
-    assert not conn.closed
+    assert not conn.closing
     await peer.close()
 
 

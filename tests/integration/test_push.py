@@ -333,7 +333,7 @@ async def test_a_member_that_stops_reading_is_cut_off_while_others_keep_receivin
     room = server.room("room2")
     body = pb.BigReply(data=b"y" * 16384)
     sent = 0
-    while not conn.closed and sent < 2000:
+    while not conn.closing and sent < 2000:
         room.broadcast(body)
         sent += 1
         await asyncio.sleep(0)
