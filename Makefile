@@ -22,25 +22,25 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-# The C build of the read fast path (server/frameloop.py, Cython), redone whenever its
+# The C build of the read fast path (server/fastpath.py, Cython), redone whenever its
 # source or setup.py changes (the server does not use a build older than either; the
 # generated C goes too, since Cython does not notice a changed directive). Without a C
 # compiler setup.py goes on without it, and the source runs interpreted.
-$(VENV)/.frameloop: server/frameloop.py setup.py | $(VENV)/.installed
-	$(BIN)/python -c 'import server.frameloop as f; raise SystemExit(not f.built_fresh())' \
-		|| (rm -f server/frameloop.c && $(BIN)/python -m pip install -q --no-deps -e .)
-	@$(BIN)/python -c 'import server.frameloop as f; print("read fast path:", \
+$(VENV)/.fastpath: server/fastpath.py setup.py | $(VENV)/.installed
+	$(BIN)/python -c 'import server.fastpath as f; raise SystemExit(not f.built_fresh())' \
+		|| (rm -f server/fastpath.c && $(BIN)/python -m pip install -q --no-deps -e .)
+	@$(BIN)/python -c 'import server.fastpath as f; print("read fast path:", \
 		"compiled" if f.built_fresh() else "interpreted (it could not be compiled: no C compiler?)")'
 	touch $@
 
 # The fast path is checked after the install, never beside it: under `make -j` two
 # `pip install -e` would otherwise run into one venv at once.
 run: $(VENV)/.installed
-	@$(MAKE) -s --no-print-directory $(VENV)/.frameloop
+	@$(MAKE) -s --no-print-directory $(VENV)/.fastpath
 	$(BIN)/tickwire serve --host $(HOST) --port $(PORT) --set users_file=$(USERS)
 
 test: $(VENV)/.installed-dev
-	@$(MAKE) -s --no-print-directory $(VENV)/.frameloop
+	@$(MAKE) -s --no-print-directory $(VENV)/.fastpath
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev

@@ -1,8 +1,8 @@
-"""Builds the one C extension: server/frameloop.py, compiled by Cython (pure-Python mode).
+"""Builds the one C extension: server/fastpath.py, compiled by Cython (pure-Python mode).
 
 Everything else about the package is in pyproject.toml. The extension is optional: where
 there is no C compiler (or it fails) the install goes on without it, with a warning, and
-the same source runs interpreted (server/frameloop.py says how to tell which one runs).
+the same source runs interpreted (server/fastpath.py says how to tell which one runs).
 `optional=True` alone is not enough: an editable install (`pip install -e`, what `make`
 does) aborts on a compiler that is missing or fails (seen with setuptools 84), so the
 build command below catches that itself.
@@ -44,7 +44,7 @@ except ImportError:  # building without Cython: pure Python only
     ext_modules = []
 else:
     ext_modules = cythonize(
-        [Extension("server.frameloop", ["server/frameloop.py"])],
+        [Extension("server.fastpath", ["server/fastpath.py"])],
         # The loop indexes `data` only below a length it has checked, never from the end.
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
         quiet=True,

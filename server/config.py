@@ -57,7 +57,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fast_path: Annotated[
         Literal["auto", "interpreted"],
         _doc(
-            "Build of the read fast path (server/frameloop.py): auto takes the compiled one "
+            "Build of the read fast path (server/fastpath.py): auto takes the compiled one "
             "where the install built it, interpreted runs the same source in Python."
         ),
     ] = "auto"

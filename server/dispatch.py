@@ -45,7 +45,7 @@ from protocol.errors import ErrorCode
 from protocol.frame import HEADER, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
 from protocol.proto.system_pb2 import Error
 from protocol.system import ERROR_ID, error_frame
-from server import frameloop
+from server import fastpath
 from server.app import Context, Route
 from server.middleware import INTERNAL_MESSAGE, SYNC_FAILURES, handler_failed
 
@@ -73,10 +73,10 @@ AsyncWork = tuple[Route, Context, Message]
 
 
 #: The refcount of a reused Context nobody kept; anything above means a handler kept it.
-#: run_connection is interpreted Python, so it takes the figure frameloop measures when
+#: run_connection is interpreted Python, so it takes the figure fastpath measures when
 #: it runs interpreted (the compiled build counts differently).
-_UNKEPT = (frameloop.load_pure() if frameloop.COMPILED else frameloop).UNKEPT
-FLUSH_BYTES = frameloop.FLUSH_BYTES
+_UNKEPT = (fastpath.load_pure() if fastpath.COMPILED else fastpath).UNKEPT
+FLUSH_BYTES = fastpath.FLUSH_BYTES
 
 
 class Dispatcher:
@@ -96,7 +96,7 @@ class Dispatcher:
         self.routes = routes
         #: The read fast path, called as run_read(dispatcher, conn, data) from
         #: Connection.data_received; `build` says which build of it runs.
-        loaded = frameloop.load(fast_path)
+        loaded = fastpath.load(fast_path)
         self.run_read: Callable[[Dispatcher, Connection, bytes], int] = loaded.run_read
         self.build = "compiled" if loaded.COMPILED else "interpreted"
         #: A reply class's message ID, from the registry in use (it follows a reload).

@@ -116,7 +116,7 @@ class ServerCollector:
         info = GaugeMetricFamily(
             "tickwire_build_info",
             "Always 1; fast_path says whether reads run through the compiled build of "
-            "server/frameloop.py or the interpreted one.",
+            "server/fastpath.py or the interpreted one.",
             labels=["fast_path"],
         )
         info.add_metric([server.dispatcher.build], 1)

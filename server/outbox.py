@@ -2,7 +2,7 @@
 in one write per connection at the end of the loop iteration.
 
 Who puts bytes in `conn.out` and hands the connection to `Outbox.mark`: the read fast
-path (server/frameloop.py, once per read) and the Pusher (once per member reached).
+path (server/fastpath.py, once per read) and the Pusher (once per member reached).
 `Dispatcher.run_connection`, the consumers, `close_with` and `eof_received` write the
 connection themselves (`Connection.flush`), which sends whatever was marked first, so
 the order on the wire holds whoever writes.

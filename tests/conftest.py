@@ -12,7 +12,7 @@ import pytest
 import uvloop
 
 from client_sdk import AsyncClient
-from server import App, Server, ServerConfig, dispatch, frameloop
+from server import App, Server, ServerConfig, dispatch, fastpath
 from server.auth import Authenticator
 from tests.store.redisproc import RedisProcess, redis_binary, start_redis
 
@@ -25,18 +25,18 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 StartServer = Callable[..., Awaitable[Server]]
 
 #: The read fast path's builds this checkout can run: interpreted always, compiled where
-#: setup.py could build the extension (tests/test_frameloop_build.py says when it must).
-FRAMELOOPS = ["interpreted", *(["compiled"] if frameloop.COMPILED else [])]
+#: setup.py could build the extension (tests/test_fastpath_build.py says when it must).
+FRAMELOOPS = ["interpreted", *(["compiled"] if fastpath.COMPILED else [])]
 
 
 @pytest.fixture(params=FRAMELOOPS)
-def frameloop_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """Run the test's servers on one build of server/frameloop.py (the module returned):
+def fastpath_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Run the test's servers on one build of server/fastpath.py (the module returned):
     the fast path's behaviour must not depend on whether it was compiled."""
-    module = frameloop if request.param == "compiled" else frameloop.load_pure()
-    # Dispatcher takes run_read from `frameloop.load()`; the pure module's load("auto")
+    module = fastpath if request.param == "compiled" else fastpath.load_pure()
+    # Dispatcher takes run_read from `fastpath.load()`; the pure module's load("auto")
     # returns the pure module itself.
-    monkeypatch.setattr(dispatch, "frameloop", module)
+    monkeypatch.setattr(dispatch, "fastpath", module)
     return module
 
 

@@ -3,9 +3,9 @@ the slow path it skips.
 
 - A read that finds its connection idle runs in data_received, without the mailbox and
   the drain (Dispatcher.submit); anything it cannot finish goes to the mailbox in order.
-- Before that, frameloop.run_read runs what it can of such a read straight from the
+- Before that, fastpath.run_read runs what it can of such a read straight from the
   bytes, and hands the decoder the rest from the first frame it does not handle. Every
-  test here runs on both builds of it, interpreted and compiled (conftest.frameloop_impl).
+  test here runs on both builds of it, interpreted and compiled (conftest.fastpath_impl).
 - A sync route whose chain is only the default layers is called directly, with the
   counting and error recovery done inline (Route.fused).
 
@@ -37,7 +37,7 @@ from tests.integration.testapp import make_app
 from tests.proto import legacy_pb2
 from tests.proto import testapp_pb2 as pb
 
-pytestmark = pytest.mark.usefixtures("frameloop_impl")
+pytestmark = pytest.mark.usefixtures("fastpath_impl")
 
 ECHO, FAIL, APP_ERROR, NOTE, BIG, GATE = 10, 1002, 1006, 1007, 1008, 1010
 
@@ -109,7 +109,7 @@ async def test_a_read_after_an_awaited_frame_waits_for_it(start_server: StartSer
 async def test_a_read_of_every_kind_of_frame_is_answered_in_order(
     start_server: StartServer,
 ) -> None:
-    """The byte-level fast path (frameloop.run_read) stops at each frame it does not
+    """The byte-level fast path (fastpath.run_read) stops at each frame it does not
     handle and the decoder goes on from there: refused, undecodable, awaited and split
     frames, between plain ones, all answered in order, once each."""
     app = make_app()
@@ -373,11 +373,11 @@ async def test_a_read_that_switches_message_types_keeps_context_and_counts(
 
 
 async def test_the_server_runs_the_build_under_test(
-    start_server: StartServer, frameloop_impl: ModuleType
+    start_server: StartServer, fastpath_impl: ModuleType
 ) -> None:
     server = await start_server()
-    assert server.dispatcher.run_read is frameloop_impl.run_read
-    assert frameloop_impl.COMPILED is (server.dispatcher.build == "compiled")
+    assert server.dispatcher.run_read is fastpath_impl.run_read
+    assert fastpath_impl.COMPILED is (server.dispatcher.build == "compiled")
 
 
 async def test_a_reply_that_cannot_be_encoded_is_internal_on_every_path(

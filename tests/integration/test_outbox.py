@@ -22,7 +22,7 @@ from tests.conftest import StartServer
 from tests.integration.rawclient import RawPeer
 from tests.proto import legacy_pb2
 
-pytestmark = pytest.mark.usefixtures("frameloop_impl")
+pytestmark = pytest.mark.usefixtures("fastpath_impl")
 
 ECHO = 10
 

@@ -168,7 +168,7 @@ def test_app_rejects_messages_without_an_id() -> None:
         App().add_handler(MessageId, lambda ctx, msg: None)
 
 
-@pytest.mark.usefixtures("frameloop_impl")
+@pytest.mark.usefixtures("fastpath_impl")
 async def test_a_kept_context_is_never_reused(start_server: StartServer) -> None:
     """Sync handlers share one Context per connection for speed, but only while nobody
     keeps it: a handler that stores its ctx must find it unchanged later."""
@@ -194,7 +194,7 @@ async def test_a_kept_context_is_never_reused(start_server: StartServer) -> None
 
 
 async def test_unkept_context_is_reused_across_sync_requests(
-    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, frameloop_impl: ModuleType
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, fastpath_impl: ModuleType
 ) -> None:
     import server.dispatch
     from server.app import Context
@@ -209,7 +209,7 @@ async def test_unkept_context_is_reused_across_sync_requests(
             super().__init__(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(server.dispatch, "Context", CountingContext)
-    monkeypatch.setattr(frameloop_impl, "Context", CountingContext)
+    monkeypatch.setattr(fastpath_impl, "Context", CountingContext)
     srv = await start_server()
     async with await AsyncClient.connect(*srv.address) as client:
         await asyncio.gather(*(client.request(EchoRequest(data=b"n")) for _ in range(200)))

@@ -269,14 +269,14 @@ def is_stale(compiled: str, *inputs: str) -> bool:
 
 
 #: This file's source, beside the compiled module (or this very file, interpreted).
-SOURCE = os.path.join(os.path.dirname(__file__), "frameloop.py")
+SOURCE = os.path.join(os.path.dirname(__file__), "fastpath.py")
 #: setup.py of the checkout this package sits in; absent from an installed package.
 SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 
 
 def built_fresh() -> bool:
     """True when this is the compiled module and, in a source checkout (an editable
-    install, where sources get edited), it is not older than frameloop.py or setup.py:
+    install, where sources get edited), it is not older than fastpath.py or setup.py:
     what `make` asks before it rebuilds (a stale build is never used, see load).
 
     File times are compared only in a checkout. An installed package's .so and .py come
@@ -294,7 +294,7 @@ def load(build: str = "auto") -> ModuleType:
     if build == "interpreted":
         return load_pure()
     if COMPILED and not built_fresh():
-        logging.getLogger("tickwire.frameloop").warning(
+        logging.getLogger("tickwire.fastpath").warning(
             "the compiled fast path %s is older than %s or %s, so it is not used; "
             "`make run` or `make test` rebuilds it",
             __file__,

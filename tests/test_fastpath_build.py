@@ -1,9 +1,9 @@
-"""The read fast path's two builds (server/frameloop.py): which one runs, and how to tell.
+"""The read fast path's two builds (server/fastpath.py): which one runs, and how to tell.
 
 `make test` in CI exports EXPECT_COMPILED_FAST_PATH=1 (.ci/run): there, a C compiler is
 present, so an install that failed to build the extension must fail the suite rather than
 quietly run everything interpreted. Elsewhere the suite accepts either build, and
-conftest.frameloop_impl runs the fast-path tests on every build this checkout has.
+conftest.fastpath_impl runs the fast-path tests on every build this checkout has.
 """
 
 from __future__ import annotations
@@ -19,24 +19,24 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import Server, ServerConfig, frameloop
+from server import Server, ServerConfig, fastpath
 from tests.conftest import StartServer
 from tests.integration.test_operations import http_get
 from tests.integration.test_serve_process import server_log, spawn_serve
 
 
 def test_the_module_says_truthfully_whether_it_is_compiled() -> None:
-    assert frameloop.COMPILED is not frameloop.__file__.endswith(".py")
-    pure = frameloop.load_pure()
-    assert pure.COMPILED is False and pure.__file__.endswith("frameloop.py")
-    assert frameloop.load("interpreted") is pure
-    assert frameloop.load("auto") is frameloop
+    assert fastpath.COMPILED is not fastpath.__file__.endswith(".py")
+    pure = fastpath.load_pure()
+    assert pure.COMPILED is False and pure.__file__.endswith("fastpath.py")
+    assert fastpath.load("interpreted") is pure
+    assert fastpath.load("auto") is fastpath
 
 
 def test_ci_runs_the_compiled_build() -> None:
     expected = os.environ.get("EXPECT_COMPILED_FAST_PATH") == "1"
-    assert frameloop.COMPILED or not expected, (
-        "the C extension for server/frameloop.py was not built (setup.py): "
+    assert fastpath.COMPILED or not expected, (
+        "the C extension for server/fastpath.py was not built (setup.py): "
         "is a C compiler installed?"
     )
     if expected:
@@ -45,10 +45,10 @@ def test_ci_runs_the_compiled_build() -> None:
 
 def test_config_fast_path_picks_the_build() -> None:
     auto = Server(config=ServerConfig(port=0)).dispatcher
-    assert auto.run_read is frameloop.run_read
-    assert auto.build == ("compiled" if frameloop.COMPILED else "interpreted")
+    assert auto.run_read is fastpath.run_read
+    assert auto.build == ("compiled" if fastpath.COMPILED else "interpreted")
     pure = Server(config=ServerConfig(port=0, fast_path="interpreted")).dispatcher
-    assert pure.run_read is frameloop.load_pure().run_read
+    assert pure.run_read is fastpath.load_pure().run_read
     assert pure.build == "interpreted"
 
 
@@ -57,7 +57,7 @@ async def test_the_start_log_names_the_build(fast_path: str) -> None:
     proc, _ = await spawn_serve("--no-chat", "--set", f"fast_path={fast_path}")
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
-    build = "compiled" if frameloop.COMPILED and fast_path == "auto" else "interpreted"
+    build = "compiled" if fastpath.COMPILED and fast_path == "auto" else "interpreted"
     assert f"read fast path: {build}" in await server_log(proc)
 
 
@@ -69,7 +69,7 @@ async def test_metrics_name_the_build(start_server: StartServer, fast_path: str)
     assert status == 200
     families = {f.name: f for f in text_string_to_metric_families(body)}
     [sample] = families["tickwire_build_info"].samples
-    build = "compiled" if frameloop.COMPILED and fast_path == "auto" else "interpreted"
+    build = "compiled" if fastpath.COMPILED and fast_path == "auto" else "interpreted"
     assert sample.labels == {"fast_path": build} and sample.value == 1
 
 
@@ -78,32 +78,32 @@ def test_a_compiled_build_older_than_its_inputs_is_stale(tmp_path: Path) -> None
     for path in (compiled, source, setup):
         path.write_bytes(b"")
         os.utime(path, (2_000_000, 2_000_000))
-    assert not frameloop.is_stale(str(compiled), str(source), str(setup))
+    assert not fastpath.is_stale(str(compiled), str(source), str(setup))
     os.utime(source, (3_000_000, 3_000_000))  # the source was edited
-    assert frameloop.is_stale(str(compiled), str(source), str(setup))
+    assert fastpath.is_stale(str(compiled), str(source), str(setup))
     os.utime(compiled, (4_000_000, 4_000_000))  # and rebuilt
-    assert not frameloop.is_stale(str(compiled), str(source), str(setup))
+    assert not fastpath.is_stale(str(compiled), str(source), str(setup))
     os.utime(setup, (5_000_000, 5_000_000))  # the build settings changed
-    assert frameloop.is_stale(str(compiled), str(source), str(setup))
-    assert not frameloop.is_stale(str(compiled), str(tmp_path / "gone.py"))
-    assert not frameloop.is_stale(str(tmp_path / "missing.so"), str(source))
+    assert fastpath.is_stale(str(compiled), str(source), str(setup))
+    assert not fastpath.is_stale(str(compiled), str(tmp_path / "gone.py"))
+    assert not fastpath.is_stale(str(tmp_path / "missing.so"), str(source))
 
 
 def test_an_installed_wheel_runs_its_compiled_build(tmp_path: Path) -> None:
     """pip unpacks a wheel's files in archive order with fresh file times, so the .so
     lands a moment before the .py. Outside a checkout times are not compared: the
     compiled build from a wheel must be the one that runs."""
-    if not frameloop.COMPILED:
+    if not fastpath.COMPILED:
         # Nothing compiled to install: the wheel holds the source alone, which runs.
         return
     package = tmp_path / "site" / "server"
     package.mkdir(parents=True)
-    shutil.copy(frameloop.__file__, package / os.path.basename(frameloop.__file__))
-    (package / "frameloop.py").write_text(Path(frameloop.SOURCE).read_text())
-    os.utime(package / os.path.basename(frameloop.__file__), (1_000_000, 1_000_000))
+    shutil.copy(fastpath.__file__, package / os.path.basename(fastpath.__file__))
+    (package / "fastpath.py").write_text(Path(fastpath.SOURCE).read_text())
+    os.utime(package / os.path.basename(fastpath.__file__), (1_000_000, 1_000_000))
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import server.frameloop as f;"
+        "import server.fastpath as f;"
         "print(f.__file__.endswith('.py'), f.built_fresh(), f.load().__name__)"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
@@ -115,4 +115,4 @@ def test_an_installed_wheel_runs_its_compiled_build(tmp_path: Path) -> None:
         check=True,
         cwd=tmp_path,
     )
-    assert out.stdout.split() == ["False", "True", "server.frameloop"], out.stderr
+    assert out.stdout.split() == ["False", "True", "server.fastpath"], out.stderr
