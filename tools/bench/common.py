@@ -13,7 +13,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -307,12 +307,25 @@ def write_plot(path: str, runs: list[tuple[str, EchoRun]], title: str, err: Cons
     return True
 
 
-def window(args: argparse.Namespace) -> tuple[float, int | None, float] | str:
-    """(duration, requests, time limit) from the load arguments, or what is wrong."""
+def window_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the load window's arguments, if anything."""
     if args.time_limit is not None and args.requests is None:
         return "--time-limit bounds a --requests run; with --duration the window is fixed"
-    duration = args.duration if args.duration is not None else DEFAULT_DURATION_S
-    return duration, args.requests, args.time_limit if args.time_limit is not None else 60.0
+    return None
+
+
+def run_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The RunParams fields every request/reply load (echo, login, scenario) takes from
+    its arguments (`add_load_args`): connections, processes and the window."""
+    return {
+        "conns": args.conns,
+        "procs": args.procs,
+        "connect_concurrency": args.connect_concurrency,
+        "duration": args.duration if args.duration is not None else DEFAULT_DURATION_S,
+        "requests": args.requests,
+        "time_limit": args.time_limit if args.time_limit is not None else 60.0,
+        "warmup": args.warmup,
+    }
 
 
 def check_runs(runs: list[EchoRun], err: Console) -> bool:

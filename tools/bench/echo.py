@@ -55,29 +55,17 @@ def run(args: argparse.Namespace) -> int:
     from bench.runner import EchoOptions, bench_echo
 
     err = common.console(stderr=True)
-    problem = common.check_server_args(args) or common.check_plot(args)
-    window = common.window(args)
-    if problem is None and isinstance(window, str):
-        problem = window
+    problem = (
+        common.check_server_args(args) or common.check_plot(args) or common.window_problem(args)
+    )
     if problem is None and args.compare_baseline and args.port is not None:
         problem = "--compare-baseline starts both servers itself; drop --port"
     if problem:
         return common.refuse(err, "echo", problem)
-    assert not isinstance(window, str)
-    duration, requests, time_limit = window
     rounds = args.rounds or (3 if args.compare_baseline else 1)
     options = EchoOptions(
         params=EchoParams(
-            conns=args.conns,
-            depth=args.depth or 1,
-            rate=args.rate,
-            duration=duration,
-            requests=requests,
-            time_limit=time_limit,
-            warmup=args.warmup,
-            procs=args.procs,
-            size=args.size,
-            connect_concurrency=args.connect_concurrency,
+            **common.run_fields(args), depth=args.depth or 1, rate=args.rate, size=args.size
         ),
         server=common.server_options(args),
         compare_baseline=args.compare_baseline,

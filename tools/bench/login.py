@@ -64,10 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.runner import LoginOptions, ServerOptions
 
     err = common.console(stderr=True)
-    problem = common.check_plot(args)
-    window = common.window(args)
-    if problem is None and isinstance(window, str):
-        problem = window
+    problem = common.check_plot(args) or common.window_problem(args)
     if problem is None and args.redis_url is not None and args.store != "redis":
         problem = "--redis-url is for --store redis"
     if problem is None:
@@ -76,19 +73,8 @@ def run(args: argparse.Namespace) -> int:
             problem = f"--set takes KEY=VALUE, got {bad[0]!r}"
     if problem:
         return common.refuse(err, "login", problem)
-    assert not isinstance(window, str)
-    duration, requests, time_limit = window
     options = LoginOptions(
-        params=LoginParams(
-            conns=args.conns,
-            procs=args.procs,
-            connect_concurrency=args.connect_concurrency,
-            duration=duration,
-            requests=requests,
-            time_limit=time_limit,
-            warmup=args.warmup,
-            users=[],
-        ),
+        params=LoginParams(**common.run_fields(args), users=[]),
         store=args.store,
         redis_url=args.redis_url,
         scrypt_n=args.scrypt_n,

@@ -54,10 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.workers import BenchError
 
     err = common.console(stderr=True)
-    problem = common.check_server_args(args) or common.check_plot(args)
-    window = common.window(args)
-    if problem is None and isinstance(window, str):
-        problem = window
+    problem = (
+        common.check_server_args(args) or common.check_plot(args) or common.window_problem(args)
+    )
     spec = args.spec
     module, sep, func = spec.rpartition(":")
     if sep and (module.endswith(".py") or os.sep in module):
@@ -69,17 +68,9 @@ def run(args: argparse.Namespace) -> int:
             problem = str(exc)
     if problem:
         return common.refuse(err, "scenario", problem)
-    assert not isinstance(window, str)
-    duration, requests, time_limit = window
     options = ScenarioOptions(
         params=ScenarioParams(
-            conns=args.conns,
-            procs=args.procs,
-            connect_concurrency=args.connect_concurrency,
-            duration=duration,
-            requests=requests,
-            time_limit=time_limit,
-            warmup=args.warmup,
+            **common.run_fields(args),
             scenario=spec,
             args=dict(args.arg),
             schema=list(args.schema),
