@@ -71,7 +71,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 200_000
     max_connections: Annotated[
         int,
-        _doc("Connections the server holds; one more gets TOO_MANY_CONNECTIONS.", ge=1),
+        _doc(
+            "Connections the server holds; one more gets TOO_MANY_CONNECTIONS. Lowered at "
+            "start to what the open-file limit fits, less 128 for the server itself.",
+            ge=1,
+        ),
     ] = 100_000
     max_connections_per_ip: Annotated[
         int,

@@ -44,6 +44,11 @@ from server.system_handlers import system_app
 
 log = logging.getLogger("tickwire.server")
 
+#: Open files kept back from connections for the server's own use: the listening socket,
+#: the store's connection pool, log files, the metrics listener, a restart's handover.
+#: A connection past the rest still gets its TOO_MANY_CONNECTIONS from one of them.
+FD_RESERVE = 128
+
 
 class Server:
     def __init__(
@@ -105,6 +110,8 @@ class Server:
         self.connections: set[Connection] = set()
         #: Open connections per peer IP, kept only when max_connections_per_ip is set.
         self.per_ip: dict[str, int] = {}
+        #: config.max_connections, lowered at start to what the open-file limit allows.
+        self.max_connections = self.config.max_connections
         #: Advanced by the sweep; connections stamp it when they receive (idle timeout).
         self.tick = 0
         #: Transport buffer size above which the transport asks us to stop writing.
@@ -194,8 +201,8 @@ class Server:
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on `config.host:port`, or on `sock` when handed one."""
         loop = asyncio.get_running_loop()
-        raise_open_file_limit()
         config = self.config
+        self.max_connections = connection_cap(config.max_connections, raise_open_file_limit())
         # First: a store that cannot be reached fails the start, before we accept anyone.
         self.store = await open_store(
             config.store,
@@ -389,10 +396,10 @@ class Server:
                     f"address {ip} is at its limit of {limit} connections",
                 )
                 return
-        if len(self.connections) > self.config.max_connections:
+        if len(self.connections) > self.max_connections:
             conn.close_with(
                 ErrorCode.TOO_MANY_CONNECTIONS,
-                f"server is at its limit of {self.config.max_connections} connections",
+                f"server is at its limit of {self.max_connections} connections",
             )
             return
 
@@ -486,9 +493,33 @@ def _address(peer: Any) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else "?"
 
 
-def raise_open_file_limit() -> None:
-    """Lift the soft RLIMIT_NOFILE to the hard one: each connection is a descriptor."""
+def raise_open_file_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard one (each connection is a descriptor) and
+    return the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def connection_cap(max_connections: int, open_files: int) -> int:
+    """The connections the server can hold: `max_connections`, unless the open-file limit
+    (less FD_RESERVE) allows fewer. Past what the process can open, a new client would
+    get a bare reset from the kernel, never TOO_MANY_CONNECTIONS, and nothing would say
+    why: so the cap comes down to what fits, and the start log says so."""
+    if open_files == resource.RLIM_INFINITY:
+        return max_connections
+    fits = max(1, open_files - FD_RESERVE)
+    if max_connections <= fits:
+        return max_connections
+    log.warning(
+        "max_connections is %d, but the open-file limit (%d, of which %d are kept for the "
+        "server itself) fits %d: connections past %d get TOO_MANY_CONNECTIONS",
+        max_connections,
+        open_files,
+        FD_RESERVE,
+        fits,
+        fits,
+    )
+    return fits

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -14,15 +15,24 @@ import pytest
 
 from client_sdk import AsyncClient
 from protocol.errors import ErrorCode
-from protocol.proto.system_pb2 import EchoReply, EchoRequest
+from protocol.frame import FrameDecoder
+from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error
+from protocol.system import ERROR_ID
+from server.server import FD_RESERVE, connection_cap
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(rb"listening on ([\d.]+):(\d+)")
 
 
 async def spawn_serve(
-    *args: str, cwd: str | None = None
+    *args: str, cwd: str | None = None, open_files: int | None = None
 ) -> tuple[asyncio.subprocess.Process, tuple[str, int]]:
+    """`tickwire serve` on a free port; `open_files` sets its RLIMIT_NOFILE (soft and hard)."""
+
+    def limit_open_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     env = dict(os.environ)
     if cwd is not None:  # the project stays importable from elsewhere
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -39,6 +49,7 @@ async def spawn_serve(
         stderr=asyncio.subprocess.PIPE,
         cwd=cwd,
         env=env,
+        preexec_fn=limit_open_files,
     )
     assert proc.stderr is not None
     lines: list[bytes] = []
@@ -114,3 +125,41 @@ async def test_bad_config_fails_at_start_with_the_key(tmp_path: object) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 2
     assert b"max_frame" in err and b">= 7" in err
+
+
+async def test_the_connection_cap_fits_the_open_file_limit() -> None:
+    """With 300 open files, the default max_connections (100,000) cannot be reached: the
+    server caps itself at 300 - FD_RESERVE, says so at start, and answers the connection
+    past the cap with TOO_MANY_CONNECTIONS instead of a reset from the kernel."""
+    proc, (host, port) = await spawn_serve("--no-chat", open_files=300)
+    cap = 300 - FD_RESERVE
+    held: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(cap - 1):
+            _, writer = await asyncio.open_connection(host, port)
+            held.append(writer)
+        last = await AsyncClient.connect(host, port)  # the cap-th connection still works
+        assert (await last.call(EchoRequest(data=b"ok"), EchoReply, timeout=5)).data == b"ok"
+        reader, writer = await asyncio.open_connection(host, port)
+        held.append(writer)
+        data = await asyncio.wait_for(reader.read(), 5)  # an Error frame, then EOF
+        [frame] = FrameDecoder().feed(data)
+        error = Error.FromString(frame.payload)
+        assert frame.msg_id == ERROR_ID and error.code == ErrorCode.TOO_MANY_CONNECTIONS
+        assert f"limit of {cap} connections" in error.message
+        await last.close()
+    finally:
+        for writer in held:
+            writer.close()
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+    log = await server_log(proc)
+    assert "max_connections is 100000, but the open-file limit (300" in log
+    assert f"fits {cap}: connections past {cap} get TOO_MANY_CONNECTIONS" in log
+
+
+def test_the_connection_cap_is_the_config_where_the_open_file_limit_allows_it() -> None:
+    assert connection_cap(1_000, 20_000) == 1_000
+    assert connection_cap(100_000, 20_000) == 20_000 - FD_RESERVE
+    assert connection_cap(100_000, resource.RLIM_INFINITY) == 100_000
+    assert connection_cap(100_000, FD_RESERVE) == 1  # never 0: one connection still fits
