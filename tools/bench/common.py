@@ -133,6 +133,12 @@ def add_set_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, examp
     )
 
 
+def set_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the `--set` values (add_set_arg), if anything."""
+    bad = [s for s in args.set if not s.partition("=")[0] or "=" not in s]
+    return f"--set takes KEY=VALUE, got {bad[0]!r}" if bad else None
+
+
 def add_server_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("server under test")
     where.add_argument("--host", default="127.0.0.1", help="default: %(default)s")

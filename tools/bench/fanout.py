@@ -87,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.workers import BenchError
 
     err = common.console(stderr=True)
-    bad = [s for s in args.set if not s.partition("=")[0] or "=" not in s]
-    if bad:
-        return common.refuse(err, "fanout", f"--set takes KEY=VALUE, got {bad[0]!r}")
+    problem = common.set_problem(args)
+    if problem:
+        return common.refuse(err, "fanout", problem)
     if args.stalled >= args.members:
         return common.refuse(err, "fanout", "--stalled must leave at least one member reading")
     if args.procs > args.members:

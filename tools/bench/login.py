@@ -68,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if problem is None and args.redis_url is not None and args.store != "redis":
         problem = "--redis-url is for --store redis"
     if problem is None:
-        bad = [s for s in args.set if not s.partition("=")[0] or "=" not in s]
-        if bad:
-            problem = f"--set takes KEY=VALUE, got {bad[0]!r}"
+        problem = common.set_problem(args)
     if problem:
         return common.refuse(err, "login", problem)
     options = LoginOptions(
