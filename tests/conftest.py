@@ -14,6 +14,7 @@ import uvloop
 from client_sdk import AsyncClient
 from server import App, Server, ServerConfig, dispatch, fastpath
 from server.auth import Authenticator
+from tests.serveproc import LOGS
 from tests.store.redisproc import RedisProcess, redis_binary, start_redis
 
 
@@ -114,3 +115,14 @@ def redis_url(redis_server: RedisProcess) -> str:
         client.flushdb()
         client.script_flush()
     return redis_server.url
+
+
+@pytest.fixture(autouse=True)
+async def no_leftover_servers() -> AsyncIterator[None]:
+    """A test that fails half-way must not leave its `tickwire serve` running."""
+    yield
+    for proc in list(LOGS):
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        LOGS.pop(proc, None)

@@ -16,9 +16,9 @@ from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import EchoReply, EchoRequest
 from server.logs import JsonFormatter, TextFormatter
 from tests.conftest import StartServer
-from tests.integration.test_serve_process import server_log, spawn_serve
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
+from tests.serveproc import server_log, spawn_serve
 
 
 async def http_get(address: tuple[str, int], path: str) -> tuple[int, str]:

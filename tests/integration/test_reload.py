@@ -13,9 +13,9 @@ import pytest
 from client_sdk import AsyncClient
 from protocol.proto.system_pb2 import EchoReply, EchoRequest
 from tests.conftest import StartServer
-from tests.integration.test_serve_process import server_log, spawn_serve
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
+from tests.serveproc import server_log, spawn_serve
 
 HANDLERS = """
 from server import App

@@ -15,7 +15,7 @@ from client_sdk import AsyncClient, ConnectionClosed
 from client_sdk.client import Reconnect
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import EchoReply, EchoRequest
-from tests.integration.test_serve_process import server_log, spawn_serve
+from tests.serveproc import server_log, spawn_serve
 
 
 def read_pid(path: Path) -> int | None:
