@@ -46,6 +46,26 @@ DESCRIBE_ID = system_id(system_pb2.DescribeRequest)
 DESCRIBE_REPLY_ID = system_id(system_pb2.DescribeReply)
 GOAWAY_ID = system_id(system_pb2.GoAway)
 
+#: Most UTF-8 bytes of text an Error or GoAway frame carries: longer text (an error
+#: message quoting what a peer sent, say) is cut to this, so such a frame stays under
+#: MAX_ERROR_FRAME and fits every frame limit the server accepts.
+MAX_ERROR_TEXT = 256
+#: An Error frame's largest size: header, code, request_msg_id and the clipped text.
+MAX_ERROR_FRAME = 4 + MIN_LENGTH + 3 + 4 + 3 + MAX_ERROR_TEXT
+_ELLIPSIS = "\u2026"
+
+
+def clip_text(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (at a character boundary, marked with an
+    ellipsis). Short text, the usual case, is returned as is without being encoded."""
+    if len(text) * 4 <= limit:
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode("utf-8", "ignore") + _ELLIPSIS
+
+
 _ERROR = int(Flags.ERROR)
 _ERROR_RESPONSE = int(Flags.ERROR | Flags.RESPONSE)
 _PUSH = int(Flags.PUSH)
@@ -56,7 +76,7 @@ def error_frame(code: int, message: str, request_msg_id: int = 0, seq: int = 0) 
     """An Error frame: ERROR|RESPONSE answering request `seq`, or ERROR alone (seq 0) for
     an error that answers no request, such as the one sent before a close."""
     payload = system_pb2.Error(
-        code=code, message=message, request_msg_id=request_msg_id
+        code=code, message=clip_text(message), request_msg_id=request_msg_id
     ).SerializeToString()
     flags = _ERROR_RESPONSE if seq else _ERROR
     return _pack(MIN_LENGTH + len(payload), ERROR_ID, flags, seq) + payload
@@ -66,6 +86,6 @@ def goaway_frame(reason: int, message: str, reconnect_after_ms: int = 0) -> byte
     """A GoAway frame. It goes as a PUSH with seq 0: it takes no place in the push
     sequence (docs/protocol.md, "GoAway")."""
     payload = system_pb2.GoAway(
-        reason=reason, message=message, reconnect_after_ms=reconnect_after_ms
+        reason=reason, message=clip_text(message), reconnect_after_ms=reconnect_after_ms
     ).SerializeToString()
     return _pack(MIN_LENGTH + len(payload), GOAWAY_ID, _PUSH, 0) + payload

@@ -69,6 +69,56 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         int,
         _doc("Frames queued across the server before new ones are answered OVERLOADED.", ge=1),
     ] = 200_000
+    max_input_bytes: Annotated[
+        int,
+        _doc(
+            "Bytes of input one logged-in connection may make the server hold (queued "
+            "payloads plus a partial frame); reading pauses there, and frames past it are "
+            "answered OVERLOADED. Never below max_frame.",
+            ge=1,
+        ),
+    ] = 2 * 1024 * 1024
+    max_input_bytes_total: Annotated[
+        int,
+        _doc(
+            "Bytes of input queued across the server (every connection's queued payloads "
+            "and partial frames); past it new frames are answered OVERLOADED and reads "
+            "that grow a partial frame pause.",
+            ge=1,
+        ),
+    ] = 128 * 1024 * 1024
+    max_output_bytes_total: Annotated[
+        int,
+        _doc(
+            "Bytes waiting for write-paused connections across the server; the connection "
+            "that passes it is cut off (SLOW_CONSUMER).",
+            ge=1,
+        ),
+    ] = 256 * 1024 * 1024
+    prelogin_max_frame: Annotated[
+        int,
+        _doc(
+            "Largest frame a connection without a session may send (max_frame once logged "
+            "in); above it FRAME_TOO_LARGE and close.",
+            ge=1024,
+            le=0xFFFFFFFF,
+        ),
+    ] = 16 * 1024
+    prelogin_input_bytes: Annotated[
+        int,
+        _doc(
+            "max_input_bytes for a connection without a session (never below prelogin_max_frame).",
+            ge=1,
+        ),
+    ] = 64 * 1024
+    prelogin_output_bytes: Annotated[
+        int,
+        _doc(
+            "slow_consumer_bytes for a connection without a session: what its replies "
+            "(Describe, Echo...) may leave unread before it is cut off (SLOW_CONSUMER).",
+            ge=1,
+        ),
+    ] = 512 * 1024
     max_connections: Annotated[
         int,
         _doc(
@@ -104,10 +154,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     slow_consumer_bytes: Annotated[
         int,
         _doc(
-            "Bytes waiting in a connection's send buffer before it is cut off (SLOW_CONSUMER).",
+            "Bytes waiting for one logged-in connection (its send buffer, plus pushes held "
+            "while it reads nothing) before it is cut off (SLOW_CONSUMER).",
             ge=1,
         ),
-    ] = 8 * 1024 * 1024
+    ] = 4 * 1024 * 1024
     slow_consumer_timeout: Annotated[
         float,
         _doc(

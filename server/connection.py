@@ -4,6 +4,13 @@ typed reason. It holds no protocol logic of its own.
 
 Memory per idle connection is kept small on purpose (slots, the mailbox and the decoder's
 buffer empty until used): one process is meant to hold tens of thousands of them.
+
+What a connection may make the server hold is bounded in bytes (docs/internet.md, "Byte
+budgets"): its input (mailbox payloads plus the decoder's partial frame) by
+`input_budget`, its output (the transport's buffer plus output held while writes are
+paused) by `output_budget`; both are smaller before login. A closed connection is freed
+by reference counting alone (docs/internet.md, "Freed on close"): connection_lost breaks
+every reference it takes part in.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from protocol.system import error_frame, goaway_frame
 
 if TYPE_CHECKING:
     from server.app import Context
+    from server.config import ServerConfig
     from server.server import Server
     from server.sessions import Session
 
@@ -45,8 +53,38 @@ class CloseReason(StrEnum):
         return cls(ErrorCode(code).name.lower())
 
 
+class Budgets:
+    """The byte limits of one connection, with a session and without, derived once from
+    the config (docs/internet.md, "Byte budgets"). Each input budget fits at least one
+    frame of its limit, so no frame the limit allows is refused for want of room."""
+
+    __slots__ = (
+        "frame",
+        "high_water",
+        "input",
+        "output",
+        "prelogin_frame",
+        "prelogin_high_water",
+        "prelogin_input",
+        "prelogin_output",
+    )
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.frame = config.max_frame
+        self.prelogin_frame = min(config.prelogin_max_frame, config.max_frame)
+        self.input = max(config.max_input_bytes, self.frame)
+        self.prelogin_input = max(min(config.prelogin_input_bytes, self.input), self.prelogin_frame)
+        self.output = config.slow_consumer_bytes
+        self.prelogin_output = min(config.prelogin_output_bytes, self.output)
+        #: Transport buffer sizes above which it asks us to stop writing: far enough
+        #: below the output budget that a write slice (FLUSH_BYTES) after it still fits.
+        self.high_water = min(1 << 20, self.output // 2)
+        self.prelogin_high_water = min(self.high_water, self.prelogin_output // 8)
+
+
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "__weakref__",
         "close_reason",
         "closing",
         "closing_tick",
@@ -57,11 +95,18 @@ class Connection(asyncio.Protocol):
         "fatal",
         "flush_pending",
         "frames",
+        "held",
         "id",
+        "input_budget",
         "latest",
         "mailbox",
         "opened_tick",
         "out",
+        "out_counted",
+        "output_budget",
+        "parked",
+        "partial",
+        "queued_bytes",
         "reading_paused",
         "refused",
         "rx_tick",
@@ -79,7 +124,23 @@ class Connection(asyncio.Protocol):
         self.dispatcher = server.dispatcher
         self.stats = server.stats
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.decoder = FrameDecoder(server.config.max_frame, named=False)
+        budgets = server.budgets
+        self.decoder = FrameDecoder(budgets.prelogin_frame, named=False)
+        #: Payload bytes of the frames in the mailbox (kept by the Dispatcher), and the
+        #: decoder's partial frame as last counted in the server-wide input total.
+        self.queued_bytes = 0
+        self.partial = 0
+        #: The input and output bytes this connection may make the server hold now: the
+        #: pre-login figures until a session is set (set_session).
+        self.input_budget = budgets.prelogin_input
+        self.output_budget = budgets.prelogin_output
+        #: While writes are paused, output is held in `out` instead of being written:
+        #: `held` is how many of its items are counted, `out_counted` the bytes (held
+        #: plus the transport's buffer) this connection adds to the server-wide total.
+        self.held = 0
+        self.out_counted = 0
+        #: Reading paused for the server-wide input budget (Dispatcher.parked).
+        self.parked = False
         self.mailbox: deque[Frame] | None = None
         self.out: list[bytes] = []
         self.scheduled = False
@@ -118,7 +179,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport does not subclass asyncio.Transport, but has its methods.
         self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=self.server.write_high_water)
+        self.transport.set_write_buffer_limits(high=self.server.budgets.prelogin_high_water)
         self.server.attach(self)
 
     def data_received(self, data: bytes) -> None:
@@ -132,15 +193,28 @@ class Connection(asyncio.Protocol):
             if used == len(data):
                 return
             data = data[used:]
-        frames = self.decoder.feed(data)
+        decoder = self.decoder
+        frames = decoder.feed(data)
+        buffered = decoder.buffered
+        grew = buffered - self.partial
+        if grew:
+            self.partial = buffered
+            dispatcher.partial_bytes += grew
         if frames:
             self.frames += len(frames)
             self.stats.frames_in += len(frames)
             dispatcher.submit(self, frames)
-        if self.decoder.error is not None and self.fatal is None:
+        if grew > 0:
+            if self.queued_bytes + buffered >= self.input_budget:
+                # The mailbox and the partial frame fill this connection's budget: stop
+                # reading until the mailbox drains (Dispatcher.run_connection resumes it).
+                self.pause_reading()
+            elif dispatcher.over_input_total():
+                dispatcher.park(self)
+        if decoder.error is not None and self.fatal is None:
             # Nothing after a framing error can be trusted: stop reading, answer the frames
             # before it, then send the error and close (mailbox_drained does the last part).
-            self.fatal = self.decoder.error
+            self.fatal = decoder.error
             self.transport.pause_reading()
             if not self.scheduled:
                 self.mailbox_drained()
@@ -151,7 +225,7 @@ class Connection(asyncio.Protocol):
         if self.out:
             # Output waiting for the end of the iteration (server/outbox.py) goes now:
             # returning None below closes the transport.
-            self.flush()
+            self.flush(hold=False)
         if not self.scheduled and not self.mailbox:
             return None  # nothing owed: close our side too
         self.eof = True
@@ -159,52 +233,124 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The peer is not reading what we send. The dispatcher stops draining this
-        # connection, which soon stops reading it; the sweep cuts it off (SLOW_CONSUMER)
-        # if it stays like that for slow_consumer_timeout.
+        # connection, which soon stops reading it; output made meanwhile (pushes) is held
+        # in `out` (flush); the sweep cuts it off (SLOW_CONSUMER) if it stays like that
+        # for slow_consumer_timeout.
         self.write_paused = True
         self.write_paused_tick = self.server.tick
         self.stats.writes_paused += 1
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._uncount_output()
+        if self.out:
+            self.flush()  # what was held while paused goes first, in its order
         if self.latest:
             self.server.pusher.release_latest(self)
         self.dispatcher.reschedule(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        dispatcher = self.dispatcher
         mailbox = self.mailbox
         if mailbox:
-            self.dispatcher.pending -= len(mailbox)
+            dispatcher.pending -= len(mailbox)
             mailbox.clear()
         if self.close_reason is None:
             self.close_reason = (
                 CloseReason.PEER_CLOSED if exc is None else CloseReason.CONNECTION_LOST
             )
         self.server.detach(self)
+        # Give back what this connection counted in the server-wide budgets, and drop
+        # every reference that could close a cycle through it (its Context points back
+        # at it; a session is taken off by detach above), so that reference counting
+        # alone frees it and its buffers (docs/internet.md, "Freed on close").
+        dispatcher.release_input(self)
+        self._uncount_output()
+        self.out.clear()
+        self.held = 0
+        self.ctx = None
+        self.latest = None
+        self.decoder = _CLOSED_DECODER
 
     # -- called by the dispatcher ------------------------------------------------------
 
-    def flush(self) -> None:
-        """Write what the dispatcher gathered for this connection, in one write."""
+    def flush(self, *, hold: bool = True) -> None:
+        """Write what the dispatcher gathered for this connection, in one write.
+
+        While writes are paused (and `hold`), the output stays in `out` instead: what the
+        transport holds stays near its high-water mark, so the closing SLOW_CONSUMER frame
+        queued behind it reaches a peer that reads at all (close_with drops what was held).
+        """
         out = self.out
+        if self.closing:
+            out.clear()
+            return
+        if self.write_paused and hold:
+            self._count_output(0)
+            return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        if self.closing:
-            return
+        self.held = 0
         self.stats.bytes_out += len(data)
         transport = self.transport
         transport.write(data)
         # The transport calls pause_writing from inside write() once its buffer passes the
-        # high-water mark, so only then can it also be past the slow-consumer limit.
-        if (
-            self.write_paused
-            and transport.get_write_buffer_size() > self.server.config.slow_consumer_bytes
-        ):
+        # high-water mark, so only then can it also be past the output budget.
+        if self.write_paused:
+            self._count_output(transport.get_write_buffer_size())
+
+    def _count_output(self, buffered: int) -> None:
+        """Count this paused connection's output (the transport's buffer, when `buffered`
+        is given, plus what `out` holds) in the server-wide total, and cut it off when it
+        passes its own budget or the server's."""
+        out = self.out
+        added = 0
+        for item in out[self.held :]:
+            added += len(item)
+        self.held = len(out)
+        # Right after a write (`out` is empty), `buffered` is a fresh figure for the
+        # transport's part; while holding, the count grows by what was added to `out`.
+        counted = buffered or self.out_counted + added
+        dispatcher = self.dispatcher
+        dispatcher.output_bytes += counted - self.out_counted
+        self.out_counted = counted
+        if counted > self.output_budget:
             self.close_with(
                 ErrorCode.SLOW_CONSUMER,
-                "the client reads too slowly; its pending bytes passed the limit",
+                f"the client reads too slowly; {counted} bytes wait for it, over its limit "
+                f"of {self.output_budget}",
             )
+        elif dispatcher.output_bytes > dispatcher.max_output_total:
+            self.close_with(
+                ErrorCode.SLOW_CONSUMER,
+                "the client reads too slowly and the server's output budget is spent",
+            )
+
+    def _uncount_output(self) -> None:
+        if self.out_counted:
+            self.dispatcher.output_bytes -= self.out_counted
+            self.out_counted = 0
+
+    def set_session(self, session: Session | None) -> None:
+        """Set the logged-in session (server/sessions.py), and with it the limits that
+        apply: the full frame limit and budgets with a session, the pre-login ones
+        without (docs/internet.md, "Byte budgets")."""
+        self.session = session
+        budgets = self.server.budgets
+        if session is None:
+            frame, high = budgets.prelogin_frame, budgets.prelogin_high_water
+            self.input_budget = budgets.prelogin_input
+            self.output_budget = budgets.prelogin_output
+        else:
+            frame, high = budgets.frame, budgets.high_water
+            self.input_budget = budgets.input
+            self.output_budget = budgets.output
+        if self.closing:
+            return
+        # A partial frame already announced keeps the limit it was judged by.
+        self.decoder.max_frame = frame
+        self.transport.set_write_buffer_limits(high=high)
 
     def mailbox_drained(self) -> None:
         """Called when the mailbox empties while a framing error or a half-close waits:
@@ -212,7 +358,10 @@ class Connection(asyncio.Protocol):
         if self.fatal is not None:
             self.close_with(self.fatal.code, self.fatal.message)
         elif self.eof and not self.closing:
-            # The replies were flushed just before this call; closing lets them drain.
+            # The replies were flushed (or held, writes paused) just before this call;
+            # closing lets them drain.
+            if self.out:
+                self.flush(hold=False)
             self.closing = True
             self.closing_tick = self.server.tick
             self.close_reason = CloseReason.PEER_CLOSED
@@ -255,6 +404,10 @@ class Connection(asyncio.Protocol):
             return
         self.close_reason = CloseReason.for_code(code)
         self.stats.count_error(code)
+        if code == ErrorCode.SLOW_CONSUMER:
+            # Output held for a peer that does not read is dropped, so the closing frame
+            # comes right after what the transport already has (flush).
+            self.out.clear()
         frame = (
             goaway_frame(code, message, reconnect_after_ms)
             if goaway
@@ -281,3 +434,8 @@ class Connection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"<Connection {self.peer} closing={self.closing}>"
+
+
+#: What a closed connection's `decoder` points at: the real one, and its partial frame,
+#: go with the close.
+_CLOSED_DECODER = FrameDecoder(named=False)

@@ -24,10 +24,14 @@ Rules this module keeps:
   per 256 KiB, so a pause_writing can take effect in the middle of a long mailbox).
 - A sync handler's Context is reused for the connection's next frame only when the
   refcount shows the handler kept no reference to it.
-- Backpressure: a connection whose mailbox holds `mailbox_limit` frames stops being read
-  until it drains; a connection whose transport asks us to pause writing is not drained
-  until it resumes; once `max_pending` frames are queued server-wide, new frames are
-  answered OVERLOADED (in their place in the order) instead of being queued.
+- Backpressure: a connection whose mailbox holds `mailbox_limit` frames, or whose queued
+  payloads and partial frame reach its input budget (`Connection.input_budget`), stops
+  being read until it drains; a connection whose transport asks us to pause writing is not
+  drained until it resumes; once `max_pending` frames or `max_input_total` bytes are
+  queued server-wide, or a frame would take its connection past its budget, new frames
+  are answered OVERLOADED (in their place in the order, payload dropped) instead of being
+  queued. Byte counts are kept where frames are queued (submit) and where a run puts
+  frames back (run_connection's rest), never per frame run.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from google.protobuf.message import DecodeError, Message
 from protocol.errors import ErrorCode
 from protocol.frame import HEADER, MIN_LENGTH, RESERVED_FLAGS, Flags, Frame
 from protocol.proto.system_pb2 import Error
-from protocol.system import ERROR_ID, error_frame
+from protocol.system import ERROR_ID, MAX_ERROR_TEXT, clip_text, error_frame
 from server import fastpath
 from server.app import Context, Route
 from server.middleware import INTERNAL_MESSAGE, SYNC_FAILURES, handler_failed
@@ -71,6 +75,9 @@ _NOT_RUNNABLE = _REQUEST_BAD_FLAGS | _OVERLOADED
 
 AsyncWork = tuple[Route, Context, Message]
 
+#: The text of the INTERNAL answering a reply too large for max_frame.
+OVERSIZED_MESSAGE = "reply too large for max_frame"
+
 
 #: The refcount of a reused Context nobody kept; anything above means a handler kept it.
 #: run_connection is interpreted Python, so it takes the figure fastpath measures when
@@ -90,6 +97,8 @@ class Dispatcher:
         consumers: int,
         mailbox_limit: int,
         max_pending: int,
+        max_input_total: int = 1 << 62,
+        max_output_total: int = 1 << 62,
         max_frame: int = 0xFFFFFFFF,
         fast_path: str = "auto",
     ) -> None:
@@ -109,6 +118,20 @@ class Dispatcher:
         #: ways: docs/protocol.md, "Frame"); a bigger reply becomes an INTERNAL error instead.
         self.max_body = max_frame - MIN_LENGTH
         self.pending = 0
+        #: Server-wide input budget: payload bytes in mailboxes, plus partial frames in
+        #: decoders (Connection.data_received counts those).
+        self.max_input_total = max_input_total
+        self.queued_bytes = 0
+        self.partial_bytes = 0
+        #: Connections whose reading paused because a partial frame grew while the server
+        #: was over its input budget; resumed once it is back under half of it.
+        self.parked: list[Connection] = []
+        #: Server-wide output budget: bytes waiting for write-paused connections
+        #: (Connection._count_output keeps it).
+        self.max_output_total = max_output_total
+        self.output_bytes = 0
+        #: Routes whose oversized reply has been logged: one line per route, not per request.
+        self._oversized_logged: set[str] = set()
         self.ready: deque[Connection] = deque()
         self._drain_scheduled = False
         #: Where run_read's replies wait for the end of the loop iteration.
@@ -172,16 +195,37 @@ class Dispatcher:
         mailbox = conn.mailbox
         if mailbox is None:
             mailbox = conn.mailbox = deque()
-        if self.pending + count > self.max_pending:
-            room = max(0, self.max_pending - self.pending)
-            self.stats.overloaded += count - room
+        size = 0
+        for frame in frames:
+            size += len(frame[3])
+        room = self.max_pending - self.pending
+        # Bytes this read may queue: what is left of the connection's budget (its partial
+        # frame included) and of the server's.
+        byte_room = min(
+            conn.input_budget - conn.queued_bytes - conn.partial,
+            self.max_input_total - self.queued_bytes - self.partial_bytes,
+        )
+        if count > room or size > byte_room:
+            kept = 0
+            size = 0
+            for frame in frames:
+                if kept == room or size + len(frame[3]) > byte_room:
+                    break
+                size += len(frame[3])
+                kept += 1
+            self.stats.overloaded += count - kept
             # Answered in their place, not run: keep (msg_id, seq), drop the payload.
-            frames = frames[:room] + [
-                Frame(msg_id, _OVERLOADED, seq, b"") for msg_id, _, seq, _ in frames[room:]
+            frames = frames[:kept] + [
+                Frame(msg_id, _OVERLOADED, seq, b"") for msg_id, _, seq, _ in frames[kept:]
             ]
         mailbox.extend(frames)
         self.pending += count
-        if len(mailbox) >= self.mailbox_limit:
+        conn.queued_bytes += size
+        self.queued_bytes += size
+        if (
+            len(mailbox) >= self.mailbox_limit
+            or conn.queued_bytes + conn.partial >= conn.input_budget
+        ):
             conn.pause_reading()
         if not conn.scheduled:
             self._schedule(conn)
@@ -225,12 +269,15 @@ class Dispatcher:
         only data_received does, and it does not run during a handler.
         """
         mailbox = conn.mailbox
+        # Payload bytes of the frames taken from the mailbox (none for a fresh read).
+        taken = 0
         if batch is None:
             # The mailbox is None when everything so far ran inline (a consumer calls back
             # after an awaited frame that had no successors).
             batch = [*mailbox] if mailbox else []
             if mailbox:
                 mailbox.clear()
+                taken = conn.queued_bytes
         queued = len(batch)
         frames = iter(batch)
         out = conn.out
@@ -327,6 +374,12 @@ class Dispatcher:
             if mailbox is None:
                 mailbox = conn.mailbox = deque()
             mailbox.extend(rest)
+            self._requeued(conn, batch, taken, left)
+        elif taken:
+            conn.queued_bytes = 0
+            self.queued_bytes -= taken
+            if self.parked:
+                self._unpark()
         self.pending -= queued - left
         if out:
             conn.flush()
@@ -335,9 +388,70 @@ class Dispatcher:
             conn.scheduled = False
             if not left and (conn.fatal is not None or conn.eof):
                 conn.mailbox_drained()
-        if conn.reading_paused and left < self.resume_below:
+        if (
+            conn.reading_paused
+            and left < self.resume_below
+            and conn.queued_bytes <= conn.input_budget // 2
+            and not conn.parked
+        ):
             conn.resume_reading()
         return work
+
+    # -- byte budgets -------------------------------------------------------------------
+
+    def _requeued(self, conn: Connection, batch: list[Frame], taken: int, left: int) -> None:
+        """Count the payload bytes of the `left` frames a run put back in the mailbox (the
+        tail of `batch`, of which `taken` bytes were queued before). It sums the shorter
+        side, the frames run or the frames left, so draining a mailbox one awaited frame
+        at a time costs a frame's length per run, not the whole mailbox's."""
+        ran = len(batch) - left
+        if taken and ran < left:
+            done = 0
+            for frame in batch[:ran]:
+                done += len(frame[3])
+            rest_bytes = taken - done
+        else:
+            rest_bytes = 0
+            for frame in batch[ran:]:
+                rest_bytes += len(frame[3])
+        conn.queued_bytes = rest_bytes
+        self.queued_bytes += rest_bytes - taken
+        if rest_bytes >= conn.input_budget:
+            conn.pause_reading()
+        elif rest_bytes < taken and self.parked:
+            self._unpark()
+
+    def over_input_total(self) -> bool:
+        return self.queued_bytes + self.partial_bytes > self.max_input_total
+
+    def park(self, conn: Connection) -> None:
+        """Stop reading `conn`, whose partial frame grew while the server is over its
+        input budget, until the server is back under half of it."""
+        if not conn.parked and not conn.closing:
+            conn.parked = True
+            conn.pause_reading()
+            self.parked.append(conn)
+
+    def _unpark(self) -> None:
+        if (self.queued_bytes + self.partial_bytes) * 2 > self.max_input_total:
+            return
+        parked = self.parked
+        self.parked = []
+        for conn in parked:
+            conn.parked = False
+            if not conn.mailbox:
+                conn.resume_reading()
+
+    def release_input(self, conn: Connection) -> None:
+        """Give back what a closed connection counted in the server-wide input total."""
+        self.queued_bytes -= conn.queued_bytes
+        self.partial_bytes -= conn.partial
+        conn.queued_bytes = conn.partial = 0
+        if conn.parked:
+            conn.parked = False
+            self.parked.remove(conn)
+        if self.parked:
+            self._unpark()
 
     @staticmethod
     def _layer_failed(route: Route, ctx: Context, exc: BaseException) -> Error:
@@ -382,9 +496,22 @@ class Dispatcher:
         return self._internal(route, seq, "returned a reply that cannot be encoded", exc_info=True)
 
     def oversized(self, route: Route, seq: int, size: int) -> bytes:
-        return self._internal(
-            route, seq, "returned a %d-byte reply; max_frame allows %d", size, self.max_body
-        )
+        """INTERNAL, with the text OVERSIZED_MESSAGE, for a reply larger than max_frame
+        allows. It is logged once per route, then counted (Stats.oversized_replies): a peer
+        that can make a handler's reply grow must not make the log grow with it."""
+        route.errors += 1
+        self.stats.oversized_replies += 1
+        self.stats.count_error(ErrorCode.INTERNAL)
+        if route.name not in self._oversized_logged:
+            self._oversized_logged.add(route.name)
+            log.error(
+                "handler for %s returned a %d-byte reply; max_frame allows %d "
+                "(logged once per message type; Stats.oversized_replies counts every one)",
+                route.name,
+                size,
+                self.max_body,
+            )
+        return error_frame(ErrorCode.INTERNAL, OVERSIZED_MESSAGE, route.msg_id, seq)
 
     def encode_reply(self, reply: Any, seq: int, route: Route) -> bytes | None:
         """The frame for a handler's return value: its reply, an Error (ERROR flag), or for a
@@ -397,6 +524,8 @@ class Dispatcher:
             return self._internal(route, seq, "returned %s, not a registered message", name)
         if msg_id == ERROR_ID:
             self.stats.count_error(reply.code)
+            if len(reply.message) * 4 > MAX_ERROR_TEXT:
+                reply.message = clip_text(reply.message)
             flags = _ERROR | _RESPONSE if seq else _ERROR
         elif not seq:
             return None
@@ -427,15 +556,20 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         ordered = self._ordered
         unordered = self._unordered
+        item: AsyncWork | None = None
         while True:
             if not ordered and not unordered:
+                # Hold nothing of the last item while idle: its connection may have closed,
+                # and must be freed by reference counting (docs/internet.md).
+                conn = work = None
+                item = None
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._idle.append(waiter)
                 await waiter
                 continue
             if ordered:
                 conn, work = ordered.popleft()
-                item: AsyncWork | None = work
+                item = work
                 while item is not None:
                     if conn.closing:  # gone while it waited: run nothing more for it
                         self.run_connection(conn)

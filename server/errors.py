@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protocol.errors import FIRST_APPLICATION_CODE, ErrorCode, closes_connection
+from protocol.system import clip_text
 
 
 class HandlerError(Exception):
@@ -11,6 +12,9 @@ class HandlerError(Exception):
     Handlers raise it for expected failures: an application code (100-65535) or one of
     the protocol's codes that leave the connection open (RATE_LIMITED, say). Codes that
     close the connection are refused: ending a connection is the server's call.
+
+    `message` is cut to MAX_ERROR_TEXT bytes (protocol/system.py): it often quotes what the
+    peer sent (a room name, say), and the Error frame must fit any frame limit.
     """
 
     def __init__(self, code: int, message: str = "") -> None:
@@ -27,6 +31,7 @@ class HandlerError(Exception):
             raise ValueError(
                 f"{ErrorCode(code).name} closes the connection; a handler cannot answer with it"
             )
+        message = clip_text(message)
         super().__init__(message or str(code))
         self.code = code
         self.message = message

@@ -23,7 +23,7 @@ from protocol.registry import system_registry
 from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
 from server.config import ServerConfig
-from server.connection import CloseReason, Connection
+from server.connection import Budgets, CloseReason, Connection
 from server.dispatch import Dispatcher
 from server.inbox import Inbox
 from server.metrics import MetricsEndpoint, Timing
@@ -96,6 +96,8 @@ class Server:
             self.middleware = [*self.middleware, self.timing]
             self.metrics = MetricsEndpoint(self, self.timing)
         self.stats = Stats()
+        #: Every connection's byte limits, with and without a session (server/connection.py).
+        self.budgets = Budgets(self.config)
         self.dispatcher = Dispatcher(
             self.routes,
             self.message_id,
@@ -104,6 +106,8 @@ class Server:
             consumers=self.config.consumers,
             mailbox_limit=self.config.mailbox_limit,
             max_pending=self.config.max_pending,
+            max_input_total=self.config.max_input_bytes_total,
+            max_output_total=self.config.max_output_bytes_total,
             max_frame=self.config.max_frame,
             fast_path=self.config.fast_path,
         )
@@ -114,8 +118,6 @@ class Server:
         self.max_connections = self.config.max_connections
         #: Advanced by the sweep; connections stamp it when they receive (idle timeout).
         self.tick = 0
-        #: Transport buffer size above which the transport asks us to stop writing.
-        self.write_high_water = min(1 << 20, self.config.slow_consumer_bytes // 2)
         self.executor: ThreadPoolExecutor | None = None
         self._listeners: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None

@@ -593,7 +593,7 @@ class SessionManager:
         session.held = True
         session.held_from = session.pushes.last_seq
         session.conn = conn
-        conn.session = session
+        conn.set_session(session)
         self.live[session.session_id] = session
         self._by_user.setdefault(session.user_id, []).append(session)
         self._fire(self._on_connected, session)
@@ -608,7 +608,7 @@ class SessionManager:
         data written). Any other reason but RESUMED_ELSEWHERE ends it for good."""
         conn = session.conn
         if conn is not None and conn.session is session:
-            conn.session = None
+            conn.set_session(None)
         session.conn = None
         if self.live.pop(session.session_id, None) is None:
             if reason is not EndReason.CLOSED and self._unwait(session):

@@ -19,6 +19,7 @@ class Stats:
         "errors",
         "frames_in",
         "overloaded",
+        "oversized_replies",
         "reads_paused",
         "reads_resumed",
         "writes_paused",
@@ -31,6 +32,8 @@ class Stats:
         self.bytes_in = 0
         self.bytes_out = 0
         self.overloaded = 0
+        #: Replies too large for max_frame, answered INTERNAL (logged once per route).
+        self.oversized_replies = 0
         self.reads_paused = 0
         self.reads_resumed = 0
         self.writes_paused = 0

@@ -61,7 +61,7 @@ def system_app() -> App:
         return Welcome(
             protocol_version=PROTOCOL_VERSION,
             server_name=SERVER_NAME,
-            max_frame=config.max_frame,
+            max_frame=ctx.conn.decoder.max_frame,  # the limit for this connection now
             # A third of the idle timeout: two heartbeats may be late before it fires.
             heartbeat_interval_ms=idle_ms // 3,
             session_ttl_s=int(config.session_ttl),
