@@ -193,6 +193,8 @@ class Connection(asyncio.Protocol):
             if used == len(data):
                 return
             data = data[used:]
+        elif self.closing:
+            return  # a lingering close (close_with): what the peer still sends is dropped
         decoder = self.decoder
         frames = decoder.feed(data)
         buffered = decoder.buffered
@@ -222,6 +224,8 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The peer will send nothing more (a half-close). Requests it already sent still
         get their replies: close once the mailbox has drained, not now."""
+        if self.closing:
+            return None  # a lingering close (close_with) ends here
         if self.out:
             # Output waiting for the end of the iteration (server/outbox.py) goes now:
             # returning None below closes the transport.
@@ -421,7 +425,16 @@ class Connection(asyncio.Protocol):
             frame = b"".join(self.out)
             self.out.clear()
         transport.write(frame)
-        transport.close()
+        if (self.reading_paused or self.fatal is not None) and transport.can_write_eof():
+            # Unread input may wait in the socket, and closing a socket with unread input
+            # makes the kernel send RST and drop what it has not sent yet: this frame, most
+            # of the time. So linger as nginx does (lingering_close): send FIN after the
+            # frame, read and drop what the peer still sends until it closes its side
+            # (eof_received), or the sweep aborts it after close_grace.
+            transport.write_eof()
+            transport.resume_reading()
+        else:
+            transport.close()
 
     @property
     def peer_ip(self) -> str:

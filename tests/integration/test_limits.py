@@ -141,3 +141,33 @@ async def test_a_request_waiting_for_write_room_keeps_its_timeout() -> None:
     assert loop.time() - started < 3
     client._transport.abort()  # type: ignore[union-attr]
     listener.close()
+
+
+async def test_slow_consumer_gets_its_closing_frame_though_it_kept_sending(
+    start_server: StartServer,
+) -> None:
+    """A peer that stops reading but keeps sending leaves unread input in the server's
+    socket; closing such a socket outright makes the kernel reset it and drop the closing
+    frame. The server lingers instead (half-closes and drops the input), so a peer that
+    reads at all gets every reply written before the cut, then SLOW_CONSUMER."""
+    server = await start_server(
+        make_app(),
+        slow_consumer_timeout=0.3,
+        sweep_interval=0.05,
+        slow_consumer_bytes=64 << 20,
+        prelogin_output_bytes=64 << 20,
+    )
+    reader, writer = await asyncio.open_connection(*server.address)
+    big = pb.BigRequest(size=900_000).SerializeToString()
+    writer.write(b"".join(encode_frame(1008, 0, seq, big) for seq in range(1, 11)))
+    echo = EchoRequest(data=b"e" * 100).SerializeToString()
+    # More than the mailbox and the socket buffers take: reading pauses with input unread.
+    writer.write(b"".join(encode_frame(10, 0, seq, echo) for seq in range(11, 20_011)))
+    await wait_for(lambda: server.stats.errors[ErrorCode.SLOW_CONSUMER] == 1, timeout=10)
+    peer = RawPeer(reader, writer)
+    frames = await peer.read_until_closed(timeout=10)
+    assert frames[0].seq == 1 and len(frames[0].payload) > 900_000
+    last = frames[-1]
+    assert last.msg_id == 3 and last.seq == 0
+    assert Error.FromString(last.payload).code == ErrorCode.SLOW_CONSUMER
+    writer.close()
