@@ -124,7 +124,7 @@ class Dispatcher:
         self.queued_bytes = 0
         self.partial_bytes = 0
         #: Connections whose reading paused because a partial frame grew while the server
-        #: was over its input budget; resumed once it is back under half of it.
+        #: was over its input budget; resumed once it is back under it.
         self.parked: list[Connection] = []
         #: Server-wide output budget: bytes waiting for write-paused connections
         #: (Connection._count_output keeps it).
@@ -214,6 +214,7 @@ class Dispatcher:
                 size += len(frame[3])
                 kept += 1
             self.stats.overloaded += count - kept
+            conn.pause_reading()  # at its budget (or the server at its own)
             # Answered in their place, not run: keep (msg_id, seq), drop the payload.
             frames = frames[:kept] + [
                 Frame(msg_id, _OVERLOADED, seq, b"") for msg_id, _, seq, _ in frames[kept:]
@@ -373,8 +374,11 @@ class Dispatcher:
             left = len(rest)
             if mailbox is None:
                 mailbox = conn.mailbox = deque()
+            if taken:
+                self._requeued(conn, batch, taken, left)
+            else:
+                rest = self._queue_rest(conn, rest)
             mailbox.extend(rest)
-            self._requeued(conn, batch, taken, left)
         elif taken:
             conn.queued_bytes = 0
             self.queued_bytes -= taken
@@ -399,13 +403,43 @@ class Dispatcher:
 
     # -- byte budgets -------------------------------------------------------------------
 
+    def _queue_rest(self, conn: Connection, rest: list[Frame]) -> list[Frame]:
+        """What of a read run inline (submit) goes into the mailbox: the frames after an
+        awaited one, or after writes paused. They are counted as submit counts what it
+        queues, and past the connection's or the server's budget answered OVERLOADED."""
+        size = 0
+        for frame in rest:
+            size += len(frame[3])
+        room = min(
+            conn.input_budget - conn.partial,
+            self.max_input_total - self.queued_bytes - self.partial_bytes,
+        )
+        if size > room:
+            kept = 0
+            size = 0
+            for frame in rest:
+                if size + len(frame[3]) > room:
+                    break
+                size += len(frame[3])
+                kept += 1
+            self.stats.overloaded += len(rest) - kept
+            conn.pause_reading()  # at its budget (or the server at its own)
+            rest = rest[:kept] + [
+                Frame(msg_id, _OVERLOADED, seq, b"") for msg_id, _, seq, _ in rest[kept:]
+            ]
+        conn.queued_bytes = size
+        self.queued_bytes += size
+        if size + conn.partial >= conn.input_budget:
+            conn.pause_reading()
+        return rest
+
     def _requeued(self, conn: Connection, batch: list[Frame], taken: int, left: int) -> None:
         """Count the payload bytes of the `left` frames a run put back in the mailbox (the
         tail of `batch`, of which `taken` bytes were queued before). It sums the shorter
         side, the frames run or the frames left, so draining a mailbox one awaited frame
         at a time costs a frame's length per run, not the whole mailbox's."""
         ran = len(batch) - left
-        if taken and ran < left:
+        if ran < left:
             done = 0
             for frame in batch[:ran]:
                 done += len(frame[3])
@@ -426,14 +460,16 @@ class Dispatcher:
 
     def park(self, conn: Connection) -> None:
         """Stop reading `conn`, whose partial frame grew while the server is over its
-        input budget, until the server is back under half of it."""
+        input budget, until the server is back under it."""
         if not conn.parked and not conn.closing:
             conn.parked = True
             conn.pause_reading()
             self.parked.append(conn)
 
     def _unpark(self) -> None:
-        if (self.queued_bytes + self.partial_bytes) * 2 > self.max_input_total:
+        # Under the budget, not under some lower mark: a parked connection's own partial
+        # frame counts, and it can only complete by reading.
+        if self.queued_bytes + self.partial_bytes >= self.max_input_total:
             return
         parked = self.parked
         self.parked = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import pytest
@@ -11,6 +12,10 @@ from client_sdk import AsyncClient, ConnectionClosed
 from protocol.errors import ErrorCode
 from protocol.frame import Flags, encode_frame
 from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error
+from protocol.system import MAX_ERROR_FRAME, MAX_ERROR_TEXT, error_frame
+from server import App, Context, HandlerError
+from server.auth import MemoryUsers
+from server.dispatch import OVERSIZED_MESSAGE
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import app_registry, make_app
@@ -171,3 +176,150 @@ async def test_slow_consumer_gets_its_closing_frame_though_it_kept_sending(
     assert last.msg_id == 3 and last.seq == 0
     assert Error.FromString(last.payload).code == ErrorCode.SLOW_CONSUMER
     writer.close()
+
+
+USERS = MemoryUsers({"alice": "pw-a"})
+
+
+def codes(frames: list) -> list[int]:
+    """Each frame's error code, 0 for a frame that is not an Error."""
+    return [Error.FromString(f.payload).code if f.msg_id == 3 else 0 for f in frames]
+
+
+async def test_prelogin_frame_limit_until_login_and_again_after_logout(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(authenticator=USERS, prelogin_max_frame=16 * 1024)
+    async with await AsyncClient.connect(*server.address) as client:
+        assert (await client.hello()).max_frame == 16 * 1024
+        await client.login("alice", "pw-a")
+        assert (await client.hello()).max_frame == server.config.max_frame
+        data = b"L" * 100_000  # over the pre-login limit, fine once logged in
+        assert (await client.call(EchoRequest(data=data), EchoReply)).data == data
+        await client.logout()
+        assert (await client.hello()).max_frame == 16 * 1024
+    peer = await RawPeer.connect(server.address)
+    peer.send_frame(10, 0, 1, EchoRequest(data=b"x" * 17_000).SerializeToString())
+    frames = await peer.read_until_closed()
+    assert codes(frames) == [ErrorCode.FRAME_TOO_LARGE]
+    await peer.close()
+    await wait_for(lambda: server.stats.close_reasons["frame_too_large"] == 1)
+
+
+async def test_a_connection_past_its_input_budget_pauses_and_sheds_in_order(
+    start_server: StartServer,
+) -> None:
+    app = make_app()
+    server = await start_server(app, prelogin_input_bytes=20_000)
+    peer = await RawPeer.connect(server.address)
+    # The first frame is awaited (gated): the echoes queue behind it, 5 KB each, so the
+    # fifth passes the 20,000-byte budget.
+    peer.send_frame(1010, 0, 1, pb.GateRequest(tag=1).SerializeToString())
+    echo = EchoRequest(data=b"b" * 5_000).SerializeToString()
+    peer.send(b"".join(encode_frame(10, 0, seq, echo) for seq in range(2, 12)))
+    await wait_for(lambda: server.stats.overloaded > 0)
+    conn = next(iter(server.connections))
+    assert conn.queued_bytes <= 20_000 and conn.reading_paused
+    assert server.dispatcher.queued_bytes == conn.queued_bytes
+    app.gate.set()  # type: ignore[attr-defined]
+    frames = await peer.read_frames(11)
+    assert [f.seq for f in frames] == list(range(1, 12))
+    got = codes(frames)
+    assert got[:4] == [0, 0, 0, 0] and got[4:] == [ErrorCode.OVERLOADED] * 7
+    assert server.stats.overloaded == 7
+    await wait_for(lambda: not conn.reading_paused)
+    assert server.dispatcher.queued_bytes == conn.queued_bytes == 0
+    peer.send_frame(10, 0, 99, echo)
+    [after] = await peer.read_frames(1)
+    assert after.msg_id == 11 and after.seq == 99
+    await peer.close()
+
+
+async def test_the_server_input_budget_sheds_across_connections(
+    start_server: StartServer,
+) -> None:
+    app = make_app()
+    server = await start_server(app, max_input_bytes_total=31_000, prelogin_input_bytes=60_000)
+    peers = [await RawPeer.connect(server.address) for _ in range(2)]
+    echo = EchoRequest(data=b"t" * 5_000).SerializeToString()
+    for peer in peers:
+        peer.send_frame(1010, 0, 1, pb.GateRequest(tag=1).SerializeToString())
+        peer.send(b"".join(encode_frame(10, 0, seq, echo) for seq in range(2, 6)))
+        await wait_for(lambda: sum(c.queued_bytes > 0 for c in server.connections) > 0)
+    await wait_for(lambda: server.stats.overloaded > 0)
+    assert server.dispatcher.queued_bytes <= 31_000
+    app.gate.set()  # type: ignore[attr-defined]
+    first, second = [codes(await peer.read_frames(5)) for peer in peers]
+    assert first == [0] * 5  # 20 KB: under the server's budget
+    assert second[:3] == [0, 0, 0] and second[3:] == [ErrorCode.OVERLOADED] * 2
+    assert server.dispatcher.queued_bytes == 0
+    for peer in peers:
+        await peer.close()
+    await wait_for(lambda: not server.connections)
+    assert server.dispatcher.queued_bytes == server.dispatcher.partial_bytes == 0
+
+
+async def test_partial_frames_pause_while_the_server_is_over_its_input_budget(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_input_bytes_total=20_000)
+    frame = encode_frame(10, 0, 1, EchoRequest(data=b"p" * 16_000).SerializeToString())
+    peers: list[RawPeer] = []
+    for _ in range(3):  # 8 KB of a 16 KB frame each: the third passes the budget
+        peers.append(await RawPeer.connect(server.address))
+        peers[-1].send(frame[:8000])
+        await wait_for(lambda: server.dispatcher.partial_bytes == 8000 * len(peers))
+    [parked] = server.dispatcher.parked
+    assert parked.reading_paused
+    await peers[0].close()
+    # Back under the budget: the parked connection reads again and is answered.
+    await wait_for(lambda: not server.dispatcher.parked)
+    peers[2].send(frame[8000:])
+    [reply] = await peers[2].read_frames(1)
+    assert reply.msg_id == 11 and len(reply.payload) > 16_000
+    for peer in peers[1:]:
+        await peer.close()
+
+
+def quoting_app() -> App:
+    app = App("quoting", public=True)
+
+    @app.handler(pb.NoteRequest)
+    def note(ctx: Context, msg: pb.NoteRequest) -> pb.SleepReply:
+        raise HandlerError(400, f"no room named {msg.text!r}")
+
+    @app.handler(pb.BigRequest)
+    def big(ctx: Context, msg: pb.BigRequest) -> pb.BigReply:
+        return pb.BigReply(data=b"x" * msg.size)
+
+    return app
+
+
+async def test_peer_text_in_an_error_is_cut_short(start_server: StartServer) -> None:
+    server = await start_server(quoting_app(), authenticator=USERS)
+    async with await AsyncClient.connect(*server.address, registry=app_registry()) as client:
+        await client.login("alice", "pw-a")
+        with pytest.raises(Exception) as raised:
+            await client.request(pb.NoteRequest(text="r" * 500_000))
+        message = getattr(raised.value, "message", "")
+        assert message.startswith("no room named 'rrr") and message.endswith("\u2026")
+        assert len(message.encode()) <= MAX_ERROR_TEXT
+        assert (await client.call(EchoRequest(data=b"ok"), EchoReply)).data == b"ok"
+    frame = error_frame(ErrorCode.BAD_FLAGS, "\u00e9" * 10_000, 10, 1)
+    assert len(frame) <= MAX_ERROR_FRAME
+
+
+async def test_an_oversized_reply_is_answered_each_time_and_logged_once(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(quoting_app(), max_frame=64 * 1024)
+    caplog.set_level(logging.ERROR, logger="tickwire.dispatch")
+    peer = await RawPeer.connect(server.address)
+    for seq in range(1, 6):
+        peer.send_frame(1008, 0, seq, pb.BigRequest(size=100_000).SerializeToString())
+    frames = await peer.read_frames(5)
+    assert codes(frames) == [ErrorCode.INTERNAL] * 5
+    assert {Error.FromString(f.payload).message for f in frames} == {OVERSIZED_MESSAGE}
+    assert server.stats.oversized_replies == 5
+    assert len([r for r in caplog.records if "byte reply" in r.getMessage()]) == 1
+    await peer.close()
