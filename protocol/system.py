@@ -50,8 +50,9 @@ GOAWAY_ID = system_id(system_pb2.GoAway)
 #: message quoting what a peer sent, say) is cut to this, so such a frame stays under
 #: MAX_ERROR_FRAME and fits every frame limit the server accepts.
 MAX_ERROR_TEXT = 256
-#: An Error frame's largest size: header, code, request_msg_id and the clipped text.
-MAX_ERROR_FRAME = 4 + MIN_LENGTH + 3 + 4 + 3 + MAX_ERROR_TEXT
+#: An Error frame's largest size: the header, then code and request_msg_id (a tag and a
+#: varint of at most 3 bytes each, u16 values) and the text (a tag, a 2-byte length).
+MAX_ERROR_FRAME = HEADER.size + 4 + 4 + 3 + MAX_ERROR_TEXT
 _ELLIPSIS = "\u2026"
 
 
