@@ -51,6 +51,9 @@ class _OfflineConnection:
         self.closing = False
         self.session: object = None
 
+    def set_session(self, session: object) -> None:
+        self.session = session
+
     def close_with(self, code: int, message: str, **kwargs: object) -> None:
         self.closing = True
 

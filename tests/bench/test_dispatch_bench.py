@@ -53,6 +53,9 @@ class RecordingTransport:
     def resume_reading(self) -> None:
         pass
 
+    def can_write_eof(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 
