@@ -179,4 +179,5 @@ async def test_freed_after_a_framing_error(server: Server) -> None:
     peer.send(HEADER.pack(3, 10, 0, 1))  # length below the minimum: BAD_FRAME, closed
     frames = await peer.read_until_closed()
     assert frames[-1].msg_id == 3
+    await peer.close()  # the server lingers until the peer closes its side
     await gone(ref, server)
