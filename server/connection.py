@@ -96,6 +96,7 @@ class Connection(asyncio.Protocol):
         "flush_pending",
         "frames",
         "held",
+        "held_bytes",
         "id",
         "input_budget",
         "latest",
@@ -135,9 +136,11 @@ class Connection(asyncio.Protocol):
         self.input_budget = budgets.prelogin_input
         self.output_budget = budgets.prelogin_output
         #: While writes are paused, output is held in `out` instead of being written:
-        #: `held` is how many of its items are counted, `out_counted` the bytes (held
-        #: plus the transport's buffer) this connection adds to the server-wide total.
+        #: `held` is how many of its items are counted and `held_bytes` their size,
+        #: `out_counted` the bytes (held plus the transport's buffer) this connection
+        #: adds to the server-wide total.
         self.held = 0
+        self.held_bytes = 0
         self.out_counted = 0
         #: Reading paused for the server-wide input budget (Dispatcher.parked).
         self.parked = False
@@ -272,7 +275,7 @@ class Connection(asyncio.Protocol):
         dispatcher.release_input(self)
         self._uncount_output()
         self.out.clear()
-        self.held = 0
+        self.held = self.held_bytes = 0
         self.ctx = None
         self.latest = None
         self.decoder = _CLOSED_DECODER
@@ -291,31 +294,32 @@ class Connection(asyncio.Protocol):
             out.clear()
             return
         if self.write_paused and hold:
-            self._count_output(0)
+            self._count_output()
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        self.held = 0
+        self.held = self.held_bytes = 0
         self.stats.bytes_out += len(data)
         transport = self.transport
         transport.write(data)
         # The transport calls pause_writing from inside write() once its buffer passes the
         # high-water mark, so only then can it also be past the output budget.
         if self.write_paused:
-            self._count_output(transport.get_write_buffer_size())
+            self._count_output()
 
-    def _count_output(self, buffered: int) -> None:
-        """Count this paused connection's output (the transport's buffer, when `buffered`
-        is given, plus what `out` holds) in the server-wide total, and cut it off when it
-        passes its own budget or the server's."""
+    def _count_output(self) -> None:
+        """Count this paused connection's output (what its transport has yet to send,
+        plus what `out` holds) in the server-wide total, and cut it off when it passes its
+        own budget or the server's. Only the items added to `out` since the last count
+        are measured."""
         out = self.out
-        added = 0
-        for item in out[self.held :]:
-            added += len(item)
-        self.held = len(out)
-        # Right after a write (`out` is empty), `buffered` is a fresh figure for the
-        # transport's part; while holding, the count grows by what was added to `out`.
-        counted = buffered or self.out_counted + added
+        if self.held < len(out):
+            added = 0
+            for item in out[self.held :]:
+                added += len(item)
+            self.held = len(out)
+            self.held_bytes += added
+        counted = self.transport.get_write_buffer_size() + self.held_bytes
         dispatcher = self.dispatcher
         dispatcher.output_bytes += counted - self.out_counted
         self.out_counted = counted
@@ -412,6 +416,7 @@ class Connection(asyncio.Protocol):
             # Output held for a peer that does not read is dropped, so the closing frame
             # comes right after what the transport already has (flush).
             self.out.clear()
+            self.held = self.held_bytes = 0
         frame = (
             goaway_frame(code, message, reconnect_after_ms)
             if goaway

@@ -148,6 +148,7 @@ async def test_bad_length_answers_earlier_frames_then_closes(
     err = frames[1]
     assert err.seq == 0 and err.flags == Flags.ERROR
     assert Error.FromString(err.payload).code == code
+    await peer.close()  # the server lingers (docs/protocol.md) until the peer closes too
     await wait_for(lambda: server.stats.close_reasons.get(code.name.lower(), 0) == 1)
 
 
