@@ -235,6 +235,33 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store_max_keys: Annotated[
         int, _doc("memory store: keys kept before the least recently used go; 0: no cap.", ge=0)
     ] = 0
+    store_breaker_failures: Annotated[
+        int,
+        _doc(
+            "Store calls in a row that find the store unreachable before the circuit "
+            "breaker opens: store-backed requests then fail fast with OVERLOADED and a "
+            'retry hint (docs/internet.md, "When the store fails").',
+            ge=1,
+            le=1000,
+        ),
+    ] = 3
+    store_breaker_probe_interval: Annotated[
+        float,
+        _doc(
+            "Seconds between the breaker opening (or a failed probe) and the next probe "
+            "(a PING) that closes it again once the store answers.",
+            gt=0,
+            le=3600,
+        ),
+    ] = 1.0
+    max_rooms_per_session: Annotated[
+        int,
+        _doc(
+            "Rooms one session may be in at once; a join past it is refused with "
+            "OVERLOADED (server.push.RoomLimit). 0: no cap.",
+            ge=0,
+        ),
+    ] = 1000
     backlog: Annotated[int, _doc("Listen backlog.", ge=1)] = 2048
     pid_file: Annotated[
         str,

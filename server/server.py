@@ -12,8 +12,9 @@ import logging
 import math
 import resource
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 from google.protobuf.message import Message
@@ -39,7 +40,7 @@ from server.outbox import Outbox
 from server.push import OfflineQueue, Pusher, Room
 from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
-from server.store import MemoryStore, Store, StoreError, open_store
+from server.store import BreakerStore, MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
 
 log = logging.getLogger("tickwire.server")
@@ -48,6 +49,10 @@ log = logging.getLogger("tickwire.server")
 #: the store's connection pool, log files, the metrics listener, a restart's handover.
 #: A connection past the rest still gets its TOO_MANY_CONNECTIONS from one of them.
 FD_RESERVE = 128
+
+#: Rooms an ended session leaves per loop iteration (with their room-left hooks), so a
+#: session in many rooms does not hold the loop (docs/internet.md, "Rooms").
+ROOMS_PER_ITERATION = 256
 
 
 class Server:
@@ -123,6 +128,8 @@ class Server:
         self.metrics_address: tuple[str, int] | None = None
         #: Opened by start(): sessions, tokens and every app's ctx.cache live here.
         self.store: Store | None = None
+        #: The same store as its circuit breaker (state and counters for the metrics).
+        self.breaker: BreakerStore | None = None
         self._caches: dict[str, Store] = {}
         self.accepting = False
         self._gate = AuthGate()
@@ -204,13 +211,21 @@ class Server:
         config = self.config
         self.max_connections = connection_cap(config.max_connections, raise_open_file_limit())
         # First: a store that cannot be reached fails the start, before we accept anyone.
-        self.store = await open_store(
+        backend = await open_store(
             config.store,
             redis_url=config.redis_url,
             snapshot_path=config.store_snapshot_path or None,
             snapshot_interval=config.store_snapshot_interval,
             max_keys=config.store_max_keys or None,
         )
+        # Every store call from here on (sessions, inbox, ctx.cache) goes through the
+        # circuit breaker: a store that stops answering costs requests nothing.
+        self.store = self.breaker = BreakerStore(
+            backend,
+            failures=config.store_breaker_failures,
+            probe_interval=config.store_breaker_probe_interval,
+        )
+        self.pusher.max_rooms = config.max_rooms_per_session
         self.sessions.bind(self.store)
         self.inbox = Inbox(self.store, max_per_user=config.inbox_max, ttl=config.inbox_ttl)
         self.pusher.offline_queue = OfflineQueue(self.inbox, loop)
@@ -245,17 +260,24 @@ class Server:
     async def before_handover(self) -> None:
         """A successor is about to start and restore the memory store's snapshot: write it
         now, so sessions made since the last periodic snapshot come along."""
-        store = self.store
+        store = self.backend
         if isinstance(store, MemoryStore) and store.path is not None:
             await self.sessions.flush()
             # The successor resumes these sessions: their unacknowledged pushes go along.
             await self.sessions.save_pushes(self.sessions.all_sessions())
-            await store.snapshot()
+            # Clean: the successor may trust the pushes saved with each session.
+            await store.snapshot(clean=True)
 
     def after_handover(self) -> None:
         """The successor serves: the snapshot file is its own from now on."""
-        if isinstance(self.store, MemoryStore):
-            self.store.release_snapshot()
+        store = self.backend
+        if isinstance(store, MemoryStore):
+            store.release_snapshot()
+
+    @property
+    def backend(self) -> Store | None:
+        """The store behind the breaker (a MemoryStore or a RedisStore), once started."""
+        return self.breaker.base if self.breaker is not None else None
 
     # -- push -------------------------------------------------------------------------
 
@@ -282,18 +304,35 @@ class Server:
         await self.pusher.inbox_settled(user_id)
 
     def _session_ended(self, session: Session, reason: EndReason) -> None:
-        for name in list(session.rooms):
-            self.pusher.leave(name, session)
-            for hook in self._room_left:
-                try:
-                    hook(self, name, session)
-                except Exception:
-                    log.exception("room-left hook %r raised", hook)
+        if session.rooms:
+            # The session object keeps its old set; a join it could still make starts
+            # a new one, which the chunks below never touch.
+            names = iter(session.rooms)
+            session.rooms = set()
+            self._leave_rooms(session, names)
         # Replaced by a newer login, or never resumed: what it was pushed and never
         # acknowledged reaches the user at the next login. A logout or a removal asked
         # for the session to end, pushes included.
         if reason in (EndReason.REPLACED, EndReason.EXPIRED, EndReason.FAILED):
             self.pusher.keep_unacked(session)
+
+    def _leave_rooms(self, session: Session, names: Iterator[str]) -> None:
+        """Take an ended session out of its rooms, ROOMS_PER_ITERATION at a time: a
+        session in thousands of rooms (each with its room-left hooks, a broadcast in the
+        chat example) must not hold the loop for all of them at once."""
+        leave = self.pusher.leave
+        hooks = self._room_left
+        done = 0
+        for name in islice(names, ROOMS_PER_ITERATION):
+            done += 1
+            leave(name, session)
+            for hook in hooks:
+                try:
+                    hook(self, name, session)
+                except Exception:
+                    log.exception("room-left hook %r raised", hook)
+        if done == ROOMS_PER_ITERATION:
+            self.loop.call_soon(self._leave_rooms, session, names)
 
     async def flush_pushes(self, timeout: float | None = None) -> None:
         """Wait until the offline-inbox writes queued so far are done."""

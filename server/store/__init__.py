@@ -11,19 +11,24 @@ import os
 from typing import Literal
 
 from server.store.base import DEFAULT_SCAN_LIMIT, NamespacedStore, Store
+from server.store.breaker import BreakerState, BreakerStore, StoreDown, is_reported
 from server.store.errors import StoreError, StoreTypeError, StoreUnavailable
 from server.store.memory import MemoryStore
 from server.store.redis import DEFAULT_URL, RedisStore
 
 __all__ = [
     "DEFAULT_SCAN_LIMIT",
+    "BreakerState",
+    "BreakerStore",
     "MemoryStore",
     "NamespacedStore",
     "RedisStore",
     "Store",
+    "StoreDown",
     "StoreError",
     "StoreTypeError",
     "StoreUnavailable",
+    "is_reported",
     "open_store",
 ]
 

@@ -145,12 +145,22 @@ def _write_atomic(path: Path, blob: bytes) -> None:
             tmp.unlink()
         raise
     # The rename itself is durable only once the folder is synced; best effort.
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename or an unlink in it survives a power loss; best effort."""
     with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def clean_marker(path: Path) -> Path:
+    """The file that says the snapshot at `path` was written by a clean stop."""
+    return path.with_name(path.name + ".clean")
 
 
 class MemoryBatch(Batch):
@@ -250,6 +260,7 @@ class MemoryStore(Store):
         self.expired = 0
         self.snapshots = 0
         self.restore_error: str | None = None
+        self._restored_clean = True
         self.snapshot_error: str | None = None
         self._changes = 0  # write operations so far; a snapshot is due when it moved
         self._saved_changes = 0
@@ -319,7 +330,13 @@ class MemoryStore(Store):
         # Never started means never restored: writing now would replace a snapshot on
         # disk with an empty store.
         if self.path is not None and self._started:
-            await self.snapshot()
+            await self.snapshot(clean=True)
+
+    @property
+    def restored_clean(self) -> bool:
+        """Whether the snapshot restored at start was written by a clean stop (or a
+        handover) and no process has started from it since: see :meth:`_restore`."""
+        return self._restored_clean
 
     # -- internals -------------------------------------------------------------------
 
@@ -678,10 +695,14 @@ class MemoryStore(Store):
             )
         )
 
-    async def snapshot(self) -> None:
+    async def snapshot(self, *, clean: bool = False) -> None:
         """Write the snapshot now. The contents are encoded on the loop, in one go, so
         the file is one consistent instant; the write and fsync run in a thread. Raises
-        StoreError when it cannot be written (the previous file is then left whole)."""
+        StoreError when it cannot be written (the previous file is then left whole).
+
+        `clean`: this process writes nothing more after it (a stop, a handover), so the
+        next start may trust what the file says was saved cleanly; a marker file
+        ``<path>.clean`` says so (see :meth:`_restore`)."""
         if self.path is None:
             raise StoreError("this MemoryStore has no snapshot path")
         path = self.path
@@ -690,6 +711,8 @@ class MemoryStore(Store):
             blob = self._snapshot_bytes()
             try:
                 await asyncio.to_thread(_write_atomic, path, blob)
+                if clean:
+                    await asyncio.to_thread(_write_atomic, clean_marker(path), b"")
             except OSError as exc:
                 raise StoreError(
                     f"cannot write the store snapshot {path}: {exc.strerror or exc}"
@@ -723,10 +746,24 @@ class MemoryStore(Store):
                 self.snapshot_error = None
 
     async def _restore(self, path: Path) -> None:
+        """Load the snapshot at `path`. The clean marker beside it is consumed here: if
+        this process is killed, the next start finds the same snapshot without it, and
+        knows that whatever this process did after the snapshot is lost."""
+        marker = clean_marker(path)
+        try:
+            marker.unlink()
+        except FileNotFoundError:
+            self._restored_clean = False
+        except OSError as exc:
+            self._restored_clean = False
+            log.warning("cannot remove the clean marker %s: %s", marker, exc.strerror or exc)
+        else:
+            _sync_folder(path.parent)
         try:
             raw = await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
-            return  # a first start
+            self._restored_clean = True  # a first start: nothing to distrust
+            return
         except OSError as exc:
             self._restore_failed(path, f"cannot read it: {exc.strerror or exc}", move=False)
             return
