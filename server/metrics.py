@@ -203,7 +203,6 @@ class ServerCollector:
             latency.add_metric([name], histogram.buckets(), sum_value=histogram.sum)
         yield latency
 
-
     def _store_metrics(self) -> Iterator[Metric]:
         server = self.server
         breaker = server.breaker

@@ -322,4 +322,3 @@ def is_reported(exc: BaseException) -> bool:
     opens): a caller that catches it logs nothing of its own, so an outage is one
     warning, not one per request, push or chat line."""
     return isinstance(exc, StoreDown)
-

@@ -158,6 +158,11 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+def _unlink_marker(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        clean_marker(path).unlink()
+
+
 def clean_marker(path: Path) -> Path:
     """The file that says the snapshot at `path` was written by a clean stop."""
     return path.with_name(path.name + ".clean")
@@ -710,6 +715,9 @@ class MemoryStore(Store):
             changes = self._changes
             blob = self._snapshot_bytes()
             try:
+                if not clean:
+                    # First: the file about to replace the vouched one is not vouched for.
+                    await asyncio.to_thread(_unlink_marker, path)
                 await asyncio.to_thread(_write_atomic, path, blob)
                 if clean:
                     await asyncio.to_thread(_write_atomic, clean_marker(path), b"")
