@@ -43,7 +43,7 @@ from examples.chat.chat_pb2 import (
 from protocol.errors import ErrorCode
 from server import App, Context, HandlerError, Server
 from server.sessions import Session
-from server.store import Store, StoreError
+from server.store import Store, StoreError, is_reported
 
 log = logging.getLogger("tickwire.chat")
 
@@ -161,8 +161,10 @@ def make_app(
             try:
                 await append_history(ctx.cache, msg.room, line, history, history_ttl)
             except StoreError as exc:
-                # The line reached the room; only its place in the history is lost.
-                log.warning("chat history of %r not written: %s", msg.room, exc)
+                # The line reached the room; only its place in the history is lost. While
+                # the store is down the breaker has logged the outage once: no line each.
+                if not is_reported(exc):
+                    log.warning("chat history of %r not written: %s", msg.room, exc)
         return SayReply()
 
     @app.handler(LeaveRequest)

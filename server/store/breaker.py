@@ -124,8 +124,13 @@ class BreakerStore(Store):
     # -- the breaker ---------------------------------------------------------------------
 
     def _retry_after(self) -> float:
-        left = self._opened_at + self.probe_interval - self._clock()
-        return max(left, 0.0) + (0.1 if self.state is BreakerState.HALF_OPEN else 0.0)
+        """When a retry may find the store back: the next probe's time while open, a
+        probe interval otherwise (a probe is running, or the breaker has not opened)."""
+        if self.state is BreakerState.OPEN:
+            left = self._opened_at + self.probe_interval - self._clock()
+            if left > 0:
+                return left
+        return self.probe_interval
 
     def _down(self) -> StoreDown:
         return StoreDown(self.backend, self.address, self._reason, self._retry_after())
