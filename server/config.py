@@ -235,6 +235,19 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store_max_keys: Annotated[
         int, _doc("memory store: keys kept before the least recently used go; 0: no cap.", ge=0)
     ] = 0
+    store_append_only: Annotated[
+        bool,
+        _doc(
+            "memory store: also log every write beside the snapshot (<path>.aof.<n>), "
+            "written and fsynced every store_append_fsync seconds, so a kill -9 loses at "
+            "most that much rather than a snapshot interval (Redis' appendonly yes, "
+            "appendfsync everysec). Needs store_snapshot_path."
+        ),
+    ] = False
+    store_append_fsync: Annotated[
+        float,
+        _doc("memory store: seconds between append-only writes and fsyncs.", gt=0, le=60),
+    ] = 1.0
     store_breaker_failures: Annotated[
         int,
         _doc(

@@ -217,6 +217,8 @@ class Server:
             snapshot_path=config.store_snapshot_path or None,
             snapshot_interval=config.store_snapshot_interval,
             max_keys=config.store_max_keys or None,
+            append_only=config.store_append_only,
+            append_fsync=config.store_append_fsync,
         )
         # Every store call from here on (sessions, inbox, ctx.cache) goes through the
         # circuit breaker: a store that stops answering costs requests nothing.

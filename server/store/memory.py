@@ -38,6 +38,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Final
 
@@ -81,9 +82,16 @@ class Snapshot(msgspec.Struct):
     keys: list[str]
     values: list[bytes | dict[str, bytes] | set[bytes]]
     expires: dict[str, float]
+    #: The first append-only file generation whose operations came after this instant
+    #: (0: the store logged none).
+    aof_generation: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder()
+#: Append-only log records: a u32 big-endian length, then one msgpack array.
+_AOF_LENGTH: Final = struct.Struct(">I")
+_aof_encode = msgspec.msgpack.Encoder().encode
+_aof_decode = msgspec.msgpack.Decoder().decode
 _decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
@@ -156,6 +164,45 @@ def _sync_folder(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _record(operation: tuple[object, ...]) -> bytes:
+    payload = _aof_encode(operation)
+    return _AOF_LENGTH.pack(len(payload)) + payload
+
+
+def aof_file(path: Path, generation: int) -> Path:
+    """The append-only file of one generation, beside the snapshot."""
+    return path.with_name(f"{path.name}.aof.{generation}")
+
+
+def _appended_files(path: Path) -> list[tuple[int, Path]]:
+    prefix = path.name + ".aof."
+    found = []
+    for entry in path.parent.glob(glob_escape(prefix) + "*"):
+        suffix = entry.name[len(prefix) :]
+        if suffix.isdigit():
+            found.append((int(suffix), entry))
+    found.sort()
+    return found
+
+
+def _append(file: Path, records: list[bytes]) -> None:
+    """Append the records and fsync them (and the folder, for a new file)."""
+    new = not file.exists()
+    with open(file, "ab") as f:
+        f.write(b"".join(records))
+        f.flush()
+        os.fsync(f.fileno())
+    if new:
+        _sync_folder(file.parent)
+
+
+def _remove_appended_before(path: Path, generation: int) -> None:
+    for gen, file in _appended_files(path):
+        if gen < generation:
+            with contextlib.suppress(FileNotFoundError):
+                file.unlink()
 
 
 def _unlink_marker(path: Path) -> None:
@@ -239,6 +286,8 @@ class MemoryStore(Store):
         snapshot_interval: float = 60.0,
         max_keys: int | None = None,
         sweep_interval: float = 1.0,
+        append_only: bool = False,
+        append_fsync: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -248,10 +297,16 @@ class MemoryStore(Store):
             raise ValueError(f"sweep_interval must be > 0, not {sweep_interval}")
         if not snapshot_interval >= 0:
             raise ValueError(f"snapshot_interval must be >= 0, not {snapshot_interval}")
+        if append_only and path is None:
+            raise ValueError("append_only needs a snapshot path (its log lives beside it)")
+        if not append_fsync > 0:
+            raise ValueError(f"append_fsync must be > 0, not {append_fsync}")
         self.path = Path(path) if path is not None else None
         self.snapshot_interval = float(snapshot_interval)
         self.max_keys = max_keys
         self.sweep_interval = float(sweep_interval)
+        self.append_only = append_only
+        self.append_fsync = float(append_fsync)
         self._clock = clock
         self._wall_clock = wall_clock
 
@@ -266,6 +321,15 @@ class MemoryStore(Store):
         self.snapshots = 0
         self.restore_error: str | None = None
         self._restored_clean = True
+        #: Records of the writes not yet in the append-only file; None: none are logged
+        #: (off, not started yet, or handed over).
+        self._aof: list[bytes] | None = None
+        #: The append-only file generation new records go to.
+        self._aof_gen = 0
+        #: Why the last append-only write failed (None once one succeeds).
+        self.append_error: str | None = None
+        #: Records replayed from append-only files at start.
+        self.replayed = 0
         self.snapshot_error: str | None = None
         self._changes = 0  # write operations so far; a snapshot is due when it moved
         self._saved_changes = 0
@@ -289,13 +353,18 @@ class MemoryStore(Store):
         snapshot_interval: float = 60.0,
         max_keys: int | None = None,
         sweep_interval: float = 1.0,
+        append_only: bool = False,
+        append_fsync: float = 1.0,
     ) -> MemoryStore:
-        """A started store, with the snapshot at `path` restored if there is one."""
+        """A started store, with the snapshot at `path` restored if there is one (and
+        the append-only files after it replayed)."""
         store = cls(
             path,
             snapshot_interval=snapshot_interval,
             max_keys=max_keys,
             sweep_interval=sweep_interval,
+            append_only=append_only,
+            append_fsync=append_fsync,
         )
         await store.start()
         return store
@@ -312,9 +381,13 @@ class MemoryStore(Store):
         self._started = True
         if self.path is not None:
             await self._restore(self.path)
+            await self._replay_appended(self.path)
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="store-sweep"))
         if self.path is not None and self.snapshot_interval > 0:
             self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="store-snapshot"))
+        if self.append_only:
+            self._aof = []
+            self._tasks.append(asyncio.create_task(self._append_loop(), name="store-append"))
 
     async def close(self) -> None:
         """Stop the tasks and write the final snapshot (when there is a path). A final
@@ -437,6 +510,9 @@ class MemoryStore(Store):
         else:
             self._set_deadline(key, self._clock() + ttl)
         self._changes += 1
+        if self._aof is not None:
+            at = None if ttl is None else self._wall_clock() + ttl
+            self._aof.append(_record(("s", key, value, at)))
 
     async def incr(self, key: str, amount: int = 1) -> int:
         if isinstance(amount, bool) or not isinstance(amount, int):
@@ -456,8 +532,11 @@ class MemoryStore(Store):
             number += amount
         if not _INT64_MIN <= number <= _INT64_MAX:
             raise StoreError(f"incr on key {key!r}: the result would overflow 64 bits")
-        self._put(key, b"%d" % number)
+        value = b"%d" % number
+        self._put(key, value)
         self._changes += 1
+        if self._aof is not None:
+            self._aof.append(_record(("v", key, value)))
         return number
 
     async def compare_and_set(
@@ -494,6 +573,8 @@ class MemoryStore(Store):
                 removed += 1
         if removed:
             self._changes += 1
+            if self._aof is not None:
+                self._aof.append(_record(("d", list(keys))))
         return removed
 
     async def exists(self, key: str) -> bool:
@@ -510,6 +591,9 @@ class MemoryStore(Store):
         else:
             self._set_deadline(key, self._clock() + ttl)
         self._changes += 1
+        if self._aof is not None:
+            at = None if ttl is None else self._wall_clock() + ttl
+            self._aof.append(_record(("e", key, at)))
         return True
 
     async def ttl(self, key: str) -> float | None:
@@ -546,13 +630,15 @@ class MemoryStore(Store):
         current = self._live(key)
         if current is None:
             self._put(key, fields)
-            self._changes += 1
-            return len(fields)
-        if type(current) is not dict:
+            new = len(fields)
+        elif type(current) is not dict:
             raise _wrong_kind("hset", key, current)
-        new = sum(1 for field in fields if field not in current)
-        current.update(fields)
+        else:
+            new = sum(1 for field in fields if field not in current)
+            current.update(fields)
         self._changes += 1
+        if self._aof is not None:
+            self._aof.append(_record(("h", key, fields)))
         return new
 
     async def hget(self, key: str, field: str) -> bytes | None:
@@ -572,6 +658,9 @@ class MemoryStore(Store):
         return dict(current)
 
     async def hdel(self, key: str, *fields: str) -> int:
+        return self._hdel(key, fields)
+
+    def _hdel(self, key: str, fields: Sequence[str]) -> int:
         if not fields:
             return 0
         current = self._live(key)
@@ -588,6 +677,8 @@ class MemoryStore(Store):
             self._unexpire(key)
         if removed:
             self._changes += 1
+            if self._aof is not None:
+                self._aof.append(_record(("x", key, list(fields))))
         return removed
 
     # -- sets ------------------------------------------------------------------------
@@ -602,14 +693,17 @@ class MemoryStore(Store):
         current = self._live(key)
         if current is None:
             self._put(key, new_members)
-            self._changes += 1
-            return len(new_members)
-        if type(current) is not set:
+            added = len(new_members)
+        elif type(current) is not set:
             raise _wrong_kind("sadd", key, current)
-        before = len(current)
-        current |= new_members
+        else:
+            before = len(current)
+            current |= new_members
+            added = len(current) - before
         self._changes += 1
-        return len(current) - before
+        if self._aof is not None:
+            self._aof.append(_record(("a", key, list(members))))
+        return added
 
     async def srem(self, key: str, *members: bytes) -> int:
         return self._srem(key, [check_value(m, "member") for m in members])
@@ -630,6 +724,8 @@ class MemoryStore(Store):
             self._unexpire(key)
         if removed:
             self._changes += 1
+            if self._aof is not None:
+                self._aof.append(_record(("r", key, list(gone))))
         return removed
 
     async def smembers(self, key: str) -> builtins.set[bytes]:
@@ -685,7 +781,7 @@ class MemoryStore(Store):
 
     # -- snapshots -------------------------------------------------------------------
 
-    def _snapshot_bytes(self) -> bytes:
+    def _snapshot_bytes(self, aof_generation: int = 0) -> bytes:
         wall_now = self._wall_clock()
         offset = wall_now - self._clock()
         return encode_snapshot(
@@ -697,6 +793,7 @@ class MemoryStore(Store):
                 # Expired-but-unswept keys keep their (past) time, so the restore drops
                 # them rather than bringing them back without an expiry.
                 expires={k: d + offset for k, d in self._expires.items()},
+                aof_generation=aof_generation,
             )
         )
 
@@ -713,12 +810,23 @@ class MemoryStore(Store):
         path = self.path
         async with self._snapshot_lock:
             changes = self._changes
-            blob = self._snapshot_bytes()
+            # The append-only log turns over at the same instant: what was logged before
+            # goes into the old generation's file, the snapshot names the new one, and
+            # the files before it are deleted once the snapshot is on disk.
+            pending = self._aof
+            old_gen = self._aof_gen
+            self._aof_gen += 1
+            if pending is not None:
+                self._aof = []
+            blob = self._snapshot_bytes(self._aof_gen)
             try:
                 if not clean:
                     # First: the file about to replace the vouched one is not vouched for.
                     await asyncio.to_thread(_unlink_marker, path)
+                if pending:
+                    await asyncio.to_thread(_append, aof_file(path, old_gen), pending)
                 await asyncio.to_thread(_write_atomic, path, blob)
+                await asyncio.to_thread(_remove_appended_before, path, self._aof_gen)
                 if clean:
                     await asyncio.to_thread(_write_atomic, clean_marker(path), b"")
             except OSError as exc:
@@ -733,8 +841,128 @@ class MemoryStore(Store):
         """Write the snapshot file no more (periodically or at close): another process
         owns it now. A zero-downtime restart calls this once the successor, which
         restored from the file, serves; the old process's last changes must not then
-        overwrite the successor's snapshots."""
+        overwrite the successor's snapshots. The append-only log stops too: the
+        successor starts its own."""
         self.path = None
+        self._aof = None
+
+    async def flush_appended(self) -> None:
+        """Write and fsync the writes logged since the last flush (the append task does
+        this every `append_fsync` seconds)."""
+        path = self.path
+        if not self._aof or path is None:
+            return
+        async with self._snapshot_lock:
+            pending = self._aof
+            if not pending or self.path is None:
+                return
+            self._aof = []
+            try:
+                await asyncio.to_thread(_append, aof_file(path, self._aof_gen), pending)
+            except OSError as exc:
+                reason = f"cannot append to {aof_file(path, self._aof_gen)}: {exc.strerror or exc}"
+                if self.append_error is None:
+                    log.warning("store writes not logged: %s", reason)
+                self.append_error = reason
+            else:
+                if self.append_error is not None:
+                    log.info("store append-only log written again")
+                self.append_error = None
+
+    async def _append_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.append_fsync)
+            if self.path is None:
+                return
+            try:
+                await self.flush_appended()
+            except Exception:  # a bug here must not end the log for good
+                log.exception("store append failed")
+
+    async def _replay_appended(self, path: Path) -> None:
+        """Apply the append-only files the restored snapshot has not seen, in order:
+        what happened after it, up to the last fsync. New records go to a generation
+        above every file found, so a torn record at the end of one is never followed by
+        good ones in the same file."""
+        found = await asyncio.to_thread(_appended_files, path)
+        if not found:
+            return
+        start = self._aof_gen
+        applied = 0
+        for gen, file in found:
+            if gen < start:
+                continue
+            raw = await asyncio.to_thread(file.read_bytes)
+            count, problem = self._replay(raw)
+            applied += count
+            if problem is not None:
+                log.warning(
+                    "store append-only file %s: %s; replayed what came before", file, problem
+                )
+        self._aof_gen = max(start, found[-1][0] + 1)
+        self.replayed = applied
+        if applied:
+            # A clean close leaves no log behind: these are a running process's last
+            # writes, so nothing restored is vouched for (see _restore).
+            self._restored_clean = False
+        if applied:
+            log.info(
+                "store append-only log replayed", extra={"path": str(path), "records": applied}
+            )
+
+    def _replay(self, raw: bytes) -> tuple[int, str | None]:
+        """Apply the records of one file; returns how many, and what stopped it early."""
+        view = memoryview(raw)
+        at = 0
+        count = 0
+        size = _AOF_LENGTH.size
+        while at < len(raw):
+            if at + size > len(raw):
+                return count, f"a torn record at byte {at}"
+            (length,) = _AOF_LENGTH.unpack_from(raw, at)
+            if at + size + length > len(raw):
+                return count, f"a torn record at byte {at}"
+            try:
+                record = _aof_decode(view[at + size : at + size + length])
+                self._apply(record)
+            except (msgspec.DecodeError, ValueError, TypeError, IndexError, StoreError) as exc:
+                return count, f"an unreadable record at byte {at} ({exc})"
+            at += size + length
+            count += 1
+        return count, None
+
+    def _apply(self, record: list[object]) -> None:
+        """One logged write, again. Times are wall-clock: a deadline that passed while
+        the node was down removes the key, as the snapshot's restore drops it."""
+        op, key = record[0], record[1]
+        wall_now = self._wall_clock()
+        if op == "s":
+            value, at = record[2], record[3]
+            if at is not None and at <= wall_now:  # type: ignore[operator]
+                self._delete([key])  # type: ignore[list-item]
+            else:
+                ttl = None if at is None else at - wall_now  # type: ignore[operator]
+                self._write(key, value, ttl)  # type: ignore[arg-type]
+        elif op == "v":
+            self._put(key, record[2])  # type: ignore[arg-type]
+        elif op == "h":
+            self._hset(key, record[2])  # type: ignore[arg-type]
+        elif op == "x":
+            self._hdel(key, record[2])  # type: ignore[arg-type]
+        elif op == "a":
+            self._sadd(key, record[2])  # type: ignore[arg-type]
+        elif op == "r":
+            self._srem(key, record[2])  # type: ignore[arg-type]
+        elif op == "d":
+            self._delete(key)  # type: ignore[arg-type]
+        elif op == "e":
+            at = record[2]
+            if at is not None and at <= wall_now:  # type: ignore[operator]
+                self._delete([key])  # type: ignore[list-item]
+            else:
+                self._expire(key, None if at is None else at - wall_now)  # type: ignore[arg-type,operator]
+        else:
+            raise ValueError(f"unknown operation {op!r}")
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -805,6 +1033,7 @@ class MemoryStore(Store):
         data: OrderedDict[str, Value] = OrderedDict(
             zip(snapshot.keys, snapshot.values, strict=True)
         )
+        self._aof_gen = snapshot.aof_generation
         self._data = data
         self._expires = {}
         self._buckets = {}

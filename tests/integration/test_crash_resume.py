@@ -184,3 +184,60 @@ async def test_a_resume_elsewhere_numbers_new_pushes_above_what_the_client_saw(
     finally:
         await a.stop(timeout=1)
         await b.stop(timeout=1)
+
+
+async def wait_for_file(path: Path, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (path.exists() and path.stat().st_size > 0):
+        if loop.time() > deadline:
+            raise AssertionError(f"{path} not written within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("append_only", [True, False])
+async def test_a_login_after_the_last_snapshot_survives_kill_9_with_the_append_only_log(
+    tmp_path: Path, append_only: bool
+) -> None:
+    """The issue's case: a login made after the last snapshot is gone after a kill -9
+    on the memory store; with store_append_only it comes back."""
+    snapshot = tmp_path / "store.snap"
+    args = [
+        "--set",
+        f"users_file={users_file(tmp_path, PASSWORDS)}",
+        "--set",
+        f"store_snapshot_path={snapshot}",
+        "--set",
+        "store_snapshot_interval=3600",
+        "--set",
+        f"store_append_only={'true' if append_only else 'false'}",
+        "--set",
+        "store_append_fsync=0.1",
+    ]
+    proc, address = await spawn_serve(*args)
+    try:
+        peer = await RawPeer.connect(address)
+        [reply] = await ask(peer, 1, LoginRequest(user="alice", password="alice-pw"))
+        login = LoginReply.FromString(reply.payload)
+        await peer.close()
+        if append_only:
+            await wait_for_file(snapshot.with_name("store.snap.aof.0"))
+        else:
+            assert not snapshot.exists()  # no snapshot since the start, and no log
+    finally:
+        proc.kill()
+        await proc.wait()
+    proc, address = await spawn_serve(*args)
+    again = await RawPeer.connect(address)
+    try:
+        [frame] = await ask(again, 1, ResumeRequest(token=login.token))
+        if append_only:
+            assert frame.msg_id == 14
+            resumed = ResumeReply.FromString(frame.payload)
+            assert resumed.session_id == login.session_id and resumed.push_gap
+        else:
+            assert frame.msg_id == 3  # Error: UNAUTHENTICATED, the session died with it
+    finally:
+        await again.close()
+        proc.kill()
+        await proc.wait()
