@@ -6,8 +6,9 @@ failure was an INTERNAL answer with a traceback in the log. With it:
 
 - **closed** (the normal state): calls go through. A call that finds the backend
   unreachable (StoreUnavailable) counts a failure; a call that reaches it (whatever it
-  answers) resets the count. `failures` failures in a row **open** the breaker, with one
-  WARNING on ``tickwire.store`` for the whole outage.
+  answers) resets the count. The first failure of an outage logs its one WARNING on
+  ``tickwire.store``; `failures` failures in a row **open** the breaker. A call that
+  reaches the store before that ends the outage (one INFO line).
 - **open**: every call fails at once with :class:`StoreDown`, without touching the
   backend. The first call `probe_interval` seconds after it opened starts a probe.
 - **half-open**: one probe (the backend's ``ping``) runs in the background while calls
@@ -152,33 +153,45 @@ class BreakerStore(Store):
         raise self._down()
 
     def _failed(self, exc: StoreUnavailable) -> StoreDown:
-        """A call found the backend unreachable: count it, open at the threshold."""
+        """A call found the backend unreachable: the outage's warning if it is the first
+        failure since the store last answered; open at the threshold."""
         if isinstance(exc, StoreDown):
             return exc
         self._reason = exc.reason
         if self.state is BreakerState.CLOSED:
+            if self._in_a_row == 0:
+                self._outage_began = self._clock()
+                self._refused_in_outage = 0
+                log.warning(
+                    "store unavailable: %s; store-backed requests get OVERLOADED with a "
+                    "retry hint, and after %d failures in a row they fail fast, with a "
+                    "probe every %g s until it answers",
+                    exc,
+                    self.failures,
+                    self.probe_interval,
+                )
             self._in_a_row += 1
             if self._in_a_row >= self.failures:
-                self._open(exc)
-        down = StoreDown(exc.backend, exc.address, exc.reason, self._retry_after())
-        return down
+                self._open()
+        return StoreDown(exc.backend, exc.address, exc.reason, self._retry_after())
 
-    def _open(self, exc: StoreUnavailable) -> None:
-        now = self._clock()
+    def _open(self) -> None:
         self.state = BreakerState.OPEN
-        self._opened_at = now
-        self._outage_began = now
-        self._refused_in_outage = 0
+        self._opened_at = self._clock()
         self.trips += 1
-        log.warning(
-            "store unavailable: %s; store calls fail fast (OVERLOADED, retry hint) and a "
-            "probe runs every %g s until it answers",
-            exc,
-            self.probe_interval,
-        )
+        log.debug("store breaker open after %d failures in a row", self._in_a_row)
 
     def _reached(self) -> None:
+        if self._in_a_row and self.state is BreakerState.CLOSED:
+            self._recovered()  # it answered again before the breaker opened
         self._in_a_row = 0
+
+    def _recovered(self) -> None:
+        log.info(
+            "store reachable again after %.1f s; %d calls were refused meanwhile",
+            self._clock() - self._outage_began,
+            self._refused_in_outage,
+        )
 
     async def _run_probe(self) -> None:
         try:
@@ -194,11 +207,7 @@ class BreakerStore(Store):
             self._probe = None
         self.state = BreakerState.CLOSED
         self._in_a_row = 0
-        log.info(
-            "store reachable again after %.1f s; %d calls were refused meanwhile",
-            self._clock() - self._outage_began,
-            self._refused_in_outage,
-        )
+        self._recovered()
 
     async def _call(self, call: Awaitable[_T]) -> _T:
         try:
@@ -323,7 +332,7 @@ class BreakerBatch(Batch):
 
 
 def is_reported(exc: BaseException) -> bool:
-    """Whether the breaker has already logged this failure's outage (or will, when it
-    opens): a caller that catches it logs nothing of its own, so an outage is one
-    warning, not one per request, push or chat line."""
+    """Whether the breaker has already logged this failure's outage (it warns at the
+    outage's first failure): a caller that catches it logs nothing of its own, so an
+    outage is one warning, not one per request, push or chat line."""
     return isinstance(exc, StoreDown)

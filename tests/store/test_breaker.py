@@ -99,8 +99,9 @@ async def test_store_down_is_a_typed_overloaded_error_with_a_retry_hint(
 
 
 async def test_fewer_failures_than_the_threshold_do_not_open_it(
-    own_redis: RedisProcess,
+    own_redis: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="tickwire.store")
     store = await breaker_on(own_redis, failures=3)
     try:
         own_redis.halt()
@@ -110,6 +111,9 @@ async def test_fewer_failures_than_the_threshold_do_not_open_it(
         own_redis.restart()
         assert await store.get("k") is None  # reached: the count starts again
         assert store.state is BreakerState.CLOSED and store.trips == 0
+        # A short outage is still one: a warning, and a line when it ends.
+        assert len(store_warnings(caplog)) == 1
+        assert sum("reachable again" in r.getMessage() for r in caplog.records) == 1
     finally:
         await store.close()
 
