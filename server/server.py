@@ -227,6 +227,7 @@ class Server:
             failures=config.store_breaker_failures,
             probe_interval=config.store_breaker_probe_interval,
         )
+        self.breaker.on_recovery.append(self.sessions.store_recovered)
         self.pusher.max_rooms = config.max_rooms_per_session
         self.sessions.bind(self.store)
         self.inbox = Inbox(self.store, max_per_user=config.inbox_max, ttl=config.inbox_ttl)

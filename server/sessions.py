@@ -41,7 +41,7 @@ from protocol.errors import ErrorCode
 from server.errors import HandlerError
 from server.push import Buffered, PushBuffer, Pushed
 from server.store.breaker import is_reported
-from server.store.errors import StoreError
+from server.store.errors import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -263,6 +263,9 @@ class SessionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_connected: list[ConnectedCallback] = []
         self._on_disconnected: list[DisconnectedCallback] = []
+        #: Sessions whose disconnect the store missed (it was unreachable): their records
+        #: still say "connected", with the long TTL; store_recovered sets that right.
+        self._unsaved: dict[str, Session] = {}
 
     @property
     def store(self) -> Store:
@@ -693,7 +696,37 @@ class SessionManager:
     async def _persist_disconnected(self, session: Session) -> None:
         # Under the user's lock, and only while the session still waits: a Resume that
         # got in first must not be overwritten with "disconnected" (and a short TTL).
-        await self._locked(session.user_id, lambda: self._write_disconnected(session))
+        try:
+            await self._locked(session.user_id, lambda: self._write_disconnected(session))
+        except StoreUnavailable:
+            self._unsaved[session.session_id] = session
+            raise
+
+    def store_recovered(self) -> None:
+        """The store answers again (the breaker's on_recovery): write the disconnects it
+        missed, or, for a session that ended meanwhile (it expired, say), remove the
+        record that still calls it connected. Left as it was, such a record would keep
+        the session "connected" for token_ttl, refusing the user's logins under
+        duplicate_login = reject, and resumable after its session_ttl."""
+        unsaved, self._unsaved = self._unsaved, {}
+        for session in unsaved.values():
+            if self.waiting.get(session.session_id) is session:
+                self._spawn(self._persist_disconnected(session))
+            elif not self.holds(session):
+                self._spawn(self._forget(session))
+
+    async def _forget(self, session: Session) -> None:
+        async def work() -> None:
+            key = _session_key(session.session_id)
+            record = await self.store.hgetall(key)
+            # Only if it is still ours: a Resume elsewhere may have taken it over.
+            if (
+                record.get("token") == session.token_hash.encode()
+                and record.get("node") == self.node.encode()
+            ):
+                await self._delete(session.session_id, session.user_id, session.token_hash)
+
+        await self._locked(session.user_id, work)
 
     async def _write_disconnected(self, session: Session) -> None:
         if session.conn is not None:

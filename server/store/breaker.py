@@ -10,11 +10,12 @@ failure was an INTERNAL answer with a traceback in the log. With it:
   ``tickwire.store``; `failures` failures in a row **open** the breaker. A call that
   reaches the store before that ends the outage (one INFO line).
 - **open**: every call fails at once with :class:`StoreDown`, without touching the
-  backend. The first call `probe_interval` seconds after it opened starts a probe.
-- **half-open**: one probe (the backend's ``ping``) runs in the background while calls
-  still fail fast. Its success closes the breaker (one INFO line saying how long the
-  outage lasted and how many calls were refused); its failure opens it again for
-  another `probe_interval`. Recovery needs no restart and no operator.
+  backend. Every `probe_interval` seconds a background task probes it.
+- **half-open**: the probe (the backend's ``ping``) is in flight; calls still fail
+  fast. Its success closes the breaker (one INFO line saying how long the outage lasted
+  and how many calls were refused, then the ``on_recovery`` callbacks); its failure
+  opens it again for another `probe_interval`. Recovery needs no restart, no operator
+  and no request.
 
 :class:`StoreDown` is a StoreUnavailable (store code keeps catching what it caught) and a
 :class:`~server.errors.HandlerError` with code OVERLOADED and a message that says when to
@@ -118,6 +119,9 @@ class BreakerStore(Store):
         self._refused_in_outage = 0
         self._reason = ""
         self._probe: asyncio.Task[None] | None = None
+        #: Called (no arguments) when an outage ends: work that failed during it and
+        #: must be done again (a session written as disconnected) registers here.
+        self.on_recovery: list[Callable[[], object]] = []
 
     def __repr__(self) -> str:
         return f"BreakerStore({self.base!r}, state={self.state.name.lower()})"
@@ -137,19 +141,11 @@ class BreakerStore(Store):
         return StoreDown(self.backend, self.address, self._reason, self._retry_after())
 
     def _check(self) -> None:
-        """Fail fast while open or probing; start the probe once it is due."""
+        """Fail fast while open or probing."""
         if self.state is BreakerState.CLOSED:
             return
         self.refused += 1
         self._refused_in_outage += 1
-        if (
-            self.state is BreakerState.OPEN
-            and self._clock() >= self._opened_at + self.probe_interval
-        ):
-            self.state = BreakerState.HALF_OPEN
-            self._probe = asyncio.get_running_loop().create_task(
-                self._run_probe(), name="tickwire-store-probe"
-            )
         raise self._down()
 
     def _failed(self, exc: StoreUnavailable) -> StoreDown:
@@ -180,6 +176,10 @@ class BreakerStore(Store):
         self._opened_at = self._clock()
         self.trips += 1
         log.debug("store breaker open after %d failures in a row", self._in_a_row)
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(
+                self._probe_until_back(), name="tickwire-store-probe"
+            )
 
     def _reached(self) -> None:
         if self._in_a_row and self.state is BreakerState.CLOSED:
@@ -192,17 +192,30 @@ class BreakerStore(Store):
             self._clock() - self._outage_began,
             self._refused_in_outage,
         )
+        for callback in self.on_recovery:
+            try:
+                callback()
+            except Exception:
+                log.exception("store recovery callback %r raised", callback)
 
-    async def _run_probe(self) -> None:
+    async def _probe_until_back(self) -> None:
+        """While open: every `probe_interval`, one PING (half-open while it is in flight),
+        until one answers. It runs by itself, so an idle server notices the recovery
+        too, and the work that waited for it (on_recovery) runs."""
         try:
-            await self.base.ping()
-        except StoreUnavailable as exc:
-            self._reason = exc.reason
-            self.state = BreakerState.OPEN
-            self._opened_at = self._clock()
-            return
-        except Exception as exc:  # anything else: the backend answered, oddly
-            log.debug("store probe raised %r; counted as an answer", exc)
+            while True:
+                await asyncio.sleep(self.probe_interval)
+                self.state = BreakerState.HALF_OPEN
+                try:
+                    await self.base.ping()
+                except StoreUnavailable as exc:
+                    self._reason = exc.reason
+                    self.state = BreakerState.OPEN
+                    self._opened_at = self._clock()
+                    continue
+                except Exception as exc:  # anything else: the backend answered, oddly
+                    log.debug("store probe raised %r; counted as an answer", exc)
+                break
         finally:
             self._probe = None
         self.state = BreakerState.CLOSED

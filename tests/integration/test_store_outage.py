@@ -16,7 +16,7 @@ from examples.chat.service import make_app
 from protocol.registry import system_registry
 from server.auth import MemoryUsers
 from server.store import BreakerState
-from tests.conftest import StartServer, need_redis_binary
+from tests.conftest import StartServer, need_redis_binary, wait_for
 from tests.store.redisproc import RedisProcess, start_redis
 
 USERS = MemoryUsers({"alice": "a"})
@@ -30,7 +30,7 @@ def own_redis() -> Iterator[RedisProcess]:
 
 
 async def test_chat_lines_during_an_outage_cost_one_warning_not_one_each(
-    start_server: StartServer, own_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+    own_redis: RedisProcess, start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     server = await start_server(
@@ -66,3 +66,38 @@ async def test_chat_lines_during_an_outage_cost_one_warning_not_one_each(
         line for line in text.splitlines() if line.startswith("tickwire_store_refused_total")
     )
     assert float(refused.split()[1]) >= 1
+
+
+async def test_a_disconnect_the_store_missed_is_written_once_it_is_back(
+    own_redis: RedisProcess, start_server: StartServer
+) -> None:
+    """Without it, the record would say "connected" (with the connected TTL) long after
+    its connection ended: reject-policy logins refused, the session resumable past its
+    session_ttl."""
+    server = await start_server(
+        authenticator=USERS,
+        store="redis",
+        redis_url=own_redis.url,
+        store_breaker_failures=1,
+        store_breaker_probe_interval=0.05,
+        session_ttl=30,
+    )
+    client = await AsyncClient.connect(*server.address)
+    reply = await client.login("alice", "a")
+    key = f"tw:session:{reply.session_id}"
+    with own_redis.client() as redis_client:
+        assert redis_client.hget(key, "conn") not in (None, b"")
+    own_redis.pause()  # Redis hangs, its data kept: the disconnect's write times out
+    try:
+        await client.close()
+        await wait_for(lambda: server.breaker is not None and server.breaker.trips == 1, 20)
+    finally:
+        own_redis.unpause()
+
+    def written() -> bool:
+        with own_redis.client() as redis_client:
+            return redis_client.hget(key, "conn") == b""
+
+    await wait_for(written, timeout=20)
+    with own_redis.client() as redis_client:
+        assert 0 < redis_client.pttl(key) <= 30_000  # session_ttl, not the connected TTL

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -48,6 +49,14 @@ class RedisProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def pause(self) -> None:
+        """Stop the server (SIGSTOP) with its data: connections hang, as with a Redis
+        that stops answering, until :meth:`unpause`."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def unpause(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
 
     def restart(self, *, timeout: float = 10.0) -> None:
         """Start a fresh server on the same port (empty: no persistence) and wait until

@@ -163,3 +163,27 @@ async def test_a_memory_store_passes_through(tmp_path: object) -> None:
         assert store.state is BreakerState.CLOSED
     finally:
         await store.close()
+
+
+async def test_an_idle_breaker_notices_the_recovery_and_calls_back(
+    own_redis: RedisProcess,
+) -> None:
+    """The probe runs by itself: no request has to come for the breaker to close and
+    for the work waiting on the store (on_recovery) to run."""
+    store = await breaker_on(own_redis, failures=1, probe_interval=0.05)
+    recovered: list[bool] = []
+    store.on_recovery.append(lambda: recovered.append(True))
+    try:
+        own_redis.halt()
+        with pytest.raises(StoreDown):
+            await store.get("k")
+        assert store.state is not BreakerState.CLOSED
+        own_redis.restart()
+
+        async def closed() -> bool:
+            return store.state is BreakerState.CLOSED
+
+        await eventually(closed, what="the breaker closing with no call made")
+        assert recovered == [True] and store.refused == 0
+    finally:
+        await store.close()
