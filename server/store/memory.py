@@ -19,6 +19,12 @@ Why it is built the way it is:
   behind a header with the payload's length and CRC-32: a truncated or damaged file is
   recognised as such, reported, and skipped rather than half-loaded.
 
+- **An optional append-only log** (``append_only``) for what a snapshot interval would
+  lose to a crash: each write appends a small msgpack record to a list on the loop, and
+  a task writes and fsyncs the list every ``append_fsync`` seconds in a thread, as
+  Redis' ``appendfsync everysec``. A snapshot turns the log over (generations named in
+  the snapshot), so no rewrite is ever needed and no record is ever replayed twice.
+
 Every operation is O(1) (plus the size of what it is given or returns) except
 :meth:`MemoryStore.sweep`, :meth:`MemoryStore.snapshot`, the restore and
 :meth:`MemoryStore.scan_prefix`. No operation awaits, so each one is atomic with respect
