@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from fuzz.wire import LogWatch, check_answers, exchange, expected_close, split
+from fuzz.wire import LogWatch, check_answers, exchange, expected_close, split, upto
 from protocol.errors import RemoteProtocolError
 from protocol.frame import FrameDecoder
 
@@ -108,17 +108,8 @@ class LiveTarget:
 
     async def run(self, reads: list[bytes]) -> None:
         stream = b"".join(reads)
-        sent, owed, upto = expected_close(stream, LIVE_MAX_FRAME)
-        # Past a bad length the server reads nothing more: bytes sent after it would stay
-        # unread and make the close a reset, which may drop the closing frame on its way.
-        kept: list[bytes] = []
-        left = upto
-        for chunk in reads:
-            if left <= 0:
-                break
-            kept.append(chunk[:left])
-            left -= len(chunk)
-        got = await exchange(self.address, kept)
+        sent, owed, size = expected_close(stream, LIVE_MAX_FRAME)
+        got = await exchange(self.address, upto(reads, size))
         check_answers(sent, owed, got, self.registry)
         self.watch.check()
         await self.bystander.ping(timeout=10.0)

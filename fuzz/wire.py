@@ -16,6 +16,7 @@ import logging
 import socket
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -39,6 +40,7 @@ __all__ = [
     "expected_close",
     "reads_of",
     "split",
+    "upto",
 ]
 
 
@@ -78,6 +80,21 @@ def split(data: bytes) -> tuple[int, list[bytes]]:
     return MIN_LENGTH + data[0], reads_of(data[2:], data[1])
 
 
+def upto(reads: list[bytes], size: int) -> list[bytes]:
+    """`reads` cut after their first `size` bytes.
+
+    Past a bad length the server reads nothing more: bytes sent after it would stay
+    unread and turn the server's close into a reset, which may drop the closing frame on
+    its way to us (expected_close says where the server stops)."""
+    kept: list[bytes] = []
+    for chunk in reads:
+        if size <= 0:
+            break
+        kept.append(chunk[:size])
+        size -= len(chunk)
+    return kept
+
+
 @dataclass
 class Exchange:
     """What came back on one connection: the frames, and how it ended."""
@@ -93,11 +110,13 @@ async def exchange(
     reads: list[bytes],
     *,
     half_close: bool = True,
+    until: Callable[[list[Frame]], bool] | None = None,
     timeout: float = 10.0,
 ) -> Exchange:
     """Send `reads` one write each (each drained before the next, so the server sees them
     as separate reads where the network allows), half-close unless told not to, and read
-    until the server closes or `timeout` passes."""
+    until the server closes, `until(frames so far)` holds (the connection is then left
+    "open"), or `timeout` passes."""
     reader, writer = await asyncio.open_connection(*address)
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -116,6 +135,8 @@ async def exchange(
             async with asyncio.timeout(timeout):
                 while data := await reader.read(1 << 16):
                     result.frames.extend(decoder.feed(data))
+                    if until is not None and until(result.frames):
+                        return result
             result.ended = "eof"
         except ConnectionResetError:
             result.ended = "reset"
@@ -192,6 +213,8 @@ def check_answers(
         assert closing is None or closing in CLOSING_CODES
         if half_closed:
             assert got.ended == "eof", f"after a half-close the connection ended: {got.ended}"
+        elif closing is None:
+            assert got.ended == "open", f"closed with no closing code: {got.ended}"
 
 
 class LogWatch(logging.Handler):
