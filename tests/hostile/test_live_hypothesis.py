@@ -15,6 +15,7 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -149,9 +150,11 @@ def log_watch() -> Iterator[LogWatch]:
 
 
 @pytest.fixture
-async def in_process(start_server: StartServer) -> AsyncIterator[tuple[Server, AsyncClient]]:
+async def in_process(
+    fastpath_impl: ModuleType, start_server: StartServer
+) -> AsyncIterator[tuple[Server, AsyncClient]]:
     """One server and its bystander for all of a test's examples (Hypothesis runs them
-    in one set of fixtures)."""
+    in one set of fixtures), on each build of the read fast path in turn."""
     server = await start_server(make_app(), authenticator=MemoryUsers(dict([USER])))
     client = await AsyncClient.connect(*server.address, timeout=10.0)
     yield server, client
