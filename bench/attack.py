@@ -357,7 +357,7 @@ def _ms(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+    return round(1000 * ordered[min(len(ordered) - 1, int(len(ordered) * q))], 3)
 
 
 async def _bystander(host: str, port: int, users: Users, params: AttackParams) -> BystanderResult:
@@ -426,7 +426,7 @@ async def _bystander(host: str, port: int, users: Users, params: AttackParams) -
         max_ms=_ms(latencies, 1.0),
         logins=len(logins),
         login_failures=login_failures,
-        login_p50_ms=1000 * statistics.median(logins) if logins else None,
+        login_p50_ms=round(1000 * statistics.median(logins), 3) if logins else None,
         login_max_ms=_ms(logins, 1.0),
         failure_samples=failures[:ERROR_SAMPLES],
     )
