@@ -168,7 +168,9 @@ class RateLimit:
         limit = self.default if self._shared is not None else (route.limit or self.default)
         if limit is None:
             return call_next
-        buckets = self._shared or Buckets(limit.per_second, limit.burst)
+        buckets = self._shared
+        if buckets is None:
+            buckets = Buckets(limit.per_second, limit.burst)
         if buckets not in self.tables:
             self.tables.append(buckets)
         key = _KEYS[limit.per]
