@@ -105,7 +105,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         int,
         _doc(
             "Threads that check passwords for the users_file authenticator (scrypt); "
-            "0: one per CPU.",
+            "0: one per CPU, at most 8.",
             ge=0,
             le=256,
         ),
@@ -113,12 +113,13 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     login_queue: Annotated[
         int,
         _doc(
-            "Password checks that may wait for a login thread; one more is answered "
-            "OVERLOADED with the time to retry, at once.",
+            "Password checks that may wait for a login thread (kept under consumers "
+            "minus login_threads minus 8, so logins cannot hold every consumer); one more "
+            "is answered OVERLOADED with the time to retry, at once.",
             ge=0,
             le=100_000,
         ),
-    ] = 64
+    ] = 48
     login_user_failures: Annotated[
         int,
         _doc(

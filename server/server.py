@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import resource
 import socket
 from collections.abc import Callable, Iterable
@@ -64,10 +65,14 @@ class Server:
         #: the config) every login is refused, and only public handlers can be used.
         self.authenticator: Authenticator | None = authenticator
         if authenticator is None and self.config.users_file:
+            threads = self.config.login_threads or min(8, os.cpu_count() or 1)
+            # Checks in the pool hold consumers; a pool that could hold all of them would
+            # never fill, and the consumer queue would grow instead: keep 8 back.
+            room = max(0, self.config.consumers - threads - 8)
             self.authenticator = UsersFile(
                 self.config.users_file,
-                threads=self.config.login_threads,
-                queue=self.config.login_queue,
+                threads=threads,
+                queue=min(self.config.login_queue, room),
             )
         #: Failed logins per name and address (a layer on the Login route; it outlives
         #: a handler reload, as the apps' rate buckets do not).
