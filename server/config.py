@@ -153,7 +153,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         str,
         _doc(
             "Requests per connection over all message types, as N/s, N/m or N/h "
-            "(nginx limit_req rate); past conn_burst they get RATE_LIMITED. Empty: no limit."
+            "(nginx limit_req rate); past conn_burst they get RATE_LIMITED. Empty: no limit.",
+            pattern=r"^$|^\s*[0-9]+(\.[0-9]+)?\s*/\s*(s|sec|m|min|h|hour)\s*$",
         ),
     ] = ""
     conn_burst: Annotated[
