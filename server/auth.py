@@ -44,7 +44,8 @@ class Authenticator(Protocol):
         """The user id the credentials belong to, or None when they are wrong.
 
         Raising is for "cannot tell" (a database down): the login gets INTERNAL and the
-        exception is logged, which a wrong password must never cause."""
+        exception is logged, which a wrong password must never cause. A HandlerError
+        keeps its code: UsersFile's OVERLOADED when its password pool is full."""
         ...
 
 

@@ -206,6 +206,15 @@ class RateLimit:
         return limited
 
 
+class WrongCredentials(HandlerError):
+    """A Login refused because the authenticator did not know the credentials: the one
+    refusal the login throttle counts (a rejected duplicate login is UNAUTHENTICATED too,
+    with the right password)."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.UNAUTHENTICATED, "wrong user name or password")
+
+
 class LoginThrottle:
     """Failed logins per user name and per address, with exponential backoff.
 
@@ -295,7 +304,7 @@ class LoginThrottle:
     def wrap(self, route: Route, call_next: Call) -> Call:
         """The layer on the Login route (every other route passes untouched): a locked
         name or address is refused before the authenticator runs; a login refused
-        UNAUTHENTICATED counts as a failure; a LoginReply clears both."""
+        WrongCredentials counts as a failure; a LoginReply clears both."""
         from protocol.proto.system_pb2 import LoginRequest
 
         if route.request is not LoginRequest or not self.enabled:
@@ -314,14 +323,10 @@ class LoginThrottle:
                 )
             try:
                 reply = await acall(ctx, msg)
-            except HandlerError as exc:
-                if exc.code == ErrorCode.UNAUTHENTICATED:
-                    self.failed(msg.user, address)
+            except WrongCredentials:
+                self.failed(msg.user, address)
                 raise
-            if isinstance(reply, Error):
-                if reply.code == ErrorCode.UNAUTHENTICATED:
-                    self.failed(msg.user, address)
-            elif reply is not None:
+            if reply is not None and not isinstance(reply, Error):
                 self.succeeded(msg.user, address)
             return reply
 

@@ -259,6 +259,20 @@ async def test_failed_logins_from_one_address_lock_it_out_for_every_name(
     assert users.checks == 4
 
 
+async def test_a_rejected_duplicate_login_is_not_a_failed_one(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(
+        authenticator=MemoryUsers(PASSWORDS), duplicate_login="reject", login_user_failures=2
+    )
+    await connect(server, "alice")
+    other = await connect(server)
+    for _ in range(4):  # the right password, refused because alice is logged in already
+        with pytest.raises(Unauthenticated):
+            await other.login("alice", "wonderland")
+    assert len(server.login_throttle) == 0
+
+
 async def test_login_throttling_can_be_turned_off(
     start_server: StartServer, connect: Connect
 ) -> None:
