@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import resource
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,7 @@ from server.middleware import (
 )
 from server.outbox import Outbox
 from server.push import OfflineQueue, Pusher, Room
+from server.ratelimit import Limit, LoginThrottle, RateLimit
 from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
 from server.store import BreakerStore, MemoryStore, Store, StoreError, open_store
@@ -68,7 +70,23 @@ class Server:
         #: the config) every login is refused, and only public handlers can be used.
         self.authenticator: Authenticator | None = authenticator
         if authenticator is None and self.config.users_file:
-            self.authenticator = UsersFile(self.config.users_file)
+            threads = self.config.login_threads or min(8, os.cpu_count() or 1)
+            # Checks in the pool hold consumers; a pool that could hold all of them would
+            # never fill, and the consumer queue would grow instead: keep 8 back.
+            room = max(0, self.config.consumers - threads - 8)
+            self.authenticator = UsersFile(
+                self.config.users_file,
+                threads=threads,
+                queue=min(self.config.login_queue, room),
+            )
+        #: Failed logins per name and address (a layer on the Login route; it outlives
+        #: a handler reload, as the apps' rate buckets do not).
+        self.login_throttle = LoginThrottle(
+            user_failures=self.config.login_user_failures,
+            address_failures=self.config.login_address_failures,
+            lockout=self.config.login_lockout,
+            lockout_max=self.config.login_lockout_max,
+        )
         self.sessions = SessionManager(
             session_ttl=self.config.session_ttl,
             token_ttl=self.config.token_ttl,
@@ -184,10 +202,25 @@ class Server:
         return self.registry._id_by_class.get(cls)
 
     def _build_chains(self, app_routes: list[tuple[App, Route]]) -> None:
-        deadline = Deadline(self.config.handler_timeout)
+        config = self.config
+        deadline = Deadline(config.handler_timeout)
+        # Inside the gate, so a refused anonymous frame spends no token; every layer here
+        # returns call_next for a route it has nothing to do with (Route.fused stays).
+        limits: list[Middleware] = [self.login_throttle]
+        if config.conn_rate:
+            per_conn = Limit.of(config.conn_rate, config.conn_burst, "connection")
+            limits.append(RateLimit(per_conn, shared=True))
+        by_app = {id(app): RateLimit(app.limit) for app, _ in app_routes}
         for app, route in app_routes:
             # The gate is not in self.middleware: a custom list must not drop it.
-            layers = [*self.middleware, self._gate, *app.middleware, deadline]
+            layers = [
+                *self.middleware,
+                self._gate,
+                *limits,
+                by_app[id(app)],
+                *app.middleware,
+                deadline,
+            ]
             route.call, route.fused = compose_fusable(route, layers, self._innermost(route))
 
     def _innermost(self, route: Route) -> Callable[[Context, Any], Any]:

@@ -33,6 +33,7 @@ from protocol.proto.system_pb2 import (
 from protocol.system import PROTOCOL_VERSION
 from server.app import App, Context
 from server.errors import HandlerError
+from server.ratelimit import WrongCredentials
 from server.sessions import Session
 from server.store import StoreError, is_reported
 
@@ -85,7 +86,7 @@ def system_app() -> App:
         user_id = await server.authenticator.authenticate(msg.user, msg.password, msg.device)
         if user_id is None:
             log.info("login refused", extra={"conn": ctx.conn.id, "user": msg.user})
-            raise HandlerError(ErrorCode.UNAUTHENTICATED, "wrong user name or password")
+            raise WrongCredentials()  # counted by the login throttle (server/ratelimit.py)
         session, token = await server.sessions.login(ctx.conn, user_id, msg.device)
         try:
             await _take_inbox(ctx, session)
