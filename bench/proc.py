@@ -87,6 +87,9 @@ class ServerProcess:
         self._tail: deque[str] = deque(maxlen=40)
         self._found: queue.Queue[tuple[str, int] | None] = queue.Queue()
         self._reader: threading.Thread | None = None
+        #: Lines the server wrote to stderr so far, and how many began a traceback.
+        self.lines = 0
+        self.tracebacks = 0
 
     @property
     def pid(self) -> int:
@@ -134,6 +137,9 @@ class ServerProcess:
         for raw in self._proc.stderr:
             line = raw.decode(errors="replace").rstrip()
             self._tail.append(line)
+            self.lines += 1
+            if line.startswith("Traceback"):
+                self.tracebacks += 1
             if not announced:
                 match = _LISTENING.search(line)
                 if match:

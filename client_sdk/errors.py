@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import re
+
 from protocol.errors import ErrorCode, code_name
+
+#: How the server says when to try again, in RATE_LIMITED and OVERLOADED messages.
+_RETRY = re.compile(r"retry after (\d+) ms")
 
 
 class ClientError(Exception):
@@ -23,6 +28,10 @@ class ServerError(ClientError):
         self.code = code
         self.message = message
         self.request_msg_id = request_msg_id
+        found = _RETRY.search(message)
+        #: Seconds the server asked the client to wait before trying again ("retry after
+        #: N ms" in the message: RATE_LIMITED, OVERLOADED), else None.
+        self.retry_after: float | None = int(found.group(1)) / 1000 if found else None
 
 
 class BadFrame(ServerError):
@@ -50,6 +59,8 @@ class Unauthenticated(ServerError):
 
 
 class RateLimited(ServerError):
+    """Over a rate limit or a login lockout: `retry_after` says how long to wait."""
+
     code = ErrorCode.RATE_LIMITED
 
 

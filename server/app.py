@@ -15,6 +15,10 @@ answered in arrival order (docs/protocol.md, "Responses and order").
 Handlers are private: before a login, their messages get UNAUTHENTICATED. ``public=True``
 (per handler, or for a whole ``App(public=True)``) opens one to anonymous connections;
 Ping, Echo, Describe, Hello, Login and Resume are public.
+
+``rate="20/s", burst=40`` (per handler, or for every handler of an ``App(rate=...)``) puts
+a token bucket in front of a handler, counted per user by default (``per="connection"``
+or ``"message"``); past it, requests get RATE_LIMITED with the wait (server/ratelimit.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.protobuf.message import Message
 
 from protocol.registry import MessageRegistry, declared_id
+from server.ratelimit import Limit, Per
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -52,19 +57,24 @@ class Kind(Enum):
 class Context:
     """What a handler knows about the frame it is handling."""
 
-    __slots__ = ("after_reply", "conn", "flags", "msg_id", "seq")
+    __slots__ = ("after_reply", "arrived", "conn", "flags", "msg_id", "seq")
 
     #: For awaited handlers: called right after the reply is queued, before the
     #: connection's next frame runs (the session layer releases held pushes with it).
     after_reply: Callable[[], None] | None
 
+    #: For awaited handlers: when the frame arrived (time.monotonic), so the handler
+    #: deadline counts the time it waited in queues; 0.0 for sync ones (run at once).
+    arrived: float
+
     def __init__(self, conn: Connection, msg_id: int, flags: int, seq: int) -> None:
-        # One is built per frame: keep it to five stores.
+        # One is built per awaited frame: keep it to six stores.
         self.conn = conn
         self.msg_id = msg_id
         self.flags = flags
         self.seq = seq
         self.after_reply = None
+        self.arrived = 0.0
 
     @property
     def server(self) -> Server:
@@ -105,6 +115,7 @@ class Route:
         "fused",
         "handler",
         "kind",
+        "limit",
         "msg_id",
         "name",
         "ordered",
@@ -122,8 +133,11 @@ class Route:
         kind: Kind,
         ordered: bool,
         public: bool = False,
+        limit: Limit | None = None,
     ) -> None:
         self.request = request
+        #: The handler's own rate limit (the app's applies when None); see server/ratelimit.py.
+        self.limit = limit
         #: Runs without a session (the auth gate lets it through before login).
         self.public = public
         self.app_name = ""
@@ -151,10 +165,20 @@ class Route:
 class App:
     """A set of handlers and the message types they speak."""
 
-    def __init__(self, name: str = "app", *, public: bool = False) -> None:
+    def __init__(
+        self,
+        name: str = "app",
+        *,
+        public: bool = False,
+        rate: str | None = None,
+        burst: int | None = None,
+        per: Per = "user",
+    ) -> None:
         self.name = name
         #: The default of `handler(public=...)` for this app's handlers.
         self.public = public
+        #: The rate limit of every handler that declares none (each its own buckets).
+        self.limit: Limit | None = None if rate is None else Limit.of(rate, burst, per)
         self.routes: dict[type[Message], Route] = {}
         self.modules: list[ModuleType] = []
         self.middleware: list[Middleware] = []
@@ -170,11 +194,23 @@ class App:
         blocking: bool = False,
         ordered: bool = True,
         public: bool | None = None,
+        rate: str | None = None,
+        burst: int | None = None,
+        per: Per = "user",
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as the handler of `request` messages."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.add_handler(request, fn, blocking=blocking, ordered=ordered, public=public)
+            self.add_handler(
+                request,
+                fn,
+                blocking=blocking,
+                ordered=ordered,
+                public=public,
+                rate=rate,
+                burst=burst,
+                per=per,
+            )
             return fn
 
         return register
@@ -187,6 +223,9 @@ class App:
         blocking: bool = False,
         ordered: bool = True,
         public: bool | None = None,
+        rate: str | None = None,
+        burst: int | None = None,
+        per: Per = "user",
     ) -> Route:
         if declared_id(request.DESCRIPTOR) is None:
             raise ValueError(
@@ -199,7 +238,8 @@ class App:
         if blocking and is_async:
             raise ValueError(f"handler {fn.__qualname__} is async; blocking=True is for plain def")
         kind = Kind.BLOCKING if blocking else Kind.ASYNC if is_async else Kind.SYNC
-        route = Route(request, fn, kind, ordered, self.public if public is None else public)
+        limit = None if rate is None else Limit.of(rate, burst, per)
+        route = Route(request, fn, kind, ordered, self.public if public is None else public, limit)
         self.routes[request] = route
         return route
 
@@ -255,7 +295,9 @@ def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
                     f"and {app.name}"
                 )
             seen[request] = app.name
-            fresh = Route(request, route.handler, route.kind, route.ordered, route.public)
+            fresh = Route(
+                request, route.handler, route.kind, route.ordered, route.public, route.limit
+            )
             fresh.app_name = app.name
             routes.append((app, fresh))
     return routes

@@ -20,13 +20,20 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from protocol.errors import ErrorCode
+from server.errors import HandlerError
+
+T = TypeVar("T")
 
 #: scrypt cost of new hashes: n=2**14, r=8 (16 MiB), the usual interactive-login setting
 #: (its time: docs/bench.md, "Figures behind the server's design"). Checked off the event
-#: loop, in a thread.
+#: loop, in a PasswordPool thread.
 DEFAULT_N, DEFAULT_R, DEFAULT_P = 1 << 14, 8, 1
 _SCHEME = "scrypt"
 _MAX_N = 1 << 20
@@ -37,7 +44,8 @@ class Authenticator(Protocol):
         """The user id the credentials belong to, or None when they are wrong.
 
         Raising is for "cannot tell" (a database down): the login gets INTERNAL and the
-        exception is logged, which a wrong password must never cause."""
+        exception is logged, which a wrong password must never cause. A HandlerError
+        keeps its code: UsersFile's OVERLOADED when its password pool is full."""
         ...
 
 
@@ -94,6 +102,59 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+class PasswordPool:
+    """A few threads for password checks, with a bounded queue that sheds at once.
+
+    scrypt is made to be slow: a flood of logins queued on an unbounded executor makes a
+    right login wait behind all of them (minutes under a flood). Here at most `threads`
+    checks run and `queue` wait; one more raises HandlerError OVERLOADED whose message
+    says when to retry (the checks ahead of it, at the average check time lately), so the
+    client backs off instead of waiting.
+    """
+
+    def __init__(self, threads: int = 0, queue: int = 64) -> None:
+        self.threads = threads or os.cpu_count() or 1
+        self.limit = self.threads + queue
+        #: Checks running or waiting for a thread.
+        self.in_flight = 0
+        self.shed = 0
+        #: Moving average of one check's seconds, for the retry hint.
+        self.check_time = 0.05
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self.in_flight >= self.limit:
+            self.shed += 1
+            # The checks ahead of this one, `threads` at a time, at the recent check time.
+            rounds = (self.in_flight - self.threads) // self.threads + 1
+            raise HandlerError(
+                ErrorCode.OVERLOADED,
+                f"password checks are busy: retry after "
+                f"{max(1, int(rounds * self.check_time * 1000))} ms",
+            )
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="tickwire-login")
+
+        def timed() -> T:
+            began = time.perf_counter()
+            result = fn(*args)
+            # A float store from a pool thread: a lost update only skews the hint.
+            self.check_time += (time.perf_counter() - began - self.check_time) * 0.2
+            return result
+
+        self.in_flight += 1
+        try:
+            # Cancelled (the handler's deadline) while queued, the check never runs.
+            return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+        finally:
+            self.in_flight -= 1
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
 class UsersFile:
     """Users from a text file: ``name:scrypt$n$r$p$salt$hash`` per line, ``#`` comments.
 
@@ -101,16 +162,17 @@ class UsersFile:
     locking that user out later. The user id is the name.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, threads: int = 0, queue: int = 64) -> None:
         self.path = Path(path)
         self.users = load_users_file(self.path)
+        self.pool = PasswordPool(threads, queue)
         # Unknown names are checked against this, so a wrong name costs the same time as
         # a wrong password and the timing does not tell which names exist.
         self._decoy = hash_password(secrets.token_hex(8))
 
     async def authenticate(self, user: str, password: str, device: str) -> str | None:
         encoded = self.users.get(user)
-        ok = await asyncio.to_thread(verify_password, password, encoded or self._decoy)
+        ok = await self.pool.run(verify_password, password, encoded or self._decoy)
         return user if ok and encoded is not None else None
 
 

@@ -151,6 +151,66 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             le=31_536_000,
         ),
     ] = 30.0
+    login_threads: Annotated[
+        int,
+        _doc(
+            "Threads that check passwords for the users_file authenticator (scrypt); "
+            "0: one per CPU, at most 8.",
+            ge=0,
+            le=256,
+        ),
+    ] = 0
+    login_queue: Annotated[
+        int,
+        _doc(
+            "Password checks that may wait for a login thread (kept under consumers "
+            "minus login_threads minus 8, so logins cannot hold every consumer); one more "
+            "is answered OVERLOADED with the time to retry, at once.",
+            ge=0,
+            le=100_000,
+        ),
+    ] = 48
+    login_user_failures: Annotated[
+        int,
+        _doc(
+            "Failed logins in a row for one user name before its logins are refused "
+            "RATE_LIMITED (without checking the password) for login_lockout seconds, "
+            "doubling with each further failure; a success resets it. 0: no per-name limit.",
+            ge=0,
+        ),
+    ] = 5
+    login_address_failures: Annotated[
+        int,
+        _doc(
+            "The same, per client address (many users may share one behind NAT). "
+            "0: no per-address limit.",
+            ge=0,
+        ),
+    ] = 50
+    login_lockout: Annotated[
+        float,
+        _doc(
+            "Seconds of the first login lockout; 0 disables login throttling.",
+            ge=0,
+            le=86_400,
+        ),
+    ] = 1.0
+    login_lockout_max: Annotated[
+        float,
+        _doc("Longest login lockout, in seconds.", gt=0, le=86_400),
+    ] = 300.0
+    conn_rate: Annotated[
+        str,
+        _doc(
+            "Requests per connection over all message types, as N/s, N/m or N/h "
+            "(nginx limit_req rate); past conn_burst they get RATE_LIMITED. Empty: no limit.",
+            pattern=r"^$|^\s*[0-9]+(\.[0-9]+)?\s*/\s*(s|sec|m|min|h|hour)\s*$",
+        ),
+    ] = ""
+    conn_burst: Annotated[
+        int,
+        _doc("Requests a connection may send at once above conn_rate (nginx burst).", ge=1),
+    ] = 100
     slow_consumer_bytes: Annotated[
         int,
         _doc(
@@ -286,6 +346,46 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store_max_keys: Annotated[
         int, _doc("memory store: keys kept before the least recently used go; 0: no cap.", ge=0)
     ] = 0
+    store_append_only: Annotated[
+        bool,
+        _doc(
+            "memory store: also log every write beside the snapshot (<path>.aof.<n>), "
+            "written and fsynced every store_append_fsync seconds, so a kill -9 loses at "
+            "most that much rather than a snapshot interval (Redis' appendonly yes, "
+            "appendfsync everysec). Needs store_snapshot_path."
+        ),
+    ] = False
+    store_append_fsync: Annotated[
+        float,
+        _doc("memory store: seconds between append-only writes and fsyncs.", gt=0, le=60),
+    ] = 1.0
+    store_breaker_failures: Annotated[
+        int,
+        _doc(
+            "Store calls in a row that find the store unreachable before the circuit "
+            "breaker opens: store-backed requests then fail fast with OVERLOADED and a "
+            'retry hint (docs/internet.md, "When the store fails").',
+            ge=1,
+            le=1000,
+        ),
+    ] = 3
+    store_breaker_probe_interval: Annotated[
+        float,
+        _doc(
+            "Seconds between the breaker opening (or a failed probe) and the next probe "
+            "(a PING) that closes it again once the store answers.",
+            gt=0,
+            le=3600,
+        ),
+    ] = 1.0
+    max_rooms_per_session: Annotated[
+        int,
+        _doc(
+            "Rooms one session may be in at once; a join past it is refused with "
+            "OVERLOADED (server.push.RoomLimit). 0: no cap.",
+            ge=0,
+        ),
+    ] = 1000
     backlog: Annotated[int, _doc("Listen backlog.", ge=1)] = 2048
     pid_file: Annotated[
         str,

@@ -15,6 +15,16 @@ Rules this module keeps:
   connection to one of `consumers` long-lived tasks, which awaits it and then goes on with
   that connection's next frames. So a connection's frames are answered in order, different
   connections proceed in parallel, and at most `consumers` handlers are awaited at once.
+- Fairness: a consumer awaits at most `FAIR_TURN` frames of one connection in a row
+  while other connections wait for a consumer; then it puts the connection back at the
+  tail of the queue and takes the next one, so a connection pipelining slow requests
+  cannot hold a consumer (and with 64 such connections, all of them). A drain turn runs
+  one connection's sync frames up to its first awaited one: at most `mailbox_limit`
+  frames, since reading stops there.
+- Each read queued in a mailbox carries its arrival time (`Mailbox.arrivals`), and an
+  awaited frame's Context gets it (`Context.arrived`), so the handler deadline counts the
+  time the frame waited in the mailbox and the consumer queue: a request already past
+  its deadline is answered TIMEOUT without running (middleware.Deadline).
 - Handlers declared unordered are handed to a consumer on their own and the connection's
   next frames do not wait for them.
 - A sync route whose chain is only the default layers (`Route.fused`) is called directly;
@@ -40,7 +50,9 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from operator import length_hint
 from sys import getrefcount
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError, Message
@@ -77,6 +89,41 @@ AsyncWork = tuple[Route, Context, Message]
 
 #: The text of the INTERNAL answering a reply too large for max_frame.
 OVERSIZED_MESSAGE = "reply too large for max_frame"
+
+
+#: Awaited frames of one connection a consumer runs in a row while others wait for it.
+FAIR_TURN = 4
+
+
+class Mailbox(deque[Frame]):
+    """A connection's queued frames, and when each read's frames arrived: `arrivals`
+    holds [frames, time.monotonic()] per queued read, oldest first, covering the
+    mailbox front to back (frames put back after a run are the oldest, still covered)."""
+
+    __slots__ = ("arrivals",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals: deque[list[Any]] = deque()
+
+    def arrived(self, index: int) -> float:
+        """When the frame at `index` of the mailbox (as it was when a run took it) arrived."""
+        for count, stamp in self.arrivals:
+            if index < count:
+                return float(stamp)
+            index -= count
+        return monotonic()  # not stamped (not queued through submit): count from now
+
+    def taken(self, frames: int) -> None:
+        """Forget the arrival times of the first `frames` frames (run or refused)."""
+        arrivals = self.arrivals
+        while frames > 0 and arrivals:
+            head = arrivals[0]
+            if head[0] > frames:
+                head[0] -= frames
+                return
+            frames -= head[0]
+            arrivals.popleft()
 
 
 #: The refcount of a reused Context nobody kept; anything above means a handler kept it.
@@ -192,9 +239,10 @@ class Dispatcher:
                 self._ordered.append((conn, work))
                 self._wake()
             return
-        mailbox = conn.mailbox
+        # Connection.mailbox is typed as the deque it is; this module makes them all Mailboxes.
+        mailbox: Mailbox | None = conn.mailbox  # type: ignore[assignment]
         if mailbox is None:
-            mailbox = conn.mailbox = deque()
+            mailbox = conn.mailbox = Mailbox()
         size = 0
         for frame in frames:
             size += len(frame[3])
@@ -220,6 +268,7 @@ class Dispatcher:
                 Frame(msg_id, _OVERLOADED, seq, b"") for msg_id, _, seq, _ in frames[kept:]
             ]
         mailbox.extend(frames)
+        mailbox.arrivals.append([count, monotonic()])
         self.pending += count
         conn.queued_bytes += size
         self.queued_bytes += size
@@ -269,7 +318,10 @@ class Dispatcher:
         goes back into the mailbox, in order. Nothing can add to the mailbox meanwhile:
         only data_received does, and it does not run during a handler.
         """
-        mailbox = conn.mailbox
+        mailbox: Mailbox | None = conn.mailbox  # type: ignore[assignment]
+        # Where an awaited frame's arrival time comes from: the mailbox's stamps, or now
+        # for a fresh read run inline.
+        stamped = batch is None and mailbox is not None
         # Payload bytes of the frames taken from the mailbox (none for a fresh read).
         taken = 0
         if batch is None:
@@ -312,6 +364,11 @@ class Dispatcher:
                 continue
             if route.awaited:
                 own = Context(conn, msg_id, flags, seq)
+                if stamped:
+                    index = queued - length_hint(frames) - 1
+                    own.arrived = mailbox.arrived(index)  # type: ignore[union-attr]
+                else:
+                    own.arrived = monotonic()
                 if route.ordered:
                     work = (route, own, msg)
                     rest = [*frames]
@@ -373,7 +430,7 @@ class Dispatcher:
         if rest:
             left = len(rest)
             if mailbox is None:
-                mailbox = conn.mailbox = deque()
+                mailbox = conn.mailbox = Mailbox()
             if taken:
                 self._requeued(conn, batch, taken, left)
             else:
@@ -384,6 +441,10 @@ class Dispatcher:
             self.queued_bytes -= taken
             if self.parked:
                 self._unpark()
+        if stamped:
+            mailbox.taken(queued - left)  # type: ignore[union-attr]
+        elif left:
+            mailbox.arrivals.append([left, monotonic()])  # type: ignore[union-attr]
         self.pending -= queued - left
         if out:
             conn.flush()
@@ -606,12 +667,19 @@ class Dispatcher:
             if ordered:
                 conn, work = ordered.popleft()
                 item = work
+                turn = FAIR_TURN
                 while item is not None:
                     if conn.closing:  # gone while it waited: run nothing more for it
                         self.run_connection(conn)
                         break
                     await self._run_awaited(conn, item, ordered=True)
                     item = self.run_connection(conn)
+                    turn -= 1
+                    if item is not None and turn <= 0 and ordered:
+                        # Others are waiting: back to the tail (still scheduled, so its
+                        # new frames queue behind this one).
+                        ordered.append((conn, item))
+                        break
             else:
                 conn, work = unordered.popleft()
                 if conn.closing:

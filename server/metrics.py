@@ -195,12 +195,41 @@ class ServerCollector:
             "The worst lag since the previous scrape.",
             value=self.loop_lag.take_max(),
         )
+        yield from self._store_metrics()
         latency = HistogramMetricFamily(
             "tickwire_handler_seconds", "Handler time, by message type.", labels=["message"]
         )
         for name, histogram in sorted(self.timing.histograms.items()):
             latency.add_metric([name], histogram.buckets(), sum_value=histogram.sum)
         yield latency
+
+    def _store_metrics(self) -> Iterator[Metric]:
+        server = self.server
+        breaker = server.breaker
+        if breaker is not None:
+            yield GaugeMetricFamily(
+                "tickwire_store_breaker_state",
+                "The store's circuit breaker: 0 closed (calls go through), 1 open (they "
+                "fail fast), 2 half-open (a probe runs).",
+                value=int(breaker.state),
+            )
+            yield CounterMetricFamily(
+                "tickwire_store_breaker_trips",
+                "Times the breaker opened: store outages.",
+                value=breaker.trips,
+            )
+            yield CounterMetricFamily(
+                "tickwire_store_refused",
+                "Store calls failed fast while the breaker was open.",
+                value=breaker.refused,
+            )
+        queue = server.pusher.offline_queue
+        if queue is not None:
+            yield CounterMetricFamily(
+                "tickwire_offline_pushes_lost",
+                "Offline pushes (per recipient) the inbox could not store.",
+                value=queue.lost,
+            )
 
 
 class LoopLag:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.message import Message
@@ -149,10 +150,17 @@ class Counters:
 
 
 class Deadline:
-    """Bounds awaited handlers by `seconds`; the reply becomes TIMEOUT (via ErrorRecovery).
+    """Bounds awaited requests by `seconds` from their arrival; the reply becomes TIMEOUT
+    (via ErrorRecovery).
 
-    Sync handlers run inline and cannot be interrupted, so they pass through untouched. A
-    blocking handler's thread runs on after its deadline; only its late result is dropped.
+    The clock starts when the frame arrived (`Context.arrived`), not when a consumer took
+    it: a request that waited its whole deadline in a queue (the mailbox, the consumer
+    queue) is answered TIMEOUT without running, since its client has given up on it by
+    then and running it would only delay the requests behind it; one that waited part of
+    it gets the rest. Time in the password pool's queue is inside the handler, so it
+    counts too. Sync handlers run inline and cannot be interrupted, so they pass through
+    untouched. A blocking handler's thread runs on after its deadline; only its late
+    result is dropped.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -165,12 +173,18 @@ class Deadline:
         seconds = self.seconds
 
         name = route.name
+        queued_text = f"{name} waited in a queue past its {seconds:g} s deadline; not run"
 
         async def bounded(ctx: Context, msg: Any) -> Message | None:
+            left = seconds
+            if ctx.arrived:
+                left -= monotonic() - ctx.arrived
+                if left <= 0:
+                    raise HandlerError(ErrorCode.TIMEOUT, queued_text)
             # Only this layer's own timeout becomes TIMEOUT; a TimeoutError the handler
             # raised itself (a socket, a database) stays an INTERNAL error.
             try:
-                async with asyncio.timeout(seconds) as scope:
+                async with asyncio.timeout(left) as scope:
                     return await acall(ctx, msg)
             except TimeoutError:
                 if scope.expired():

@@ -36,8 +36,10 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import Message
 from hdrh.histogram import HdrHistogram
 
+from protocol.errors import ErrorCode
 from protocol.frame import HEADER, MIN_LENGTH, Flags
-from server.store import StoreError
+from server.errors import HandlerError
+from server.store import StoreError, is_reported
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -144,6 +146,22 @@ class PushBuffer:
         return missing, gap
 
 
+class RoomLimit(HandlerError):
+    """A session tried to join one room more than ``max_rooms_per_session`` allows.
+
+    OVERLOADED, the protocol's code for "refused to keep the server bounded": the
+    request is well-formed, and it would succeed after the session leaves a room. An app
+    that wants its own code catches this around ``room.join`` and raises that instead.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            ErrorCode.OVERLOADED,
+            f"this session is in {limit} rooms, the most one may be in: leave one first",
+        )
+        self.limit = limit
+
+
 class Room:
     """A named set of sessions on this node that broadcasts go to.
 
@@ -169,10 +187,18 @@ class Room:
         return dict(self.pusher.room_members.get(self.name, {}))
 
     def join(self, session: Session) -> bool:
-        """Add `session`; False if it was already a member."""
-        members = self.pusher.room_members.setdefault(self.name, {})
-        if session.session_id in members:
+        """Add `session`; False if it was already a member. A session already in
+        `Pusher.max_rooms` rooms is refused with :class:`RoomLimit` (an OVERLOADED
+        HandlerError: raised from a handler, it is the client's answer)."""
+        pusher = self.pusher
+        members = pusher.room_members.get(self.name)
+        if members is not None and session.session_id in members:
             return False
+        cap = pusher.max_rooms
+        if cap and len(session.rooms) >= cap:
+            raise RoomLimit(cap)
+        if members is None:
+            members = pusher.room_members[self.name] = {}
         members[session.session_id] = session
         session.rooms.add(self.name)
         return True
@@ -223,6 +249,9 @@ class Pusher:
         self.offline_queue: OfflineQueue | None = None
         #: Members of every room with any, by room name then session id.
         self.room_members: dict[str, dict[str, Session]] = {}
+        #: Rooms one session may be in at once (0: no cap); the server sets it from
+        #: max_rooms_per_session at start.
+        self.max_rooms = 0
         #: Message types pushed as latest-value, with the function giving a value's key.
         self.latest_keys: dict[type[Message], LatestKey] = {}
         #: perf_counter() of each fan-out made this iteration, until its flush is done.
@@ -475,7 +504,8 @@ class OfflineQueue:
                     await self.inbox.put(user_ids, msg_id, payload)
                 except StoreError as exc:
                     self.lost += len(user_ids)
-                    log.error("offline push to %d users lost: %s", len(user_ids), exc)
+                    if not is_reported(exc):  # an outage's are counted, said once
+                        log.error("offline push to %d users lost: %s", len(user_ids), exc)
                 except Exception:  # one bad item must not stall every one behind it
                     self.lost += len(user_ids)
                     log.exception("offline push to %d users lost", len(user_ids))

@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import resource
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 from google.protobuf.message import Message
@@ -37,9 +39,10 @@ from server.middleware import (
 )
 from server.outbox import Outbox
 from server.push import OfflineQueue, Pusher, Room
+from server.ratelimit import Limit, LoginThrottle, RateLimit
 from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
-from server.store import MemoryStore, Store, StoreError, open_store
+from server.store import BreakerStore, MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
 
 log = logging.getLogger("tickwire.server")
@@ -48,6 +51,10 @@ log = logging.getLogger("tickwire.server")
 #: the store's connection pool, log files, the metrics listener, a restart's handover.
 #: A connection past the rest still gets its TOO_MANY_CONNECTIONS from one of them.
 FD_RESERVE = 128
+
+#: Rooms an ended session leaves per loop iteration (with their room-left hooks), so a
+#: session in many rooms does not hold the loop (docs/internet.md, "Rooms").
+ROOMS_PER_ITERATION = 256
 
 
 class Server:
@@ -63,7 +70,23 @@ class Server:
         #: the config) every login is refused, and only public handlers can be used.
         self.authenticator: Authenticator | None = authenticator
         if authenticator is None and self.config.users_file:
-            self.authenticator = UsersFile(self.config.users_file)
+            threads = self.config.login_threads or min(8, os.cpu_count() or 1)
+            # Checks in the pool hold consumers; a pool that could hold all of them would
+            # never fill, and the consumer queue would grow instead: keep 8 back.
+            room = max(0, self.config.consumers - threads - 8)
+            self.authenticator = UsersFile(
+                self.config.users_file,
+                threads=threads,
+                queue=min(self.config.login_queue, room),
+            )
+        #: Failed logins per name and address (a layer on the Login route; it outlives
+        #: a handler reload, as the apps' rate buckets do not).
+        self.login_throttle = LoginThrottle(
+            user_failures=self.config.login_user_failures,
+            address_failures=self.config.login_address_failures,
+            lockout=self.config.login_lockout,
+            lockout_max=self.config.login_lockout_max,
+        )
         self.sessions = SessionManager(
             session_ttl=self.config.session_ttl,
             token_ttl=self.config.token_ttl,
@@ -125,6 +148,8 @@ class Server:
         self.metrics_address: tuple[str, int] | None = None
         #: Opened by start(): sessions, tokens and every app's ctx.cache live here.
         self.store: Store | None = None
+        #: The same store as its circuit breaker (state and counters for the metrics).
+        self.breaker: BreakerStore | None = None
         self._caches: dict[str, Store] = {}
         self.accepting = False
         self._gate = AuthGate()
@@ -179,10 +204,25 @@ class Server:
         return self.registry._id_by_class.get(cls)
 
     def _build_chains(self, app_routes: list[tuple[App, Route]]) -> None:
-        deadline = Deadline(self.config.handler_timeout)
+        config = self.config
+        deadline = Deadline(config.handler_timeout)
+        # Inside the gate, so a refused anonymous frame spends no token; every layer here
+        # returns call_next for a route it has nothing to do with (Route.fused stays).
+        limits: list[Middleware] = [self.login_throttle]
+        if config.conn_rate:
+            per_conn = Limit.of(config.conn_rate, config.conn_burst, "connection")
+            limits.append(RateLimit(per_conn, shared=True))
+        by_app = {id(app): RateLimit(app.limit) for app, _ in app_routes}
         for app, route in app_routes:
             # The gate is not in self.middleware: a custom list must not drop it.
-            layers = [*self.middleware, self._gate, *app.middleware, deadline]
+            layers = [
+                *self.middleware,
+                self._gate,
+                *limits,
+                by_app[id(app)],
+                *app.middleware,
+                deadline,
+            ]
             route.call, route.fused = compose_fusable(route, layers, self._innermost(route))
 
     def _innermost(self, route: Route) -> Callable[[Context, Any], Any]:
@@ -206,13 +246,24 @@ class Server:
         config = self.config
         self.max_connections = connection_cap(config.max_connections, raise_open_file_limit())
         # First: a store that cannot be reached fails the start, before we accept anyone.
-        self.store = await open_store(
+        backend = await open_store(
             config.store,
             redis_url=config.redis_url,
             snapshot_path=config.store_snapshot_path or None,
             snapshot_interval=config.store_snapshot_interval,
             max_keys=config.store_max_keys or None,
+            append_only=config.store_append_only,
+            append_fsync=config.store_append_fsync,
         )
+        # Every store call from here on (sessions, inbox, ctx.cache) goes through the
+        # circuit breaker: a store that stops answering costs requests nothing.
+        self.store = self.breaker = BreakerStore(
+            backend,
+            failures=config.store_breaker_failures,
+            probe_interval=config.store_breaker_probe_interval,
+        )
+        self.breaker.on_recovery.append(self.sessions.store_recovered)
+        self.pusher.max_rooms = config.max_rooms_per_session
         self.sessions.bind(self.store)
         self.inbox = Inbox(self.store, max_per_user=config.inbox_max, ttl=config.inbox_ttl)
         self.pusher.offline_queue = OfflineQueue(self.inbox, loop)
@@ -247,17 +298,24 @@ class Server:
     async def before_handover(self) -> None:
         """A successor is about to start and restore the memory store's snapshot: write it
         now, so sessions made since the last periodic snapshot come along."""
-        store = self.store
+        store = self.backend
         if isinstance(store, MemoryStore) and store.path is not None:
             await self.sessions.flush()
             # The successor resumes these sessions: their unacknowledged pushes go along.
             await self.sessions.save_pushes(self.sessions.all_sessions())
-            await store.snapshot()
+            # Clean: the successor may trust the pushes saved with each session.
+            await store.snapshot(clean=True)
 
     def after_handover(self) -> None:
         """The successor serves: the snapshot file is its own from now on."""
-        if isinstance(self.store, MemoryStore):
-            self.store.release_snapshot()
+        store = self.backend
+        if isinstance(store, MemoryStore):
+            store.release_snapshot()
+
+    @property
+    def backend(self) -> Store | None:
+        """The store behind the breaker (a MemoryStore or a RedisStore), once started."""
+        return self.breaker.base if self.breaker is not None else None
 
     # -- push -------------------------------------------------------------------------
 
@@ -284,18 +342,35 @@ class Server:
         await self.pusher.inbox_settled(user_id)
 
     def _session_ended(self, session: Session, reason: EndReason) -> None:
-        for name in list(session.rooms):
-            self.pusher.leave(name, session)
-            for hook in self._room_left:
-                try:
-                    hook(self, name, session)
-                except Exception:
-                    log.exception("room-left hook %r raised", hook)
+        if session.rooms:
+            # The session object keeps its old set; a join it could still make starts
+            # a new one, which the chunks below never touch.
+            names = iter(session.rooms)
+            session.rooms = set()
+            self._leave_rooms(session, names)
         # Replaced by a newer login, or never resumed: what it was pushed and never
         # acknowledged reaches the user at the next login. A logout or a removal asked
         # for the session to end, pushes included.
         if reason in (EndReason.REPLACED, EndReason.EXPIRED, EndReason.FAILED):
             self.pusher.keep_unacked(session)
+
+    def _leave_rooms(self, session: Session, names: Iterator[str]) -> None:
+        """Take an ended session out of its rooms, ROOMS_PER_ITERATION at a time: a
+        session in thousands of rooms (each with its room-left hooks, a broadcast in the
+        chat example) must not hold the loop for all of them at once."""
+        leave = self.pusher.leave
+        hooks = self._room_left
+        done = 0
+        for name in islice(names, ROOMS_PER_ITERATION):
+            done += 1
+            leave(name, session)
+            for hook in hooks:
+                try:
+                    hook(self, name, session)
+                except Exception:
+                    log.exception("room-left hook %r raised", hook)
+        if done == ROOMS_PER_ITERATION:
+            self.loop.call_soon(self._leave_rooms, session, names)
 
     async def flush_pushes(self, timeout: float | None = None) -> None:
         """Wait until the offline-inbox writes queued so far are done."""

@@ -40,13 +40,18 @@ import msgspec
 from protocol.errors import ErrorCode
 from server.errors import HandlerError
 from server.push import Buffered, PushBuffer, Pushed
-from server.store.errors import StoreError
+from server.store.breaker import is_reported
+from server.store.errors import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from server.connection import Connection
     from server.store import Store
 
 log = logging.getLogger("tickwire.sessions")
+
+#: The largest last_push_seq a Resume's claim is believed up to: far past any real count,
+#: and far enough below 2**64 that the sequence never runs out of the wire's u64.
+MAX_CLAIMED_SEQ = 2**62
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_data = msgspec.msgpack.Decoder(dict[str, Any]).decode
@@ -116,6 +121,7 @@ class Session:
         "held_from",
         "manager",
         "pushes",
+        "pushes_lost",
         "restored",
         "rooms",
         "session_id",
@@ -136,6 +142,7 @@ class Session:
         data: dict[str, Any] | None = None,
         last_push_seq: int = 0,
         pushed: list[Buffered] | None = None,
+        pushes_lost: bool = False,
     ) -> None:
         self.manager = manager
         self.user_id = user_id
@@ -156,6 +163,10 @@ class Session:
         #: The pushes a session rebuilt from the store came back with; a server stop also
         #: put them in the user's inbox, so the Resume takes them out of it once.
         self.restored: list[Pushed] = [(msg_id, payload) for _, msg_id, payload in pushed]
+        #: Pushes after the client's last seen may have been lost: the process that held
+        #: the session last did not save them at a stop (a crash, another node still
+        #: holding it). The next ResumeReply says push_gap, then this is cleared.
+        self.pushes_lost = pushes_lost
         #: The push sequence when the session was last held (attached): pushes after it
         #: have not been written yet.
         self.held_from = 0
@@ -252,6 +263,9 @@ class SessionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_connected: list[ConnectedCallback] = []
         self._on_disconnected: list[DisconnectedCallback] = []
+        #: Sessions whose disconnect the store missed (it was unreachable): their records
+        #: still say "connected", with the long TTL; store_recovered sets that right.
+        self._unsaved: dict[str, Session] = {}
 
     @property
     def store(self) -> Store:
@@ -286,6 +300,11 @@ class SessionManager:
         async def run() -> None:
             try:
                 await awaitable
+            except StoreError as exc:
+                # A disconnect's or a failed login's store write: one line, no traceback,
+                # and none at all during an outage the breaker has reported.
+                if not is_reported(exc):
+                    log.error("session store write failed: %s", exc)
             except Exception:
                 log.exception("session task failed")
 
@@ -445,7 +464,8 @@ class SessionManager:
             self._attach(session, conn)
             try:
                 batch = store.batch()
-                batch.hset(_session_key(session_id), self._where(conn))
+                # The pushes saved at a stop, if any, stop being the whole story now.
+                batch.hset(_session_key(session_id), {**self._where(conn), "pclean": b""})
                 batch.expire(_session_key(session_id), self._connected_ttl)
                 batch.expire(_user_key(user_id), self._connected_ttl)
                 await batch.run()
@@ -461,13 +481,24 @@ class SessionManager:
         self, sid: str, user_id: str, hashed: str, record: dict[str, bytes], seen: int
     ) -> Session:
         """A session this node does not hold (another node had it, or the process
-        restarted): data and the pushes held at its disconnect come from the record."""
+        restarted): data and the pushes saved at a stop come from the record.
+
+        Whether the record's pushes are the whole story is the ``pclean`` field: a
+        stop's save_pushes sets it with them, every Resume (one store batch it makes
+        anyway) clears it, and a Login's new record has none. So a session whose last
+        holder crashed, or is another node still holding it, reads as "pushes after the
+        client's last seen may be lost" (push_gap), with no store write per push. A
+        memory store restored from a snapshot a crash left behind trusts no ``pclean``
+        (Store.restored_clean): the snapshot may predate the Resume that cleared it."""
         pushed = _load_pushed(record.get("pbuf"))
         stored = int(record.get("pseq", b"0") or 0)
-        # The client may have seen pushes after the stored sequence (a node that still
-        # had it connected); go on after those, but never further than a buffer's worth
-        # past what the store knows: the client's number is not to be trusted blindly.
-        base = max(stored, min(seen, stored + self.push_buffer))
+        clean = record.get("pclean") == b"1" and self.store.restored_clean
+        # New pushes go on above anything the client may have seen, or it would drop
+        # them as repeats. A claim past MAX_CLAIMED_SEQ cannot be true (and would run
+        # the wire's u64 out); it is ignored, and the reply says push_gap.
+        claimed = seen if seen <= MAX_CLAIMED_SEQ else stored
+        base = max(stored, claimed)
+        lost = not clean or seen > stored
         return Session(
             self,
             user_id,
@@ -479,6 +510,7 @@ class SessionManager:
             _load_data(record.get("data")),
             base,
             pushed,
+            pushes_lost=lost,
         )
 
     def holds(self, session: Session) -> bool:
@@ -664,7 +696,37 @@ class SessionManager:
     async def _persist_disconnected(self, session: Session) -> None:
         # Under the user's lock, and only while the session still waits: a Resume that
         # got in first must not be overwritten with "disconnected" (and a short TTL).
-        await self._locked(session.user_id, lambda: self._write_disconnected(session))
+        try:
+            await self._locked(session.user_id, lambda: self._write_disconnected(session))
+        except StoreUnavailable:
+            self._unsaved[session.session_id] = session
+            raise
+
+    def store_recovered(self) -> None:
+        """The store answers again (the breaker's on_recovery): write the disconnects it
+        missed, or, for a session that ended meanwhile (it expired, say), remove the
+        record that still calls it connected. Left as it was, such a record would keep
+        the session "connected" for token_ttl, refusing the user's logins under
+        duplicate_login = reject, and resumable after its session_ttl."""
+        unsaved, self._unsaved = self._unsaved, {}
+        for session in unsaved.values():
+            if self.waiting.get(session.session_id) is session:
+                self._spawn(self._persist_disconnected(session))
+            elif not self.holds(session):
+                self._spawn(self._forget(session))
+
+    async def _forget(self, session: Session) -> None:
+        async def work() -> None:
+            key = _session_key(session.session_id)
+            record = await self.store.hgetall(key)
+            # Only if it is still ours: a Resume elsewhere may have taken it over.
+            if (
+                record.get("token") == session.token_hash.encode()
+                and record.get("node") == self.node.encode()
+            ):
+                await self._delete(session.session_id, session.user_id, session.token_hash)
+
+        await self._locked(session.user_id, work)
 
     async def _write_disconnected(self, session: Session) -> None:
         if session.conn is not None:
@@ -694,6 +756,8 @@ class SessionManager:
         would keep a private copy of up to push_buffer pushes in the store, where the live
         buffer shares them (docs/bench.md, "Figures behind the server's design")."""
         store = self.store
+        failed = 0
+        reason: StoreError | None = None
         for session in sessions:
             key = _session_key(session.session_id)
             try:
@@ -704,10 +768,20 @@ class SessionManager:
                     {
                         "pseq": str(session.pushes.last_seq).encode(),
                         "pbuf": _encode_pushed(session.pushes.entries()),
+                        # What a Resume elsewhere may trust: these are all there were.
+                        "pclean": b"1",
                     },
                 )
             except StoreError as exc:
-                log.error("pushes of session %s not saved: %s", session.session_id, exc)
+                failed += 1
+                reason = exc
+        if reason is not None:
+            # One line for all of them: with the store down, each would say the same.
+            log.error(
+                "pushes of %d sessions not saved (a Resume will report push_gap): %s",
+                failed,
+                reason,
+            )
 
     def connection_closed(self, conn: Connection) -> None:
         """The connection is gone: its session (if any) waits `session_ttl` for a Resume."""

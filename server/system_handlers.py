@@ -33,8 +33,9 @@ from protocol.proto.system_pb2 import (
 from protocol.system import PROTOCOL_VERSION
 from server.app import App, Context
 from server.errors import HandlerError
+from server.ratelimit import WrongCredentials
 from server.sessions import Session
-from server.store import StoreError
+from server.store import StoreError, is_reported
 
 log = logging.getLogger("tickwire.sessions")
 
@@ -85,7 +86,7 @@ def system_app() -> App:
         user_id = await server.authenticator.authenticate(msg.user, msg.password, msg.device)
         if user_id is None:
             log.info("login refused", extra={"conn": ctx.conn.id, "user": msg.user})
-            raise HandlerError(ErrorCode.UNAUTHENTICATED, "wrong user name or password")
+            raise WrongCredentials()  # counted by the login throttle (server/ratelimit.py)
         session, token = await server.sessions.login(ctx.conn, user_id, msg.device)
         try:
             await _take_inbox(ctx, session)
@@ -117,6 +118,11 @@ def system_app() -> App:
         seen = msg.last_push_seq
         session = await server.sessions.resume(ctx.conn, msg.token, seen)
         _, gap = session.pushes.since(seen)
+        if session.pushes_lost:
+            # Rebuilt from a record its last holder did not save at a stop: pushes after
+            # `seen` may have died with that process (docs/internet.md, "No silent loss").
+            gap = True
+            session.pushes_lost = False
         # What the client says it saw needs no replay ever again: an implicit PushAck.
         session.pushes.ack(seen)
         last = session.pushes.last_seq
@@ -163,8 +169,10 @@ async def _take_inbox(ctx: Context, session: Session) -> None:
         await server.inbox_settled(session.user_id)
         taken = await inbox.take(session.user_id)
     except StoreError as exc:
-        # The login stands; what waits in the inbox stays there for the next one.
-        log.error("inbox of %s not delivered: %s", session.user_id, exc)
+        # The login stands; what waits in the inbox stays there for the next one. During
+        # an outage the breaker has said so once: no line per login.
+        if not is_reported(exc):
+            log.error("inbox of %s not delivered: %s", session.user_id, exc)
         return
     if session.restored:
         # A stop put these in the inbox as well as in the session record the Resume

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
+from protocol.errors import ErrorCode
 from server.auth import (
     MemoryUsers,
+    PasswordPool,
     UsersFile,
     UsersFileError,
     add_user,
@@ -15,6 +19,7 @@ from server.auth import (
     load_users_file,
     verify_password,
 )
+from server.errors import HandlerError
 from server.store import MemoryStore
 from tools.cli import main as tickwire
 
@@ -119,3 +124,33 @@ async def test_released_snapshot_is_not_written_at_close(tmp_path: Path) -> None
     store.release_snapshot()
     await store.close()
     assert not path.exists()
+
+
+async def test_the_password_pool_sheds_past_its_queue_at_once() -> None:
+    pool = PasswordPool(threads=1, queue=1)
+    release = threading.Event()
+    checks = [asyncio.create_task(pool.run(release.wait)) for _ in range(2)]
+    await asyncio.sleep(0)  # both started: one on the thread, one queued
+    assert pool.in_flight == 2
+    with pytest.raises(HandlerError) as info:
+        await pool.run(release.wait)
+    assert info.value.code == ErrorCode.OVERLOADED
+    assert "password checks are busy: retry after" in info.value.message
+    assert pool.shed == 1
+    release.set()
+    assert await asyncio.gather(*checks) == [True, True]
+    assert await pool.run(lambda: "room again") == "room again"
+    pool.close()
+
+
+async def test_users_file_checks_on_its_bounded_pool(tmp_path: Path) -> None:
+    path = tmp_path / "users.txt"
+    add_user(path, "ann", "pw", n=1 << 12)
+    users = UsersFile(path, threads=1, queue=1)
+    results = await asyncio.gather(
+        *(users.authenticate("ann", "pw", "") for _ in range(5)), return_exceptions=True
+    )
+    assert results[:2] == ["ann", "ann"]
+    assert all(isinstance(r, HandlerError) and r.code == ErrorCode.OVERLOADED for r in results[2:])
+    assert await users.authenticate("ann", "pw", "") == "ann"
+    users.pool.close()

@@ -17,6 +17,11 @@ Decisions, each a choice a real service could make differently:
   ``store = "redis"`` every node shows the same history. Room membership does not: rooms
   are per node (``server.room``), so after a restart clients join again, and the history
   catches them up. The price is that join and say are async handlers (a store call each).
+- **Lines are rate-limited per user**: `say_rate` (10 a second) with a burst of
+  `say_burst` (20), nginx ``limit_req`` style, counted per user over all their
+  connections; past it a Say gets RATE_LIMITED with the wait, and nothing is broadcast
+  or stored. Joins are limited the same way (`join_rate`), since each one reads the
+  room's history from the store. A line is at most `max_text` characters (1,000).
 - A session that joins sees, in the reply, the history up to the moment it joined; a
   line said while the history is being read may, on Redis, also arrive as a push just
   before the reply (a duplicate, never a gap).
@@ -43,7 +48,7 @@ from examples.chat.chat_pb2 import (
 from protocol.errors import ErrorCode
 from server import App, Context, HandlerError, Server
 from server.sessions import Session
-from server.store import Store, StoreError
+from server.store import Store, StoreError, is_reported
 
 log = logging.getLogger("tickwire.chat")
 
@@ -55,6 +60,10 @@ MAX_TEXT = 1000
 MAX_ROOM = 64
 #: Seconds a room's history is kept after its last line.
 HISTORY_TTL = 7 * 24 * 3600.0
+#: Lines a user may say, per second on average and at once (server/ratelimit.py).
+SAY_RATE, SAY_BURST = "10/s", 20
+#: Joins a user may make, likewise: each reads the room's history from the store.
+JOIN_RATE, JOIN_BURST = "5/s", 20
 
 _SEQ_BYTES = 8
 
@@ -120,15 +129,20 @@ def make_app(
     history: int = HISTORY,
     max_text: int = MAX_TEXT,
     history_ttl: float = HISTORY_TTL,
+    say_rate: str | None = SAY_RATE,
+    say_burst: int = SAY_BURST,
+    join_rate: str | None = JOIN_RATE,
+    join_burst: int = JOIN_BURST,
 ) -> App:
-    """A chat App keeping `history` lines per room (0: none) and refusing lines longer
-    than `max_text` characters."""
+    """A chat App keeping `history` lines per room (0: none), refusing lines longer than
+    `max_text` characters, and limiting each user to `say_rate` lines and `join_rate`
+    joins (None: no limit)."""
     if history < 0 or max_text < 1 or history_ttl <= 0:
         raise ValueError("history must be >= 0, max_text >= 1 and history_ttl > 0")
     app = App("chat")
     app.add_module(chat_pb2)  # Line, MemberJoined and MemberLeft are pushed, never requested
 
-    @app.handler(JoinRequest)
+    @app.handler(JoinRequest, rate=join_rate, burst=join_burst)
     async def join(ctx: Context, msg: JoinRequest) -> JoinReply:
         session = _session(ctx)
         name = _room_name(msg.room)
@@ -140,7 +154,7 @@ def make_app(
         lines = await read_history(ctx.cache, name, history)
         return JoinReply(room=name, history=lines, members=sorted(room.user_ids()))
 
-    @app.handler(SayRequest)
+    @app.handler(SayRequest, rate=say_rate, burst=say_burst)
     async def say(ctx: Context, msg: SayRequest) -> SayReply:
         session = _session(ctx)
         if msg.room not in session.rooms:
@@ -161,8 +175,10 @@ def make_app(
             try:
                 await append_history(ctx.cache, msg.room, line, history, history_ttl)
             except StoreError as exc:
-                # The line reached the room; only its place in the history is lost.
-                log.warning("chat history of %r not written: %s", msg.room, exc)
+                # The line reached the room; only its place in the history is lost. While
+                # the store is down the breaker has logged the outage once: no line each.
+                if not is_reported(exc):
+                    log.warning("chat history of %r not written: %s", msg.room, exc)
         return SayReply()
 
     @app.handler(LeaveRequest)

@@ -328,6 +328,20 @@ class Store(ABC):
 
     # -- lifecycle -------------------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Round-trip to the backend; StoreUnavailable when it does not answer. What the
+        circuit breaker probes with (server/store/breaker.py). An embedded backend is
+        always there."""
+        return None
+
+    @property
+    def restored_clean(self) -> bool:
+        """False when the contents came back from a state that a crash left behind (a
+        memory snapshot written while the previous process was still running): records
+        that say "saved cleanly at a stop" may then be older than what happened after
+        them. True for a backend that keeps its own state (Redis) and a fresh store."""
+        return True
+
     @abstractmethod
     async def close(self) -> None:
         """Release the backend (connections, background tasks; the memory backend writes
@@ -444,6 +458,13 @@ class NamespacedStore(Store):
 
     async def sismember(self, key: str, member: bytes) -> bool:
         return await self.base.sismember(self.prefix + key, member)
+
+    async def ping(self) -> None:
+        await self.base.ping()
+
+    @property
+    def restored_clean(self) -> bool:
+        return self.base.restored_clean
 
     async def close(self) -> None:
         """Nothing: the view does not own the store, and one app shutting down must not

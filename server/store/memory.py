@@ -19,6 +19,12 @@ Why it is built the way it is:
   behind a header with the payload's length and CRC-32: a truncated or damaged file is
   recognised as such, reported, and skipped rather than half-loaded.
 
+- **An optional append-only log** (``append_only``) for what a snapshot interval would
+  lose to a crash: each write appends a small msgpack record to a list on the loop, and
+  a task writes and fsyncs the list every ``append_fsync`` seconds in a thread, as
+  Redis' ``appendfsync everysec``. A snapshot turns the log over (generations named in
+  the snapshot), so no rewrite is ever needed and no record is ever replayed twice.
+
 Every operation is O(1) (plus the size of what it is given or returns) except
 :meth:`MemoryStore.sweep`, :meth:`MemoryStore.snapshot`, the restore and
 :meth:`MemoryStore.scan_prefix`. No operation awaits, so each one is atomic with respect
@@ -38,6 +44,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Final
 
@@ -81,9 +88,16 @@ class Snapshot(msgspec.Struct):
     keys: list[str]
     values: list[bytes | dict[str, bytes] | set[bytes]]
     expires: dict[str, float]
+    #: The first append-only file generation whose operations came after this instant
+    #: (0: the store logged none).
+    aof_generation: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder()
+#: Append-only log records: a u32 big-endian length, then one msgpack array.
+_AOF_LENGTH: Final = struct.Struct(">I")
+_aof_encode = msgspec.msgpack.Encoder().encode
+_aof_decode = msgspec.msgpack.Decoder().decode
 _decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
@@ -145,12 +159,66 @@ def _write_atomic(path: Path, blob: bytes) -> None:
             tmp.unlink()
         raise
     # The rename itself is durable only once the folder is synced; best effort.
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename or an unlink in it survives a power loss; best effort."""
     with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _record(operation: tuple[object, ...]) -> bytes:
+    payload = _aof_encode(operation)
+    return _AOF_LENGTH.pack(len(payload)) + payload
+
+
+def aof_file(path: Path, generation: int) -> Path:
+    """The append-only file of one generation, beside the snapshot."""
+    return path.with_name(f"{path.name}.aof.{generation}")
+
+
+def _appended_files(path: Path) -> list[tuple[int, Path]]:
+    prefix = path.name + ".aof."
+    found = []
+    for entry in path.parent.glob(glob_escape(prefix) + "*"):
+        suffix = entry.name[len(prefix) :]
+        if suffix.isdigit():
+            found.append((int(suffix), entry))
+    found.sort()
+    return found
+
+
+def _append(file: Path, records: list[bytes]) -> None:
+    """Append the records and fsync them (and the folder, for a new file)."""
+    new = not file.exists()
+    with open(file, "ab") as f:
+        f.write(b"".join(records))
+        f.flush()
+        os.fsync(f.fileno())
+    if new:
+        _sync_folder(file.parent)
+
+
+def _remove_appended_before(path: Path, generation: int) -> None:
+    for gen, file in _appended_files(path):
+        if gen < generation:
+            with contextlib.suppress(FileNotFoundError):
+                file.unlink()
+
+
+def _unlink_marker(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        clean_marker(path).unlink()
+
+
+def clean_marker(path: Path) -> Path:
+    """The file that says the snapshot at `path` was written by a clean stop."""
+    return path.with_name(path.name + ".clean")
 
 
 class MemoryBatch(Batch):
@@ -224,6 +292,8 @@ class MemoryStore(Store):
         snapshot_interval: float = 60.0,
         max_keys: int | None = None,
         sweep_interval: float = 1.0,
+        append_only: bool = False,
+        append_fsync: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -233,10 +303,16 @@ class MemoryStore(Store):
             raise ValueError(f"sweep_interval must be > 0, not {sweep_interval}")
         if not snapshot_interval >= 0:
             raise ValueError(f"snapshot_interval must be >= 0, not {snapshot_interval}")
+        if append_only and path is None:
+            raise ValueError("append_only needs a snapshot path (its log lives beside it)")
+        if not append_fsync > 0:
+            raise ValueError(f"append_fsync must be > 0, not {append_fsync}")
         self.path = Path(path) if path is not None else None
         self.snapshot_interval = float(snapshot_interval)
         self.max_keys = max_keys
         self.sweep_interval = float(sweep_interval)
+        self.append_only = append_only
+        self.append_fsync = float(append_fsync)
         self._clock = clock
         self._wall_clock = wall_clock
 
@@ -250,6 +326,16 @@ class MemoryStore(Store):
         self.expired = 0
         self.snapshots = 0
         self.restore_error: str | None = None
+        self._restored_clean = True
+        #: Records of the writes not yet in the append-only file; None: none are logged
+        #: (off, not started yet, or handed over).
+        self._aof: list[bytes] | None = None
+        #: The append-only file generation new records go to.
+        self._aof_gen = 0
+        #: Why the last append-only write failed (None once one succeeds).
+        self.append_error: str | None = None
+        #: Records replayed from append-only files at start.
+        self.replayed = 0
         self.snapshot_error: str | None = None
         self._changes = 0  # write operations so far; a snapshot is due when it moved
         self._saved_changes = 0
@@ -273,13 +359,18 @@ class MemoryStore(Store):
         snapshot_interval: float = 60.0,
         max_keys: int | None = None,
         sweep_interval: float = 1.0,
+        append_only: bool = False,
+        append_fsync: float = 1.0,
     ) -> MemoryStore:
-        """A started store, with the snapshot at `path` restored if there is one."""
+        """A started store, with the snapshot at `path` restored if there is one (and
+        the append-only files after it replayed)."""
         store = cls(
             path,
             snapshot_interval=snapshot_interval,
             max_keys=max_keys,
             sweep_interval=sweep_interval,
+            append_only=append_only,
+            append_fsync=append_fsync,
         )
         await store.start()
         return store
@@ -296,9 +387,13 @@ class MemoryStore(Store):
         self._started = True
         if self.path is not None:
             await self._restore(self.path)
+            await self._replay_appended(self.path)
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="store-sweep"))
         if self.path is not None and self.snapshot_interval > 0:
             self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="store-snapshot"))
+        if self.append_only:
+            self._aof = []
+            self._tasks.append(asyncio.create_task(self._append_loop(), name="store-append"))
 
     async def close(self) -> None:
         """Stop the tasks and write the final snapshot (when there is a path). A final
@@ -319,7 +414,13 @@ class MemoryStore(Store):
         # Never started means never restored: writing now would replace a snapshot on
         # disk with an empty store.
         if self.path is not None and self._started:
-            await self.snapshot()
+            await self.snapshot(clean=True)
+
+    @property
+    def restored_clean(self) -> bool:
+        """Whether the snapshot restored at start was written by a clean stop (or a
+        handover) and no process has started from it since: see :meth:`_restore`."""
+        return self._restored_clean
 
     # -- internals -------------------------------------------------------------------
 
@@ -415,6 +516,9 @@ class MemoryStore(Store):
         else:
             self._set_deadline(key, self._clock() + ttl)
         self._changes += 1
+        if self._aof is not None:
+            at = None if ttl is None else self._wall_clock() + ttl
+            self._aof.append(_record(("s", key, value, at)))
 
     async def incr(self, key: str, amount: int = 1) -> int:
         if isinstance(amount, bool) or not isinstance(amount, int):
@@ -434,8 +538,11 @@ class MemoryStore(Store):
             number += amount
         if not _INT64_MIN <= number <= _INT64_MAX:
             raise StoreError(f"incr on key {key!r}: the result would overflow 64 bits")
-        self._put(key, b"%d" % number)
+        value = b"%d" % number
+        self._put(key, value)
         self._changes += 1
+        if self._aof is not None:
+            self._aof.append(_record(("v", key, value)))
         return number
 
     async def compare_and_set(
@@ -472,6 +579,8 @@ class MemoryStore(Store):
                 removed += 1
         if removed:
             self._changes += 1
+            if self._aof is not None:
+                self._aof.append(_record(("d", list(keys))))
         return removed
 
     async def exists(self, key: str) -> bool:
@@ -488,6 +597,9 @@ class MemoryStore(Store):
         else:
             self._set_deadline(key, self._clock() + ttl)
         self._changes += 1
+        if self._aof is not None:
+            at = None if ttl is None else self._wall_clock() + ttl
+            self._aof.append(_record(("e", key, at)))
         return True
 
     async def ttl(self, key: str) -> float | None:
@@ -524,13 +636,15 @@ class MemoryStore(Store):
         current = self._live(key)
         if current is None:
             self._put(key, fields)
-            self._changes += 1
-            return len(fields)
-        if type(current) is not dict:
+            new = len(fields)
+        elif type(current) is not dict:
             raise _wrong_kind("hset", key, current)
-        new = sum(1 for field in fields if field not in current)
-        current.update(fields)
+        else:
+            new = sum(1 for field in fields if field not in current)
+            current.update(fields)
         self._changes += 1
+        if self._aof is not None:
+            self._aof.append(_record(("h", key, fields)))
         return new
 
     async def hget(self, key: str, field: str) -> bytes | None:
@@ -550,6 +664,9 @@ class MemoryStore(Store):
         return dict(current)
 
     async def hdel(self, key: str, *fields: str) -> int:
+        return self._hdel(key, fields)
+
+    def _hdel(self, key: str, fields: Sequence[str]) -> int:
         if not fields:
             return 0
         current = self._live(key)
@@ -566,6 +683,8 @@ class MemoryStore(Store):
             self._unexpire(key)
         if removed:
             self._changes += 1
+            if self._aof is not None:
+                self._aof.append(_record(("x", key, list(fields))))
         return removed
 
     # -- sets ------------------------------------------------------------------------
@@ -580,14 +699,17 @@ class MemoryStore(Store):
         current = self._live(key)
         if current is None:
             self._put(key, new_members)
-            self._changes += 1
-            return len(new_members)
-        if type(current) is not set:
+            added = len(new_members)
+        elif type(current) is not set:
             raise _wrong_kind("sadd", key, current)
-        before = len(current)
-        current |= new_members
+        else:
+            before = len(current)
+            current |= new_members
+            added = len(current) - before
         self._changes += 1
-        return len(current) - before
+        if self._aof is not None:
+            self._aof.append(_record(("a", key, list(members))))
+        return added
 
     async def srem(self, key: str, *members: bytes) -> int:
         return self._srem(key, [check_value(m, "member") for m in members])
@@ -608,6 +730,8 @@ class MemoryStore(Store):
             self._unexpire(key)
         if removed:
             self._changes += 1
+            if self._aof is not None:
+                self._aof.append(_record(("r", key, list(gone))))
         return removed
 
     async def smembers(self, key: str) -> builtins.set[bytes]:
@@ -663,7 +787,7 @@ class MemoryStore(Store):
 
     # -- snapshots -------------------------------------------------------------------
 
-    def _snapshot_bytes(self) -> bytes:
+    def _snapshot_bytes(self, aof_generation: int = 0) -> bytes:
         wall_now = self._wall_clock()
         offset = wall_now - self._clock()
         return encode_snapshot(
@@ -675,21 +799,42 @@ class MemoryStore(Store):
                 # Expired-but-unswept keys keep their (past) time, so the restore drops
                 # them rather than bringing them back without an expiry.
                 expires={k: d + offset for k, d in self._expires.items()},
+                aof_generation=aof_generation,
             )
         )
 
-    async def snapshot(self) -> None:
+    async def snapshot(self, *, clean: bool = False) -> None:
         """Write the snapshot now. The contents are encoded on the loop, in one go, so
         the file is one consistent instant; the write and fsync run in a thread. Raises
-        StoreError when it cannot be written (the previous file is then left whole)."""
+        StoreError when it cannot be written (the previous file is then left whole).
+
+        `clean`: this process writes nothing more after it (a stop, a handover), so the
+        next start may trust what the file says was saved cleanly; a marker file
+        ``<path>.clean`` says so (see :meth:`_restore`)."""
         if self.path is None:
             raise StoreError("this MemoryStore has no snapshot path")
         path = self.path
         async with self._snapshot_lock:
             changes = self._changes
-            blob = self._snapshot_bytes()
+            # The append-only log turns over at the same instant: what was logged before
+            # goes into the old generation's file, the snapshot names the new one, and
+            # the files before it are deleted once the snapshot is on disk.
+            pending = self._aof
+            old_gen = self._aof_gen
+            self._aof_gen += 1
+            if pending is not None:
+                self._aof = []
+            blob = self._snapshot_bytes(self._aof_gen)
             try:
+                if not clean:
+                    # First: the file about to replace the vouched one is not vouched for.
+                    await asyncio.to_thread(_unlink_marker, path)
+                if pending:
+                    await asyncio.to_thread(_append, aof_file(path, old_gen), pending)
                 await asyncio.to_thread(_write_atomic, path, blob)
+                await asyncio.to_thread(_remove_appended_before, path, self._aof_gen)
+                if clean:
+                    await asyncio.to_thread(_write_atomic, clean_marker(path), b"")
             except OSError as exc:
                 raise StoreError(
                     f"cannot write the store snapshot {path}: {exc.strerror or exc}"
@@ -702,8 +847,128 @@ class MemoryStore(Store):
         """Write the snapshot file no more (periodically or at close): another process
         owns it now. A zero-downtime restart calls this once the successor, which
         restored from the file, serves; the old process's last changes must not then
-        overwrite the successor's snapshots."""
+        overwrite the successor's snapshots. The append-only log stops too: the
+        successor starts its own."""
         self.path = None
+        self._aof = None
+
+    async def flush_appended(self) -> None:
+        """Write and fsync the writes logged since the last flush (the append task does
+        this every `append_fsync` seconds)."""
+        path = self.path
+        if not self._aof or path is None:
+            return
+        async with self._snapshot_lock:
+            pending = self._aof
+            if not pending or self.path is None:
+                return
+            self._aof = []
+            try:
+                await asyncio.to_thread(_append, aof_file(path, self._aof_gen), pending)
+            except OSError as exc:
+                reason = f"cannot append to {aof_file(path, self._aof_gen)}: {exc.strerror or exc}"
+                if self.append_error is None:
+                    log.warning("store writes not logged: %s", reason)
+                self.append_error = reason
+            else:
+                if self.append_error is not None:
+                    log.info("store append-only log written again")
+                self.append_error = None
+
+    async def _append_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.append_fsync)
+            if self.path is None:
+                return
+            try:
+                await self.flush_appended()
+            except Exception:  # a bug here must not end the log for good
+                log.exception("store append failed")
+
+    async def _replay_appended(self, path: Path) -> None:
+        """Apply the append-only files the restored snapshot has not seen, in order:
+        what happened after it, up to the last fsync. New records go to a generation
+        above every file found, so a torn record at the end of one is never followed by
+        good ones in the same file."""
+        found = await asyncio.to_thread(_appended_files, path)
+        if not found:
+            return
+        start = self._aof_gen
+        applied = 0
+        for gen, file in found:
+            if gen < start:
+                continue
+            raw = await asyncio.to_thread(file.read_bytes)
+            count, problem = self._replay(raw)
+            applied += count
+            if problem is not None:
+                log.warning(
+                    "store append-only file %s: %s; replayed what came before", file, problem
+                )
+        self._aof_gen = max(start, found[-1][0] + 1)
+        self.replayed = applied
+        if applied:
+            # A clean close leaves no log behind: these are a running process's last
+            # writes, so nothing restored is vouched for (see _restore).
+            self._restored_clean = False
+        if applied:
+            log.info(
+                "store append-only log replayed", extra={"path": str(path), "records": applied}
+            )
+
+    def _replay(self, raw: bytes) -> tuple[int, str | None]:
+        """Apply the records of one file; returns how many, and what stopped it early."""
+        view = memoryview(raw)
+        at = 0
+        count = 0
+        size = _AOF_LENGTH.size
+        while at < len(raw):
+            if at + size > len(raw):
+                return count, f"a torn record at byte {at}"
+            (length,) = _AOF_LENGTH.unpack_from(raw, at)
+            if at + size + length > len(raw):
+                return count, f"a torn record at byte {at}"
+            try:
+                record = _aof_decode(view[at + size : at + size + length])
+                self._apply(record)
+            except (msgspec.DecodeError, ValueError, TypeError, IndexError, StoreError) as exc:
+                return count, f"an unreadable record at byte {at} ({exc})"
+            at += size + length
+            count += 1
+        return count, None
+
+    def _apply(self, record: list[object]) -> None:
+        """One logged write, again. Times are wall-clock: a deadline that passed while
+        the node was down removes the key, as the snapshot's restore drops it."""
+        op, key = record[0], record[1]
+        wall_now = self._wall_clock()
+        if op == "s":
+            value, at = record[2], record[3]
+            if at is not None and at <= wall_now:  # type: ignore[operator]
+                self._delete([key])  # type: ignore[list-item]
+            else:
+                ttl = None if at is None else at - wall_now  # type: ignore[operator]
+                self._write(key, value, ttl)  # type: ignore[arg-type]
+        elif op == "v":
+            self._put(key, record[2])  # type: ignore[arg-type]
+        elif op == "h":
+            self._hset(key, record[2])  # type: ignore[arg-type]
+        elif op == "x":
+            self._hdel(key, record[2])  # type: ignore[arg-type]
+        elif op == "a":
+            self._sadd(key, record[2])  # type: ignore[arg-type]
+        elif op == "r":
+            self._srem(key, record[2])  # type: ignore[arg-type]
+        elif op == "d":
+            self._delete(key)  # type: ignore[arg-type]
+        elif op == "e":
+            at = record[2]
+            if at is not None and at <= wall_now:  # type: ignore[operator]
+                self._delete([key])  # type: ignore[list-item]
+            else:
+                self._expire(key, None if at is None else at - wall_now)  # type: ignore[arg-type,operator]
+        else:
+            raise ValueError(f"unknown operation {op!r}")
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -723,10 +988,24 @@ class MemoryStore(Store):
                 self.snapshot_error = None
 
     async def _restore(self, path: Path) -> None:
+        """Load the snapshot at `path`. The clean marker beside it is consumed here: if
+        this process is killed, the next start finds the same snapshot without it, and
+        knows that whatever this process did after the snapshot is lost."""
+        marker = clean_marker(path)
+        try:
+            marker.unlink()
+        except FileNotFoundError:
+            self._restored_clean = False
+        except OSError as exc:
+            self._restored_clean = False
+            log.warning("cannot remove the clean marker %s: %s", marker, exc.strerror or exc)
+        else:
+            _sync_folder(path.parent)
         try:
             raw = await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
-            return  # a first start
+            self._restored_clean = True  # a first start: nothing to distrust
+            return
         except OSError as exc:
             self._restore_failed(path, f"cannot read it: {exc.strerror or exc}", move=False)
             return
@@ -760,6 +1039,7 @@ class MemoryStore(Store):
         data: OrderedDict[str, Value] = OrderedDict(
             zip(snapshot.keys, snapshot.values, strict=True)
         )
+        self._aof_gen = snapshot.aof_generation
         self._data = data
         self._expires = {}
         self._buckets = {}

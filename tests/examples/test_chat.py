@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from client_sdk import AsyncClient, Push
-from client_sdk.errors import ServerError, Unauthenticated, UnknownMessage
+from client_sdk.errors import RateLimited, ServerError, Unauthenticated, UnknownMessage
 from examples.chat import chat_pb2
 from examples.chat.chat_pb2 import (
     JoinReply,
@@ -24,13 +24,20 @@ from examples.chat.chat_pb2 import (
     SayReply,
     SayRequest,
 )
-from examples.chat.service import HISTORY, MAX_TEXT, ChatError, make_app
+from examples.chat.service import (
+    HISTORY,
+    JOIN_BURST,
+    MAX_TEXT,
+    SAY_BURST,
+    ChatError,
+    make_app,
+)
 from protocol.errors import ErrorCode
 from protocol.registry import MessageRegistry, system_registry
 from server import Server, ServerConfig
 from server.auth import MemoryUsers
 from tests.conftest import StartServer, wait_for
-from tests.integration.test_serve_process import ROOT, server_log, spawn_serve
+from tests.serveproc import ROOT, server_log, spawn_serve
 
 PASSWORDS = {"alice": "a", "bob": "b", "carol": "c"}
 USERS = MemoryUsers(PASSWORDS)
@@ -146,7 +153,7 @@ async def test_join_returns_the_last_n_lines_in_order(
 async def test_the_default_history_is_fifty_lines(
     start_server: StartServer, clients: Connect
 ) -> None:
-    server = await start_server(make_app(), authenticator=USERS)
+    server = await start_server(make_app(say_rate=None), authenticator=USERS)
     alice, bob = await clients(server, "alice"), await clients(server, "bob")
     await join(alice, "lobby")
     for n in range(HISTORY + 5):
@@ -408,3 +415,33 @@ async def test_tickwire_serve_without_chat(
             assert other in names
     finally:
         await stop(proc)
+
+
+async def test_a_users_lines_are_rate_limited_and_a_refused_one_goes_nowhere(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(make_app(say_rate="1/h"), authenticator=USERS)
+    alice, bob = await clients(server, "alice"), await clients(server, "bob")
+    got_bob = Inbox(bob)
+    await join(alice, "lobby")
+    await join(bob, "lobby")
+    for n in range(SAY_BURST):
+        await say(alice, "lobby", f"line {n}")
+    with pytest.raises(RateLimited) as info:
+        await say(alice, "lobby", "one too many")
+    assert info.value.retry_after is not None and info.value.retry_after > 0
+    # Per user: bob still speaks, and nobody heard the refused line.
+    await say(bob, "lobby", "marker")
+    await wait_for(lambda: any(text == "marker" for _, _, text in got_bob.lines()))
+    assert "one too many" not in [text for _, _, text in got_bob.lines()]
+    history = [h.text for h in (await join(bob, "lobby")).history]
+    assert "one too many" not in history and len(history) == SAY_BURST + 1
+
+
+async def test_joins_are_rate_limited_per_user(start_server: StartServer, clients: Connect) -> None:
+    server = await start_server(make_app(join_rate="1/h"), authenticator=USERS)
+    alice = await clients(server, "alice")
+    for n in range(JOIN_BURST):
+        await join(alice, f"room{n}")
+    with pytest.raises(RateLimited):
+        await join(alice, "one more")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ class RedisProcess:
     port: int
     proc: subprocess.Popen[bytes]
     workdir: tempfile.TemporaryDirectory[str] = field(repr=False)
+    binary: str = "redis-server"
 
     @property
     def url(self) -> str:
@@ -40,6 +42,29 @@ class RedisProcess:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def halt(self) -> None:
+        """Kill the server (SIGKILL), keeping its port and folder for :meth:`restart`:
+        an outage, as clients see one."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """Stop the server (SIGSTOP) with its data: connections hang, as with a Redis
+        that stops answering, until :meth:`unpause`."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def unpause(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def restart(self, *, timeout: float = 10.0) -> None:
+        """Start a fresh server on the same port (empty: no persistence) and wait until
+        it answers PING."""
+        self.halt()
+        self.proc = _spawn(self.binary, self.port, self.workdir.name)
+        if not _answers(self, timeout):
+            raise RuntimeError(f"redis-server did not come back on port {self.port}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -52,6 +77,41 @@ class RedisProcess:
         self.workdir.cleanup()
 
 
+def _spawn(binary: str, port: int, folder: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            folder,
+            "--logfile",
+            os.path.join(folder, "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _answers(server: RedisProcess, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while server.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with server.client() as client:
+                if client.ping():
+                    return True
+        except redis.RedisError:
+            time.sleep(0.02)
+    return False
+
+
 def start_redis(binary: str, *, timeout: float = 10.0) -> RedisProcess:
     """Start redis-server without persistence on a free port and wait until it answers
     PING. A port taken between choosing and binding is retried with another."""
@@ -59,36 +119,10 @@ def start_redis(binary: str, *, timeout: float = 10.0) -> RedisProcess:
     for _ in range(3):
         port = _free_port()
         workdir = tempfile.TemporaryDirectory(prefix="tickwire-redis-")
+        server = RedisProcess(port, _spawn(binary, port, workdir.name), workdir, binary)
+        if _answers(server, timeout):
+            return server
         logfile = os.path.join(workdir.name, "redis.log")
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir.name,
-                "--logfile",
-                logfile,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        server = RedisProcess(port, proc, workdir)
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                with server.client() as client:
-                    if client.ping():
-                        return server
-            except redis.RedisError:
-                time.sleep(0.02)
         if os.path.exists(logfile):
             with open(logfile, errors="replace") as f:
                 last_output = f.read()

@@ -315,7 +315,8 @@ async def test_snapshot_on_close_without_any_interval(tmp_path: Path) -> None:
     await store.close()
     assert path.exists()
     assert decode_snapshot(path.read_bytes()).keys == ["k"]
-    assert os.listdir(tmp_path) == ["store.snap"]  # no temporary file left behind
+    # no temporary file left behind; the marker says the stop was clean
+    assert sorted(os.listdir(tmp_path)) == ["store.snap", "store.snap.clean"]
     await store.close()  # twice is harmless
 
 
@@ -499,3 +500,30 @@ async def test_open_store_memory(tmp_path: Path) -> None:
 async def test_open_store_rejects_an_unknown_kind() -> None:
     with pytest.raises(ValueError):
         await open_store("sqlite")  # type: ignore[arg-type]
+
+
+async def test_only_a_clean_stop_vouches_for_its_snapshot(tmp_path: Path) -> None:
+    """A snapshot written at close() leaves a marker that the next start consumes, so a
+    crash of that next process (no close) leaves a snapshot nobody vouches for."""
+    path = tmp_path / "store.snap"
+    first = await MemoryStore.open(path, snapshot_interval=0)
+    await first.set("k", b"1")
+    await first.close()
+    second = await MemoryStore.open(path, snapshot_interval=0)
+    assert second.restored_clean and await second.get("k") == b"1"
+    assert not (tmp_path / "store.snap.clean").exists()  # consumed at start
+    # `second` is "killed": never closed. The next start sees the same file, unvouched.
+    third = await MemoryStore.open(path, snapshot_interval=0)
+    assert not third.restored_clean and await third.get("k") == b"1"
+    await third.close()
+    await second.snapshot()  # a periodic snapshot vouches for nothing either
+    fourth = await MemoryStore.open(path, snapshot_interval=0)
+    assert not fourth.restored_clean
+    fourth.release_snapshot()
+    await fourth.close()
+
+
+async def test_a_first_start_has_nothing_to_distrust(tmp_path: Path) -> None:
+    store = await MemoryStore.open(tmp_path / "none.snap")
+    assert store.restored_clean
+    await store.close()

@@ -10,6 +10,7 @@
     tickwire bench login --conns 50 --duration 5 [--scrypt-n 16] [--store redis]
     tickwire bench restore --sessions 100000
     tickwire bench fanout --members 10000 --duration 5 [--burst 8] [--stalled 20]
+    tickwire bench attack --hostile 50 --duration 10 [--kinds unread,logins]
 
 Exit status: 0 when the run was clean, 1 when it ran but saw errors (bad replies, connect
 errors, unanswered pings, fewer replies than --requests), 2 when it could not run at
@@ -26,13 +27,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tools.bench import compare, echo, fanout, idle, login, restore, scenario
+from tools.bench import attack, compare, echo, fanout, idle, login, restore, scenario
 
 
 def register(subparsers: Any) -> None:
     bench = subparsers.add_parser("bench", help="load-test a tickwire server")
     kinds = bench.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
-    for kind in (echo, idle, scenario, login, restore, fanout, compare):
+    for kind in (echo, idle, scenario, login, restore, fanout, attack, compare):
         kind.register(kinds)
 
 
