@@ -58,6 +58,9 @@ def test_a_server_past_the_memory_limit_is_killed_and_reported(tmp_path: Path) -
     out = tmp_path / "attack.json"
     code = run_cli(
         "attack", "--kinds", "unread", "--hostile", "4", "--rss-limit", "150", *SHORT,
+        # Budgets raised far past the limit: with the defaults the attack stays small.
+        "--set", f"prelogin_max_frame={1 << 20}", "--set", f"max_input_bytes={1 << 30}",
+        "--set", f"prelogin_input_bytes={1 << 30}", "--set", f"max_input_bytes_total={1 << 32}",
         "--json", str(out),
     )  # fmt: skip
     assert code == 1

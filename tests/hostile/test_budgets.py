@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from pathlib import Path
 
 from protocol.errors import ErrorCode
@@ -42,8 +43,17 @@ class Attacker:
         self.decoder = FrameDecoder(max_frame=0xFFFFFFFF)
 
     @classmethod
-    async def connect(cls, address: tuple[str, int], user: str | None = None) -> Attacker:
-        reader, writer = await asyncio.open_connection(*address)
+    async def connect(
+        cls, address: tuple[str, int], user: str | None = None, *, rcvbuf: int = 0
+    ) -> Attacker:
+        """`rcvbuf`: a small receive buffer, so that what the server sends fills the
+        kernel's buffers after a few frames, not after megabytes."""
+        sock = socket.socket()
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, address)
+        reader, writer = await asyncio.open_connection(sock=sock)
         attacker = cls(reader, writer)
         if user is not None:
             login = LoginRequest(user=user, password="pw", device="attack")
@@ -67,6 +77,9 @@ class Attacker:
 
     async def last_frame(self) -> Frame | None:
         """Read until the server closes; the last frame it sent."""
+        sock = self.writer.get_extra_info("socket")
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
         last = None
         async with asyncio.timeout(30):
             while True:
@@ -144,12 +157,17 @@ async def test_unread_1mib_frames_after_login_stay_within_the_budgets(tmp_path: 
         bystander(server.address, interval=0.02, user=("ok", "ok")) as client,
     ):
         base = server.rss()
-        attackers = [await Attacker.connect(server.address, user=f"u{i}") for i in range(ATTACKERS)]
-        floods = [asyncio.ensure_future(a.flood(ONE_MIB_ECHO, 24)) for a in attackers]
+        attackers = [
+            await Attacker.connect(server.address, user=f"u{i}", rcvbuf=16384)
+            for i in range(ATTACKERS)
+        ]
+        floods = [asyncio.ensure_future(a.flood(ONE_MIB_ECHO, 16)) for a in attackers]
         # The server stops reading each one at its budgets, and cuts it off once it has
-        # read nothing for slow_consumer_timeout; then the attackers read what they got.
-        await answered(client, 100)
-        closes = [error_code(await a.last_frame()) for a in attackers]
+        # read nothing for slow_consumer_timeout (2 s); then the attackers read what
+        # they got.
+        await answered(client, 200)
+        lasts = await asyncio.gather(*(a.last_frame() for a in attackers))
+        closes = [error_code(frame) for frame in lasts]
         for flood in floods:
             flood.cancel()
         assert closes == [ErrorCode.SLOW_CONSUMER] * ATTACKERS
