@@ -53,6 +53,10 @@ class CloseReason(StrEnum):
         return cls(ErrorCode(code).name.lower())
 
 
+#: Input a lingering close (close_with) reads and drops before it gives up and aborts.
+LINGER_BYTES = 8 << 20
+
+
 class Budgets:
     """The byte limits of one connection, with a session and without, derived once from
     the config (docs/internet.md, "Byte budgets"). Each input budget fits at least one
@@ -100,6 +104,7 @@ class Connection(asyncio.Protocol):
         "id",
         "input_budget",
         "latest",
+        "lingered",
         "mailbox",
         "opened_tick",
         "out",
@@ -144,6 +149,8 @@ class Connection(asyncio.Protocol):
         self.out_counted = 0
         #: Reading paused for the server-wide input budget (Dispatcher.parked).
         self.parked = False
+        #: Bytes read and dropped during a lingering close (close_with).
+        self.lingered = 0
         self.mailbox: deque[Frame] | None = None
         self.out: list[bytes] = []
         self.scheduled = False
@@ -197,7 +204,12 @@ class Connection(asyncio.Protocol):
                 return
             data = data[used:]
         elif self.closing:
-            return  # a lingering close (close_with): what the peer still sends is dropped
+            # A lingering close (close_with): what the peer still sends is dropped, up to
+            # LINGER_BYTES; a peer that keeps pouring past that is not reading anyway.
+            self.lingered += len(data)
+            if self.lingered > LINGER_BYTES:
+                self.transport.abort()
+            return
         decoder = self.decoder
         frames = decoder.feed(data)
         buffered = decoder.buffered

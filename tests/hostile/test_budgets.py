@@ -78,8 +78,9 @@ class Attacker:
     async def last_frame(self) -> Frame | None:
         """Read until the server closes; the last frame it sent."""
         sock = self.writer.get_extra_info("socket")
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
         last = None
         async with asyncio.timeout(30):
             while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 
@@ -15,6 +16,7 @@ from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error
 from protocol.system import MAX_ERROR_FRAME, MAX_ERROR_TEXT, error_frame
 from server import App, Context, HandlerError
 from server.auth import MemoryUsers
+from server.connection import LINGER_BYTES
 from server.dispatch import OVERSIZED_MESSAGE
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
@@ -323,3 +325,21 @@ async def test_an_oversized_reply_is_answered_each_time_and_logged_once(
     assert server.stats.oversized_replies == 5
     assert len([r for r in caplog.records if "byte reply" in r.getMessage()]) == 1
     await peer.close()
+
+
+async def test_a_lingering_close_gives_up_on_a_peer_that_keeps_pouring(
+    start_server: StartServer,
+) -> None:
+    """After a closing frame the server reads and drops what the peer still sends, but
+    only up to LINGER_BYTES: past that it aborts, long before close_grace."""
+    server = await start_server(close_grace=60)
+    peer = await RawPeer.connect(server.address)
+    peer.send((2**31).to_bytes(4, "big"))  # FRAME_TOO_LARGE: the server lingers
+    await wait_for(lambda: server.stats.errors[ErrorCode.FRAME_TOO_LARGE] == 1)
+    junk = b"\0" * (1 << 20)
+    with contextlib.suppress(ConnectionError):
+        for _ in range(LINGER_BYTES // len(junk) + 4):
+            peer.writer.write(junk)
+            await peer.writer.drain()
+    await wait_for(lambda: not server.connections, timeout=20)
+    peer.writer.transport.abort()
