@@ -14,7 +14,9 @@ _HINTS = {
     "WRONG_VERSION_NUMBER": _PLAINTEXT,
     "RECORD_LAYER_FAILURE": _PLAINTEXT,
     "PACKET_LENGTH_TOO_LONG": _PLAINTEXT,
-    "UNEXPECTED_EOF_WHILE_READING": _PLAINTEXT,
+    "UNEXPECTED_EOF_WHILE_READING": "the server ended the handshake: it refused this "
+    "client's TLS version or certificate (the server's log says which), or {where} is a "
+    "plaintext port",
     "UNSUPPORTED_PROTOCOL": "no TLS version both sides accept (the server wants TLS 1.2 or later?)",
     "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version both sides accept",
     "NO_PROTOCOLS_AVAILABLE": "this client's context allows no TLS version the server offers",
@@ -78,10 +80,13 @@ def tls_error(exc: OSError, host: str, port: int) -> TLSError:
         reason = exc.reason or type(exc).__name__
         hint = _HINTS.get(reason, str(exc)).format(where=where)
         return TLSError(f"TLS to {where} failed ({reason}): {hint}", reason)
-    # Reset or closed mid-handshake: what a plaintext server does with a ClientHello.
+    # uvloop's server drops a refused handshake without sending its alert, and a
+    # plaintext server closes after the frame it made of the ClientHello: a reset or an
+    # EOF is all the client sees of either.
     return TLSError(
-        f"TLS to {where}: the connection ended during the handshake ({exc}); "
-        + _PLAINTEXT.format(where=where),
+        f"TLS to {where}: the server ended the handshake ({exc or type(exc).__name__}): it "
+        "refused this client's TLS version or certificate (the server's log says which), "
+        f"or {where} is a plaintext port",
         type(exc).__name__,
     )
 
