@@ -54,11 +54,12 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_handshake_timeout: Annotated[
         float,
         _doc(
-            "Seconds a new TLS connection has to finish its handshake before it is closed.",
+            "Seconds a new TLS connection has to finish its handshake before it is closed; "
+            "until then it is not a connection yet (no auth or idle timeout applies).",
             gt=0,
             le=600,
         ),
-    ] = 10.0
+    ] = 5.0
     max_frame: Annotated[
         int,
         _doc(
