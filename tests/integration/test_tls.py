@@ -6,7 +6,10 @@ uvloop's TLS transport differs from its TCP one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import socket
 import ssl
 import warnings
@@ -33,8 +36,10 @@ from server import Server
 from server.connection import TLSConnection
 from tests.conftest import StartServer, wait_for
 from tests.integration.test_push import PASSWORDS, USERS, push_app
+from tests.integration.test_restart import read_pid, wait_pid_change
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
+from tests.serveproc import server_log, spawn_serve
 from tests.tlscerts import Pki, make_pki
 
 pytestmark = pytest.mark.timeout(60)
@@ -404,3 +409,34 @@ async def test_a_close_notify_with_requests_queued_ends_the_connection_quietly(
     assert server.dispatcher.pending == 0
     noisy = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.WARNING]
     assert not noisy, [r.getMessage() for r in noisy]
+
+
+# -- a real process ---------------------------------------------------------------------------
+
+
+async def test_a_restart_serves_the_renewed_certificate(tmp_path: Path) -> None:
+    """SIGHUP's successor reads the TLS files anew: a renewed certificate is served
+    without a moment of downtime, and a client still trusting only the old CA is told."""
+    old = make_pki(tmp_path / "old")
+    new = make_pki(tmp_path / "new")
+    pid_file = tmp_path / "tickwire.pid"
+    proc, address = await spawn_serve(*old.serve_args(), "--pid-file", str(pid_file))
+    try:
+        async with await AsyncClient.connect(*address, tls_ca=old.ca) as client:
+            await client.ping()
+        for name in ("cert", "key"):
+            getattr(old, name).write_bytes(getattr(new, name).read_bytes())
+        proc.send_signal(signal.SIGHUP)
+        await wait_pid_change(pid_file, proc.pid, timeout=30)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        async with await AsyncClient.connect(*address, tls_ca=new.ca) as client:
+            await client.ping()
+        with pytest.raises(TLSError, match="certificate verify failed"):
+            await AsyncClient.connect(*address, tls_ca=old.ca)
+    finally:
+        successor = read_pid(pid_file)
+        if successor is not None and successor != proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(successor, signal.SIGKILL)
+    log = await server_log(proc)
+    assert "Traceback" not in log
