@@ -201,9 +201,9 @@ class Server:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on `config.host:port`, or on `sock` when handed one."""
-        # First of all: unreadable or mismatched TLS files fail the start (ConfigError).
         #: Failed TLS handshakes, counted and logged at most once per interval.
         self.tls_failures = HandshakeFailures()
+        # Before anything starts: unreadable or mismatched TLS files raise ConfigError.
         tls_context = server_context(
             self.config.tls_cert,
             self.config.tls_key,
@@ -233,7 +233,9 @@ class Server:
         self._build_chains(self._app_routes)
         self.dispatcher.start(loop)
         # A plaintext listener gets no TLS argument at all, and so the very code it ran
-        # before TLS existed; TLSConnection differs only where TLS has no half-close.
+        # before TLS existed; TLSConnection differs only where uvloop's TLS transport
+        # does. A closing TLS connection waits for the peer's close_notify no longer
+        # than any closing connection waits for its peer to read (close_grace).
         tls: dict[str, Any] = {}
         protocol: type[Connection] = Connection
         if tls_context is not None:
