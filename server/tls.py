@@ -80,7 +80,12 @@ class HandshakeFailures:
         reason = getattr(exc, "reason", None) or type(exc).__name__
         self.total[reason] += 1
         now = self._clock()
-        if now - self._last_line >= self.interval and not self._held:
+        if now - self._last_line >= self.interval and self._held:
+            # Held with no timer to write them (no running loop): they go with this one.
+            self._held[reason] += 1
+            self.flush()
+            return
+        if now - self._last_line >= self.interval:
             self._last_line = now
             log.warning(
                 "TLS handshake failed: %s: %s; more failures are summed up every %g s",

@@ -160,6 +160,21 @@ async def test_a_flood_of_failed_handshakes_writes_a_line_per_interval(
     failures.close()
 
 
+def test_without_a_loop_the_held_failures_go_with_the_next_after_the_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "tickwire.tls")
+    clock = Clock()
+    failures = HandshakeFailures(interval=10, clock=clock)
+    for _ in range(5):
+        failures.record(ssl.SSLError(1, "x"))
+    assert len(tls_lines(caplog)) == 1
+    clock.now += 10
+    failures.record(ssl.SSLError(1, "x"))
+    lines = tls_lines(caplog)
+    assert len(lines) == 2 and lines[1].startswith("5 more TLS handshakes failed")
+
+
 async def test_handshake_errors_through_the_loop_handler_are_counted_not_traced(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
