@@ -41,7 +41,7 @@ from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
 from server.store import MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
-from server.tls import HandshakeFailures, quiet_handshake_errors, server_context
+from server.tls import HandshakeFailures, HandshakeGate, quiet_handshake_errors, server_context
 
 log = logging.getLogger("tickwire.server")
 
@@ -203,6 +203,11 @@ class Server:
         """Listen on `config.host:port`, or on `sock` when handed one."""
         #: Failed TLS handshakes, counted and logged at most once per interval.
         self.tls_failures = HandshakeFailures()
+        #: TLS handshakes in flight: they count against max_connections with the
+        #: connections (a peer is a Connection only once its handshake is done).
+        self.tls_handshakes = HandshakeGate(
+            lambda in_flight: len(self.connections) + in_flight < self.max_connections
+        )
         # Before anything starts: unreadable or mismatched TLS files raise ConfigError.
         tls_context = server_context(
             self.config.tls_cert,
@@ -210,6 +215,7 @@ class Server:
             self.config.tls_ca,
             min_version=self.config.tls_min_version,
             failures=self.tls_failures,
+            gate=self.tls_handshakes,
         )
         loop = asyncio.get_running_loop()
         config = self.config

@@ -52,6 +52,7 @@ _HINTS = {
     "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust the server's certificate",
     "SSLV3_ALERT_BAD_CERTIFICATE": "the peer rejected the server's certificate",
     "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the peer rejected the server's certificate",
+    "TOO_MANY_CONNECTIONS": "connections and handshakes in flight are at max_connections",
 }
 
 
@@ -77,7 +78,10 @@ class HandshakeFailures:
         self._timer: asyncio.TimerHandle | None = None
 
     def record(self, exc: BaseException) -> None:
-        reason = getattr(exc, "reason", None) or type(exc).__name__
+        self.count(getattr(exc, "reason", None) or type(exc).__name__)
+
+    def count(self, reason: str) -> None:
+        """One failure, by its reason (OpenSSL's name, or one of ours)."""
         self.total[reason] += 1
         now = self._clock()
         if now - self._last_line >= self.interval and self._held:
@@ -127,20 +131,71 @@ class HandshakeFailures:
             self._timer = None
 
 
-def _counting_sslobject(failures: HandshakeFailures) -> type[ssl.SSLObject]:
-    """An SSLObject class whose failed handshakes go to `failures`. uvloop and asyncio
-    create one per connection through the context's `sslobject_class`; only
-    do_handshake is overridden, so reads and writes run the stock code."""
+class HandshakeGate:
+    """Handshakes in flight, and whether one more may start.
+
+    A peer in its handshake is no Connection yet, so neither max_connections nor any
+    timeout of the server sees it: without this, peers that open TCP and stall would
+    hold sockets past the connection cap (the handshake timeout bounds only how long).
+    `admit(in_flight)` says whether a new handshake fits; the server counts the
+    handshakes in flight with its connections against max_connections.
+    """
+
+    def __init__(self, admit: Callable[[int], bool] = lambda in_flight: True) -> None:
+        self.admit = admit
+        self.in_flight = 0
+
+
+#: What a peer refused for want of room is counted as (HandshakeFailures).
+REFUSED = "TOO_MANY_CONNECTIONS"
+
+
+def _counting_sslobject(
+    failures: HandshakeFailures, gate: HandshakeGate | None
+) -> type[ssl.SSLObject]:
+    """An SSLObject class that counts handshakes in flight in `gate` and their failures
+    in `failures`. uvloop and asyncio make one per accepted socket through the context's
+    `sslobject_class`, and drop it (freed by reference counting) when the handshake
+    fails, times out or the peer leaves; reads and writes run the stock code.
+
+    `_create` is how SSLContext.wrap_bio makes the object, the one point before the
+    handshake where a peer can be turned away: raising an OSError there makes the loop
+    close the socket without a word (Python 3.11 to 3.13 build SSLObjects this way)."""
 
     class CountingSSLObject(ssl.SSLObject):
+        _in_flight = False
+
+        @classmethod
+        def _create(cls, *args: Any, **kwargs: Any) -> Any:
+            if gate is None:
+                return super()._create(*args, **kwargs)  # type: ignore[misc]
+            if not gate.admit(gate.in_flight):
+                failures.count(REFUSED)
+                raise ConnectionRefusedError(_HINTS[REFUSED])
+            obj = super()._create(*args, **kwargs)  # type: ignore[misc]
+            obj._in_flight = True
+            gate.in_flight += 1
+            return obj
+
+        def _handshake_over(self) -> None:
+            if self._in_flight and gate is not None:
+                self._in_flight = False
+                gate.in_flight -= 1
+
         def do_handshake(self) -> None:
             try:
                 super().do_handshake()
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 raise
             except ssl.SSLError as exc:
+                self._handshake_over()
                 failures.record(exc)
                 raise
+            self._handshake_over()
+
+        def __del__(self) -> None:
+            # Dropped mid-handshake: a timeout, an EOF, a reset.
+            self._handshake_over()
 
     return CountingSSLObject
 
@@ -173,10 +228,12 @@ def server_context(
     *,
     min_version: Literal["1.2", "1.3"] = "1.2",
     failures: HandshakeFailures | None = None,
+    gate: HandshakeGate | None = None,
 ) -> ssl.SSLContext | None:
     """The listener's SSLContext, or None when neither `cert` nor `key` is set (no TLS).
 
-    `ca` requires every client to present a certificate it signed (mutual TLS). Every
+    `ca` requires every client to present a certificate it signed (mutual TLS);
+    `failures` counts failed handshakes, `gate` the ones in flight. Every
     problem raises ConfigError naming the config key (tls_cert, tls_key, tls_ca) and what
     is wrong with its file, so a bad setting fails the start, never a handshake later.
     """
@@ -215,7 +272,7 @@ def server_context(
             raise ConfigError(f"tls_ca: {ca} does not load: {exc}") from None
         context.verify_mode = ssl.CERT_REQUIRED
     if failures is not None:
-        context.sslobject_class = _counting_sslobject(failures)
+        context.sslobject_class = _counting_sslobject(failures, gate)
     return context
 
 

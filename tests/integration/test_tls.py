@@ -439,3 +439,42 @@ async def test_a_restart_serves_the_renewed_certificate(tmp_path: Path) -> None:
                 os.kill(successor, signal.SIGKILL)
     log = await server_log(proc)
     assert "Traceback" not in log
+
+
+async def test_handshakes_in_flight_count_against_max_connections(
+    start_server: StartServer, pki: Pki
+) -> None:
+    """A peer in its handshake is no Connection yet; stalled handshakes must not hold
+    sockets past the connection cap, and every way a handshake ends gives its place back."""
+    server = await tls_server(start_server, pki, max_connections=4, tls_handshake_timeout=30)
+    good = await AsyncClient.connect(*server.address, tls_ca=pki.ca)
+    await good.ping()
+    stalled = [await asyncio.open_connection(*server.address) for _ in range(3)]
+    await wait_for(lambda: server.tls_handshakes.in_flight == 3)
+    # 1 connection + 3 handshakes: the next peer is closed before its handshake.
+    with pytest.raises(TLSError):
+        await AsyncClient.connect(*server.address, tls_ca=pki.ca)
+    assert server.tls_failures.total == {"TOO_MANY_CONNECTIONS": 1}
+    for _, writer in stalled[:2]:  # one leaves (EOF), one sends garbage
+        writer.write_eof()
+    stalled[2][1].write(b"GET / HTTP/1.1\r\n\r\n")
+    await wait_for(lambda: server.tls_handshakes.in_flight == 0)
+    async with await AsyncClient.connect(*server.address, tls_ca=pki.ca) as again:
+        await again.ping()
+    assert server.tls_handshakes.in_flight == 0
+    for _, writer in stalled:
+        writer.close()
+    await good.close()
+
+
+async def test_a_handshake_cut_by_its_timeout_gives_its_place_back(
+    start_server: StartServer, pki: Pki
+) -> None:
+    server = await tls_server(start_server, pki, tls_handshake_timeout=0.3)
+    stalled = [await asyncio.open_connection(*server.address) for _ in range(2)]
+    await wait_for(lambda: server.tls_handshakes.in_flight == 2)
+    for reader, _ in stalled:
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    await wait_for(lambda: server.tls_handshakes.in_flight == 0)
+    for _, writer in stalled:
+        writer.close()
