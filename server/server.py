@@ -204,9 +204,11 @@ class Server:
         #: Failed TLS handshakes, counted and logged at most once per interval.
         self.tls_failures = HandshakeFailures()
         #: TLS handshakes in flight: they count against max_connections with the
-        #: connections (a peer is a Connection only once its handshake is done).
+        #: connections (a peer is a Connection only once its handshake is done). One
+        #: handshake past the cap is let through, so that a client meeting a full server
+        #: hears TOO_MANY_CONNECTIONS from attach, as over plaintext, not a bare close.
         self.tls_handshakes = HandshakeGate(
-            lambda in_flight: len(self.connections) + in_flight < self.max_connections
+            lambda in_flight: len(self.connections) + in_flight <= self.max_connections
         )
         # Before anything starts: unreadable or mismatched TLS files raise ConfigError.
         tls_context = server_context(

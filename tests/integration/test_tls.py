@@ -449,15 +449,16 @@ async def test_handshakes_in_flight_count_against_max_connections(
     server = await tls_server(start_server, pki, max_connections=4, tls_handshake_timeout=30)
     good = await AsyncClient.connect(*server.address, tls_ca=pki.ca)
     await good.ping()
-    stalled = [await asyncio.open_connection(*server.address) for _ in range(3)]
-    await wait_for(lambda: server.tls_handshakes.in_flight == 3)
-    # 1 connection + 3 handshakes: the next peer is closed before its handshake.
+    stalled = [await asyncio.open_connection(*server.address) for _ in range(4)]
+    await wait_for(lambda: server.tls_handshakes.in_flight == 4)
+    # 1 connection + 4 handshakes, one past the cap: the next peer is closed before
+    # its handshake.
     with pytest.raises(TLSError):
         await AsyncClient.connect(*server.address, tls_ca=pki.ca)
     assert server.tls_failures.total == {"TOO_MANY_CONNECTIONS": 1}
-    for _, writer in stalled[:2]:  # one leaves (EOF), one sends garbage
+    for _, writer in stalled[:3]:  # three leave (EOF), one sends garbage
         writer.write_eof()
-    stalled[2][1].write(b"GET / HTTP/1.1\r\n\r\n")
+    stalled[3][1].write(b"GET / HTTP/1.1\r\n\r\n")
     await wait_for(lambda: server.tls_handshakes.in_flight == 0)
     async with await AsyncClient.connect(*server.address, tls_ca=pki.ca) as again:
         await again.ping()
@@ -465,6 +466,19 @@ async def test_handshakes_in_flight_count_against_max_connections(
     for _, writer in stalled:
         writer.close()
     await good.close()
+
+
+async def test_a_full_server_still_says_too_many_connections_over_tls(
+    start_server: StartServer, pki: Pki
+) -> None:
+    server = await tls_server(start_server, pki, max_connections=1)
+    first = await AsyncClient.connect(*server.address, tls_ca=pki.ca)
+    await first.ping()
+    second = await AsyncClient.connect(*server.address, tls_ca=pki.ca)
+    closed = await asyncio.wait_for(second.wait_closed(), 5)
+    assert isinstance(closed.error, TooManyConnections)
+    await first.ping()
+    await first.close()
 
 
 async def test_a_handshake_cut_by_its_timeout_gives_its_place_back(
