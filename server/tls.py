@@ -160,7 +160,7 @@ def _counting_sslobject(
 
     `_create` is how SSLContext.wrap_bio makes the object, the one point before the
     handshake where a peer can be turned away: raising an OSError there makes the loop
-    close the socket without a word (Python 3.11 to 3.13 build SSLObjects this way)."""
+    close the socket without a word (CPython has built SSLObjects this way since 3.7)."""
 
     class CountingSSLObject(ssl.SSLObject):
         _in_flight = False
