@@ -13,7 +13,9 @@ import asyncio
 import enum
 import inspect
 import logging
+import os
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from client_sdk.errors import (
     server_error,
 )
 from client_sdk.ledger import ACK_DELAY, ACK_EVERY, PushGap, PushLedger, Verdict
+from client_sdk.tls import lost_reason, resolve, tls_error
 from protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -227,7 +230,9 @@ class _Wire(asyncio.Protocol):
             return
         self.client._wire = None
         self.client._fail(
-            ConnectionClosed("connection closed" if exc is None else f"connection lost: {exc}")
+            ConnectionClosed(
+                "connection closed" if exc is None else f"connection lost: {lost_reason(exc)}"
+            )
         )
 
 
@@ -266,6 +271,9 @@ class AsyncClient:
         self._closed_event = asyncio.Event()
         self._sync_events()
         self._address: tuple[str, int] = ("", 0)
+        #: TLS for every connection of this client, reconnects included (None: plaintext).
+        self._tls: ssl.SSLContext | None = None
+        self._server_hostname: str | None = None
         self._connect_timeout = 10.0
         self._reconnect: Reconnect | None = None
         #: The reconnect loop, running in RECONNECTING and RESTORING.
@@ -311,12 +319,22 @@ class AsyncClient:
         reconnect: Reconnect | None = None,
         ack_delay: float = ACK_DELAY,
         ack_every: int = ACK_EVERY,
+        tls: bool | ssl.SSLContext = False,
+        tls_ca: str | os.PathLike[str] | None = None,
+        server_hostname: str | None = None,
     ) -> AsyncClient:
         """Connect once (failing here if the server is not there); with `reconnect`, the
         client then gets its connection back by itself whenever it drops. `ack_delay` and
-        `ack_every` batch the automatic push acknowledgements (see on_push)."""
+        `ack_every` batch the automatic push acknowledgements (see on_push).
+
+        `tls=True` speaks TLS, trusting the system's CAs, or only those in the PEM file
+        `tls_ca` (given alone, it implies TLS); `tls=` an SSLContext uses that one (a
+        client certificate, say: client_sdk.tls_context). The certificate must name
+        `server_hostname`, by default `host`. A failed handshake raises TLSError."""
         client = cls(registry, max_frame=max_frame, ack_delay=ack_delay, ack_every=ack_every)
         client._address = (host, port)
+        client._tls = resolve(tls, tls_ca)
+        client._server_hostname = server_hostname
         client._connect_timeout = timeout
         client._reconnect = reconnect
         await client._open()
@@ -327,8 +345,22 @@ class AsyncClient:
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder(self._decoder.max_frame)
-        async with asyncio.timeout(self._connect_timeout):
-            await loop.create_connection(lambda: _Wire(self), *self._address)
+        host, port = self._address
+        if self._tls is None:
+            async with asyncio.timeout(self._connect_timeout):
+                await loop.create_connection(lambda: _Wire(self), host, port)
+            return
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await loop.create_connection(
+                    lambda: _Wire(self),
+                    host,
+                    port,
+                    ssl=self._tls,
+                    server_hostname=self._server_hostname or host,
+                )
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as exc:
+            raise tls_error(exc, host, port) from None
 
     def on_reconnect(self, callback: ReconnectCallback) -> None:
         """Run `callback(client)` (sync or async) each time the connection is back, after

@@ -33,6 +33,33 @@ def _doc(text: str, **constraints: Any) -> Meta:
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: Annotated[str, _doc("Address to listen on.")] = "127.0.0.1"
     port: Annotated[int, _doc("Port to listen on; 0 lets the OS pick one.", ge=0, le=65535)] = 7000
+    tls_cert: Annotated[
+        str,
+        _doc(
+            "PEM certificate chain to serve TLS with (with tls_key); empty: plaintext. "
+            "One port speaks one or the other, never both."
+        ),
+    ] = ""
+    tls_key: Annotated[str, _doc("PEM private key of tls_cert, unencrypted.")] = ""
+    tls_ca: Annotated[
+        str,
+        _doc(
+            "PEM CA certificates: with it, every client must present a certificate one of "
+            "them signed (mutual TLS). Empty: no client certificate asked for."
+        ),
+    ] = ""
+    tls_min_version: Annotated[
+        Literal["1.2", "1.3"], _doc("Oldest TLS version a client may use.")
+    ] = "1.2"
+    tls_handshake_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a new TLS connection has to finish its handshake before it is closed; "
+            "until then it is not a connection yet (no auth or idle timeout applies).",
+            gt=0,
+            le=600,
+        ),
+    ] = 5.0
     max_frame: Annotated[
         int,
         _doc(

@@ -281,3 +281,41 @@ class Connection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"<Connection {self.peer} closing={self.closing}>"
+
+
+class TLSConnection(Connection):
+    """A connection on a TLS listener; where uvloop's TLS transport differs from TCP.
+
+    Its peer address is kept from the start: the TLS transport stops answering
+    get_extra_info("peername") once it is closed, and the close is when the per-address
+    count and the log line need it.
+
+    TLS has no half-close: uvloop ends the connection once the peer's close_notify
+    arrives, whatever eof_received returns, and drops (with a warning past the fifth)
+    anything written after it. So the output gathered so far goes out, the connection
+    counts as closed by its peer, and nothing more is written; requests still queued get
+    no reply, as with a peer that reset the connection.
+    """
+
+    __slots__ = ("_peer",)
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self._peer: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._peer = transport.get_extra_info("peername")
+        super().connection_made(transport)
+
+    @property
+    def peer(self) -> Any:
+        return self._peer
+
+    def eof_received(self) -> bool | None:
+        if self.out:
+            self.flush()
+        if not self.closing:
+            self.closing = True
+            self.closing_tick = self.server.tick
+            self.close_reason = CloseReason.PEER_CLOSED
+        return None

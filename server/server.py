@@ -25,7 +25,7 @@ from protocol.registry import system_registry
 from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
 from server.config import ServerConfig
-from server.connection import CloseReason, Connection
+from server.connection import CloseReason, Connection, TLSConnection
 from server.dispatch import Dispatcher
 from server.inbox import Inbox
 from server.metrics import MetricsEndpoint, Timing
@@ -44,6 +44,7 @@ from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
 from server.store import BreakerStore, MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
+from server.tls import HandshakeFailures, HandshakeGate, quiet_handshake_errors, server_context
 
 log = logging.getLogger("tickwire.server")
 
@@ -240,6 +241,24 @@ class Server:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on `config.host:port`, or on `sock` when handed one."""
+        #: Failed TLS handshakes, counted and logged at most once per interval.
+        self.tls_failures = HandshakeFailures()
+        #: TLS handshakes in flight: they count against max_connections with the
+        #: connections (a peer is a Connection only once its handshake is done). One
+        #: handshake past the cap is let through, so that a client meeting a full server
+        #: hears TOO_MANY_CONNECTIONS from attach, as over plaintext, not a bare close.
+        self.tls_handshakes = HandshakeGate(
+            lambda in_flight: len(self.connections) + in_flight <= self.max_connections
+        )
+        # Before anything starts: unreadable or mismatched TLS files raise ConfigError.
+        tls_context = server_context(
+            self.config.tls_cert,
+            self.config.tls_key,
+            self.config.tls_ca,
+            min_version=self.config.tls_min_version,
+            failures=self.tls_failures,
+            gate=self.tls_handshakes,
+        )
         loop = asyncio.get_running_loop()
         config = self.config
         self.max_connections = connection_cap(config.max_connections, raise_open_file_limit())
@@ -272,17 +291,41 @@ class Server:
         )
         self._build_chains(self._app_routes)
         self.dispatcher.start(loop)
+        # A plaintext listener gets no TLS argument at all, and so the very code it ran
+        # before TLS existed; TLSConnection differs only where uvloop's TLS transport
+        # does. A closing TLS connection waits for the peer's close_notify no longer
+        # than any closing connection waits for its peer to read (close_grace).
+        tls: dict[str, Any] = {}
+        protocol: type[Connection] = Connection
+        if tls_context is not None:
+            quiet_handshake_errors(loop, self.tls_failures)
+            tls = {
+                "ssl": tls_context,
+                "ssl_handshake_timeout": config.tls_handshake_timeout,
+                "ssl_shutdown_timeout": config.close_grace,
+            }
+            protocol = TLSConnection
         if sock is not None:
             listener = await loop.create_server(
-                lambda: Connection(self), sock=sock, backlog=self.config.backlog
+                lambda: protocol(self), sock=sock, backlog=self.config.backlog, **tls
             )
         else:
             listener = await loop.create_server(
-                lambda: Connection(self),
+                lambda: protocol(self),
                 self.config.host,
                 self.config.port,
                 backlog=self.config.backlog,
                 reuse_address=True,
+                **tls,
+            )
+        if tls_context is not None:
+            log.info(
+                "TLS %s+ with %s%s",
+                config.tls_min_version,
+                config.tls_cert,
+                f"; client certificates signed by {config.tls_ca} required"
+                if config.tls_ca
+                else "",
             )
         self._listeners.append(listener)
         if self.metrics is not None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fnmatch
 import math
+import ssl
 import time
 from typing import Any
 
@@ -104,10 +105,19 @@ class Session:
         *,
         timeout: float = 10.0,
         raw_wait: float = 0.5,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Session:
-        """Connect and learn the server's schema; raises ConnectionError with why not."""
+        """Connect and learn the server's schema; raises ConnectionError with why not
+        (a failed TLS handshake included: TLSError is one)."""
         try:
-            client = await AsyncClient.connect(host, port, timeout=timeout)
+            client = await AsyncClient.connect(
+                host,
+                port,
+                timeout=timeout,
+                tls=tls if tls is not None else False,
+                server_hostname=server_hostname,
+            )
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(
                 f"cannot connect to {host}:{port}: {exc or 'timed out'}"
