@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import resource
 import socket
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,13 +21,17 @@ from typing import Any
 from google.protobuf.message import Message
 
 from protocol.errors import ErrorCode
+from protocol.frame import Flags, encode_frame
+from protocol.proto.system_pb2 import Ping
 from protocol.registry import system_registry
+from protocol.system import PING_ID
 from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
 from server.config import ServerConfig
 from server.connection import CloseReason, Connection
 from server.dispatch import Dispatcher
 from server.inbox import Inbox
+from server.logs import ConnectionLog
 from server.metrics import MetricsEndpoint, Timing
 from server.middleware import (
     AuthGate,
@@ -48,6 +54,10 @@ log = logging.getLogger("tickwire.server")
 #: the store's connection pool, log files, the metrics listener, a restart's handover.
 #: A connection past the rest still gets its TOO_MANY_CONNECTIONS from one of them.
 FD_RESERVE = 128
+
+#: The cap when neither the config (max_connections = 0) nor the open-file limit (none)
+#: names one.
+DERIVED_CAP = 1_000_000
 
 
 class Server:
@@ -110,8 +120,16 @@ class Server:
         self.connections: set[Connection] = set()
         #: Open connections per peer IP, kept only when max_connections_per_ip is set.
         self.per_ip: dict[str, int] = {}
-        #: config.max_connections, lowered at start to what the open-file limit allows.
-        self.max_connections = self.config.max_connections
+        #: config.max_connections (0: derived), set at start to what the open-file limit
+        #: allows.
+        self.max_connections = self.config.max_connections or DERIVED_CAP
+        #: Connection open and close lines, summed under a flood (server/logs.py).
+        self.conn_log = ConnectionLog(log, self.config.log_flood)
+        #: The open-file limit in force (set at start), and the open-file watch's state:
+        #: the tick before which it stays quiet, and its current back-off in ticks.
+        self.open_files = 0
+        self._files_quiet_until = 0
+        self._files_backoff = 1
         #: Advanced by the sweep; connections stamp it when they receive (idle timeout).
         self.tick = 0
         #: Transport buffer size above which the transport asks us to stop writing.
@@ -202,7 +220,13 @@ class Server:
         """Listen on `config.host:port`, or on `sock` when handed one."""
         loop = asyncio.get_running_loop()
         config = self.config
-        self.max_connections = connection_cap(config.max_connections, raise_open_file_limit())
+        self.open_files = raise_open_file_limit()
+        self.max_connections = connection_cap(config.max_connections, self.open_files)
+        log.info(
+            "connection cap %d",
+            self.max_connections,
+            extra={"open_files": self.open_files, "reserve": FD_RESERVE},
+        )
         # First: a store that cannot be reached fails the start, before we accept anyone.
         self.store = await open_store(
             config.store,
@@ -384,18 +408,19 @@ class Server:
         self.stats.connections_opened += 1
         conn.id = self.stats.connections_opened
         self.connections.add(conn)
-        log.info("connection open", extra={"conn": conn.id, "peer": _address(conn.peer)})
+        self.conn_log.opened(conn.id, conn.peer)
         limit = self.config.max_connections_per_ip
         if limit:
             ip = conn.peer_ip
-            count = self.per_ip.get(ip, 0) + 1
-            self.per_ip[ip] = count
-            if count > limit:
-                conn.close_with(
-                    ErrorCode.TOO_MANY_CONNECTIONS,
-                    f"address {ip} is at its limit of {limit} connections",
-                )
-                return
+            if not (self.config.trust_loopback and is_loopback(ip)):
+                count = self.per_ip.get(ip, 0) + 1
+                self.per_ip[ip] = count
+                if count > limit:
+                    conn.close_with(
+                        ErrorCode.TOO_MANY_CONNECTIONS,
+                        f"address {ip} is at its limit of {limit} connections",
+                    )
+                    return
         if len(self.connections) > self.max_connections:
             conn.close_with(
                 ErrorCode.TOO_MANY_CONNECTIONS,
@@ -409,19 +434,17 @@ class Server:
         self.connections.discard(conn)
         if self.config.max_connections_per_ip:
             ip = conn.peer_ip
-            left = self.per_ip.get(ip, 1) - 1
-            if left > 0:
-                self.per_ip[ip] = left
-            else:
-                self.per_ip.pop(ip, None)
+            if not (self.config.trust_loopback and is_loopback(ip)):
+                left = self.per_ip.get(ip, 1) - 1
+                if left > 0:
+                    self.per_ip[ip] = left
+                else:
+                    self.per_ip.pop(ip, None)
         self.stats.connections_closed += 1
         self.sessions.connection_closed(conn)
         reason = conn.close_reason or CloseReason.CONNECTION_LOST
         self.stats.close_reasons[reason] += 1
-        log.info(
-            "connection closed",
-            extra={"conn": conn.id, "peer": _address(conn.peer), "reason": str(reason)},
-        )
+        self.conn_log.closed(conn.id, conn.peer, reason)
 
     async def _sweep(self) -> None:
         """One timer for every connection's timeouts, instead of a call_later each."""
@@ -431,12 +454,15 @@ class Server:
             try:
                 self.sessions.expire_waiting()
                 self.sweep_once()
+                self._watch_open_files()
             except Exception:  # one bad tick must not end every timeout for good
                 log.exception("connection sweep failed")
 
     def sweep_once(self) -> None:
-        """Auth and idle timeouts, slow-consumer stall and close grace, judged in whole
-        ticks: a deadline of N ticks is met only after N full sweep intervals have passed."""
+        """Every per-connection deadline, judged in whole ticks: a deadline of N ticks is
+        met only after N full sweep intervals have passed, so never early and at most
+        about one interval late. One pass over the connections per tick instead of a
+        timer each keeps the per-frame path free of timer work."""
         config = self.config
         interval = config.sweep_interval
 
@@ -448,28 +474,111 @@ class Server:
         stall_before = tick - ticks(config.slow_consumer_timeout)
         grace_before = tick - ticks(config.close_grace)
         auth_before = tick - ticks(config.auth_timeout) if config.auth_timeout else -1
+        frame_before = tick - ticks(config.frame_timeout) if config.frame_timeout else -1
+        ping_ticks = ticks(config.ping_interval) if config.ping_interval else 0
+        max_pings = config.max_outstanding_pings
         for conn in list(self.connections):
             if conn.closing:
                 if conn.closing_tick < grace_before:
                     conn.transport.abort()
-            elif conn.write_paused and conn.write_paused_tick < stall_before:
-                conn.close_with(
-                    ErrorCode.SLOW_CONSUMER,
-                    f"the client read nothing for {config.slow_consumer_timeout:g} s",
-                )
-            elif (
-                conn.opened_tick < auth_before
-                and conn.session is None
-                and conn.frames <= conn.refused
+                continue
+            if conn.write_paused:
+                if conn.write_paused_tick < stall_before:
+                    conn.close_with(
+                        ErrorCode.SLOW_CONSUMER,
+                        f"the client read nothing for {config.slow_consumer_timeout:g} s",
+                    )
+                # Neither its frames nor its Pongs can be expected while we do not read it.
+                continue
+            if conn.reading_paused or conn.mailbox:
+                # The server owes this peer: what it sent waits on our side, so its
+                # silence is ours, not its own.
+                conn.rx_tick = tick
+                conn.partial_tick = -1
+                continue
+            if conn.session is not None:
+                conn.auth_tick = tick
+            elif max(conn.opened_tick, conn.auth_tick) < auth_before and not (
+                conn.frames > conn.refused and self._anonymous_allowed(conn)
             ):
                 conn.close_with(
-                    ErrorCode.AUTH_TIMEOUT,
-                    f"no login or public message within {config.auth_timeout:g} s",
+                    ErrorCode.AUTH_TIMEOUT, f"no login within {config.auth_timeout:g} s"
                 )
-            elif conn.rx_tick < idle_before:
+                continue
+            if conn.decoder.buffered:
+                if conn.partial_tick < 0 or conn.rx_tick > conn.partial_tick:
+                    # A frame began since the last look (or a whole one arrived since).
+                    conn.partial_tick = tick
+                elif conn.partial_tick < frame_before:
+                    conn.close_with(
+                        ErrorCode.IDLE_TIMEOUT,
+                        f"a frame was not finished within {config.frame_timeout:g} s",
+                    )
+                    conn.close_reason = CloseReason.FRAME_TIMEOUT
+                    continue
+            else:
+                conn.partial_tick = -1
+            if conn.rx_tick < idle_before:
                 conn.close_with(
-                    ErrorCode.IDLE_TIMEOUT, f"nothing received for {config.idle_timeout:g} s"
+                    ErrorCode.IDLE_TIMEOUT,
+                    f"no whole frame received for {config.idle_timeout:g} s",
                 )
+                continue
+            if ping_ticks:
+                if conn.pinged_rx != conn.rx_tick:
+                    conn.pinged_rx = conn.rx_tick
+                    conn.pinged = 0
+                if tick - conn.rx_tick >= ping_ticks * (conn.pinged + 1):
+                    if conn.pinged >= max_pings:
+                        conn.close_with(
+                            ErrorCode.IDLE_TIMEOUT,
+                            f"{conn.pinged} pings unanswered ({config.ping_interval:g} s apart)",
+                        )
+                        conn.close_reason = CloseReason.PING_TIMEOUT
+                    else:
+                        conn.pinged += 1
+                        conn.out.append(server_ping())
+                        self.outbox.mark(conn)
+        self.conn_log.flush()
+
+    def _watch_open_files(self) -> None:
+        """Say once per burst when the process runs out of descriptors.
+
+        uvloop (libuv) meets EMFILE/ENFILE on accept with its reserved-descriptor trick:
+        it accepts and at once closes the waiting connections, and tells no one. Those
+        peers get a bare reset. So while connections are past the cap (refusals are
+        being answered, a flood is on), the sweep counts the open descriptors, and when
+        they come within a few of the limit it logs one warning, then stays quiet for
+        a back-off that doubles (up to a minute) while the burst lasts.
+        """
+        if len(self.connections) <= self.max_connections or not self.open_files:
+            if self._files_backoff > 1 and self.tick >= self._files_quiet_until:
+                self._files_backoff = 1
+            return
+        if self.tick < self._files_quiet_until:
+            return
+        try:
+            in_use = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            return
+        if in_use < self.open_files - FD_RESERVE // 4:
+            return
+        log.warning(
+            "out of open files (%d of %d in use): new connections may be reset by the "
+            "kernel instead of answered TOO_MANY_CONNECTIONS; next report in %d s at most",
+            in_use,
+            self.open_files,
+            self._files_backoff * 2,
+            extra={"connections": len(self.connections), "cap": self.max_connections},
+        )
+        self._files_quiet_until = self.tick + self._files_backoff
+        self._files_backoff = min(self._files_backoff * 2, 60)
+
+    def _anonymous_allowed(self, conn: Connection) -> bool:
+        """Whether a connection that ran a public handler may stay without a login: the
+        app allows anonymous use, or the peer is this host's own (trust_loopback)."""
+        config = self.config
+        return config.anonymous or (config.trust_loopback and is_loopback(conn.peer_ip))
 
     def cache_for(self, msg_id: int) -> Store:
         """The store as the app that handles `msg_id` sees it: keys under ``app:<name>:``,
@@ -489,10 +598,6 @@ class Server:
         return {r.name: {"calls": r.calls, "errors": r.errors} for r in self.routes.values()}
 
 
-def _address(peer: Any) -> str:
-    return f"{peer[0]}:{peer[1]}" if peer else "?"
-
-
 def raise_open_file_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard one (each connection is a descriptor) and
     return the soft limit now in force."""
@@ -504,13 +609,16 @@ def raise_open_file_limit() -> int:
 
 
 def connection_cap(max_connections: int, open_files: int) -> int:
-    """The connections the server can hold: `max_connections`, unless the open-file limit
-    (less FD_RESERVE) allows fewer. Past what the process can open, a new client would
-    get a bare reset from the kernel, never TOO_MANY_CONNECTIONS, and nothing would say
-    why: so the cap comes down to what fits, and the start log says so."""
+    """The connections the server can hold: what the open-file limit fits (less
+    FD_RESERVE) when `max_connections` is 0, else `max_connections` unless that limit
+    fits fewer. Past what the process can open, a new client would get a bare reset from
+    the kernel, never TOO_MANY_CONNECTIONS, and nothing would say why: so the cap comes
+    down to what fits, and the start log says so when the config asked for more."""
     if open_files == resource.RLIM_INFINITY:
-        return max_connections
+        return max_connections or DERIVED_CAP
     fits = max(1, open_files - FD_RESERVE)
+    if not max_connections:
+        return fits
     if max_connections <= fits:
         return max_connections
     log.warning(
@@ -523,3 +631,18 @@ def connection_cap(max_connections: int, open_files: int) -> int:
         fits,
     )
     return fits
+
+
+_PUSH = int(Flags.PUSH)
+
+
+def server_ping() -> bytes:
+    """A server heartbeat: Ping as a PUSH with seq 0, outside the push sequence like
+    GoAway (docs/protocol.md, "Server heartbeats"); `client_time_ns` carries the
+    server's clock, which the Pong copies back."""
+    return encode_frame(PING_ID, _PUSH, 0, Ping(client_time_ns=time.time_ns()).SerializeToString())
+
+
+def is_loopback(ip: str) -> bool:
+    """Whether `ip` (as a transport's peername gives it) is this host's own."""
+    return ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
