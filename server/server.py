@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -54,6 +55,10 @@ log = logging.getLogger("tickwire.server")
 #: the store's connection pool, log files, the metrics listener, a restart's handover.
 #: A connection past the rest still gets its TOO_MANY_CONNECTIONS from one of them.
 FD_RESERVE = 128
+
+#: Seconds the "out of open files" warning stays quiet after it was written (doubling
+#: while the shortage lasts).
+FILES_BACKOFF = 10
 
 #: The cap when neither the config (max_connections = 0) nor the open-file limit (none)
 #: names one.
@@ -125,11 +130,13 @@ class Server:
         self.max_connections = self.config.max_connections or DERIVED_CAP
         #: Connection open and close lines, summed under a flood (server/logs.py).
         self.conn_log = ConnectionLog(log, self.config.log_flood)
-        #: The open-file limit in force (set at start), and the open-file watch's state:
-        #: the tick before which it stays quiet, and its current back-off in ticks.
+        #: The open-file limit in force (set at start), and the state of the watch for
+        #: running out (`_watch_open_files`): a descriptor to duplicate (the listening
+        #: socket's), the tick before which it stays quiet, its back-off in seconds.
         self.open_files = 0
+        self._probe_fd = -1
         self._files_quiet_until = 0
-        self._files_backoff = 1
+        self._files_backoff = FILES_BACKOFF
         #: Advanced by the sweep; connections stamp it when they receive (idle timeout).
         self.tick = 0
         #: Transport buffer size above which the transport asks us to stop writing.
@@ -258,6 +265,7 @@ class Server:
                 reuse_address=True,
             )
         self._listeners.append(listener)
+        self._probe_fd = listener.sockets[0].fileno()
         if self.metrics is not None:
             self.metrics_address = await self.metrics.start(
                 self.config.metrics_host, self.config.metrics_port
@@ -422,6 +430,7 @@ class Server:
                     )
                     return
         if len(self.connections) > self.max_connections:
+            self._watch_open_files()
             conn.close_with(
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"server is at its limit of {self.max_connections} connections",
@@ -542,37 +551,43 @@ class Server:
         self.conn_log.flush()
 
     def _watch_open_files(self) -> None:
-        """Say once per burst when the process runs out of descriptors.
+        """Say once per burst when the process is out of descriptors.
 
         uvloop (libuv) meets EMFILE/ENFILE on accept with its reserved-descriptor trick:
-        it accepts and at once closes the waiting connections, and tells no one. Those
-        peers get a bare reset. So while connections are past the cap (refusals are
-        being answered, a flood is on), the sweep counts the open descriptors, and when
-        they come within a few of the limit it logs one warning, then stays quiet for
-        a back-off that doubles (up to a minute) while the burst lasts.
+        it accepts and at once closes the waiting connections, and tells no one, so those
+        peers get a bare reset. The cap (FD_RESERVE below the limit) keeps connections
+        from getting there; descriptors held by anything else still can. So each sweep,
+        and each refusal at the cap, duplicates a descriptor: when that fails, the next
+        accept fails the same way. One warning, then quiet for a back-off that starts at
+        10 s and doubles (up to 5 minutes) while it lasts; a look that finds room after
+        the quiet time ends the burst.
         """
-        if len(self.connections) <= self.max_connections or not self.open_files:
-            if self._files_backoff > 1 and self.tick >= self._files_quiet_until:
-                self._files_backoff = 1
+        if self._probe_fd < 0:
+            return
+        try:
+            os.close(os.dup(self._probe_fd))
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return
+            why = errno.errorcode[exc.errno]
+        else:
+            if self.tick >= self._files_quiet_until:
+                self._files_backoff = FILES_BACKOFF
             return
         if self.tick < self._files_quiet_until:
             return
-        try:
-            in_use = len(os.listdir("/proc/self/fd"))
-        except OSError:
-            return
-        if in_use < self.open_files - FD_RESERVE // 4:
-            return
         log.warning(
-            "out of open files (%d of %d in use): new connections may be reset by the "
-            "kernel instead of answered TOO_MANY_CONNECTIONS; next report in %d s at most",
-            in_use,
+            "out of open files (%s, limit %d): new connections are reset by the kernel "
+            "instead of answered TOO_MANY_CONNECTIONS; next report in %d s at the soonest",
+            why,
             self.open_files,
-            self._files_backoff * 2,
+            self._files_backoff,
             extra={"connections": len(self.connections), "cap": self.max_connections},
         )
-        self._files_quiet_until = self.tick + self._files_backoff
-        self._files_backoff = min(self._files_backoff * 2, 60)
+        self._files_quiet_until = self.tick + math.ceil(
+            self._files_backoff / self.config.sweep_interval
+        )
+        self._files_backoff = min(self._files_backoff * 2, 300)
 
     def _anonymous_allowed(self, conn: Connection) -> bool:
         """Whether a connection that ran a public handler may stay without a login: the
