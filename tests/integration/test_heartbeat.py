@@ -5,6 +5,8 @@ and heartbeats")."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 
 from client_sdk import AsyncClient
 from protocol.errors import ErrorCode
@@ -14,6 +16,7 @@ from protocol.system import ERROR_ID, PING_ID, PONG_ID
 from server.connection import CloseReason
 from tests.conftest import StartServer
 from tests.integration.rawclient import RawPeer
+from tools.repl import EXIT_OK, JsonPrinter, Session, run_lines
 
 HEARTBEATS = {"ping_interval": 0.2, "max_outstanding_pings": 2, "sweep_interval": 0.05}
 
@@ -113,3 +116,19 @@ async def test_an_unfinished_frame_is_cut_at_the_frame_deadline(start_server: St
             await asyncio.sleep(0.03)
         assert not client.closed
         await peer.close()
+
+
+async def test_tickwire_client_answers_server_pings_without_showing_them(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(**HEARTBEATS)
+    out = io.StringIO()
+    session = await Session.connect(*server.address, JsonPrinter(out), timeout=5)
+    try:
+        await asyncio.sleep(1.2)  # twice past the cut of a peer that does not answer
+        assert await run_lines(session, ["ping"], echo=False) == EXIT_OK
+    finally:
+        await session.close()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [event["type"] for event in events] == ["connected", "pong"]
+    assert not server.stats.close_reasons
