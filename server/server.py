@@ -491,20 +491,8 @@ class Server:
                 if conn.closing_tick < grace_before:
                     conn.transport.abort()
                 continue
-            if conn.write_paused:
-                if conn.write_paused_tick < stall_before:
-                    conn.close_with(
-                        ErrorCode.SLOW_CONSUMER,
-                        f"the client read nothing for {config.slow_consumer_timeout:g} s",
-                    )
-                # Neither its frames nor its Pongs can be expected while we do not read it.
-                continue
-            if conn.reading_paused or conn.mailbox:
-                # The server owes this peer: what it sent waits on our side, so its
-                # silence is ours, not its own.
-                conn.rx_tick = tick
-                conn.partial_tick = -1
-                continue
+            # First, as it holds whatever the peer does: sending, pipelining or reading
+            # nothing, a connection without a login goes at the auth timeout.
             if conn.session is not None:
                 conn.auth_tick = tick
             elif max(conn.opened_tick, conn.auth_tick) < auth_before and not (
@@ -513,6 +501,20 @@ class Server:
                 conn.close_with(
                     ErrorCode.AUTH_TIMEOUT, f"no login within {config.auth_timeout:g} s"
                 )
+                continue
+            if conn.write_paused:
+                if conn.write_paused_tick < stall_before:
+                    conn.close_with(
+                        ErrorCode.SLOW_CONSUMER,
+                        f"the client read nothing for {config.slow_consumer_timeout:g} s",
+                    )
+                # The slow-consumer rule judges it: a Ping would join what it leaves unread.
+                continue
+            if conn.reading_paused or conn.mailbox:
+                # The server owes this peer: what it sent waits on our side, so its
+                # silence is ours, not its own.
+                conn.rx_tick = tick
+                conn.partial_tick = -1
                 continue
             if conn.decoder.buffered:
                 if conn.partial_tick < 0 or conn.rx_tick > conn.partial_tick:

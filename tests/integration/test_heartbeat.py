@@ -132,3 +132,28 @@ async def test_tickwire_client_answers_server_pings_without_showing_them(
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [event["type"] for event in events] == ["connected", "pong"]
     assert not server.stats.close_reasons
+
+
+async def test_a_peer_that_sends_without_reading_still_meets_the_auth_timeout(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(
+        auth_timeout=1,
+        sweep_interval=0.05,
+        slow_consumer_timeout=60,
+        slow_consumer_bytes=256 << 20,
+        trust_loopback=False,
+    )
+    peer = await RawPeer.connect(server.address)
+    try:
+        echo = encode_frame(10, 0, 1, EchoRequest(data=b"p" * 60_000).SerializeToString())
+        async with asyncio.timeout(20):
+            while not server.stats.writes_paused:  # replies it never reads: writes pause
+                for _ in range(10):
+                    peer.send(echo)
+                await asyncio.sleep(0.01)
+            while not server.stats.close_reasons:
+                await asyncio.sleep(0.05)
+        assert dict(server.stats.close_reasons) == {CloseReason.AUTH_TIMEOUT: 1}
+    finally:
+        peer.writer.transport.abort()
