@@ -30,7 +30,7 @@ from protocol.registry import MessageRegistry, system_registry
 from server import Server, ServerConfig
 from server.auth import MemoryUsers
 from tests.conftest import StartServer, wait_for
-from tests.integration.test_serve_process import ROOT, server_log, spawn_serve
+from tests.serveproc import ROOT, server_log, spawn_serve
 
 PASSWORDS = {"alice": "a", "bob": "b", "carol": "c"}
 USERS = MemoryUsers(PASSWORDS)
