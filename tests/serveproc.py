@@ -9,7 +9,7 @@ import resource
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 LISTENING = re.compile(rb"listening on ([\d.]+):(\d+)")
 
 
