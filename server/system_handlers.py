@@ -77,6 +77,10 @@ def system_app() -> App:
     def pong(ctx: Context, msg: Pong) -> None:
         # The answer to a server heartbeat (docs/protocol.md, "Server heartbeats"): that
         # it arrived as a whole frame is all the sweep needs, so there is nothing to do.
+        # Sent as a request it answers nothing a client could wait for: refused as if
+        # it had no handler, as before heartbeats.
+        if ctx.seq:
+            raise HandlerError(ErrorCode.UNKNOWN_MESSAGE, f"no handler for message id {ctx.msg_id}")
         return None
 
     @app.handler(DescribeRequest)
