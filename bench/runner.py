@@ -268,9 +268,11 @@ class IdleOptions(msgspec.Struct, frozen=True, kw_only=True):
 #: A `tickwire serve` the idle bench spawns keeps quiet connections open however long the
 #: run: no AUTH_TIMEOUT (10 s by default: opening 15,000 connections and the settle can
 #: take longer, and the first ones would be closed before the memory is read) and no
-#: IDLE_TIMEOUT (300 s, within reach of a long --settle). The bench measures what a
-#: quiet connection costs, not the server's policy for quiet connections.
-IDLE_SETTINGS = ["auth_timeout=0", "idle_timeout=0"]
+#: IDLE_TIMEOUT (300 s, within reach of a long --settle), and no server heartbeats (its
+#: raw connections do not answer Pings, and would be cut after ping_interval times
+#: max_outstanding_pings + 1). The bench measures what a quiet connection costs, not the
+#: server's policy for quiet connections.
+IDLE_SETTINGS = ["auth_timeout=0", "idle_timeout=0", "ping_interval=0"]
 
 
 def bench_idle(

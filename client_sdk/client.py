@@ -57,6 +57,7 @@ from protocol.proto.system_pb2 import (
     LoginRequest,
     LogoutReply,
     Ping,
+    Pong,
     PushAck,
     ResumeReply,
     ResumeRequest,
@@ -72,6 +73,7 @@ from protocol.system import (
     LOGOUT_ID,
     LOGOUT_REPLY_ID,
     PING_ID,
+    PONG_ID,
     PROTOCOL_VERSION,
     PUSH_ACK_ID,
     REFRESH_ID,
@@ -1007,6 +1009,9 @@ class AsyncClient:
             self._transport.abort()
 
     def _on_push(self, frame: Frame) -> None:
+        if frame.msg_id == PING_ID and not frame.seq:
+            self._answer_ping(frame)
+            return
         if frame.msg_id == GOAWAY_ID:
             try:
                 self.goaway = GoAway.FromString(frame.payload)
@@ -1038,6 +1043,18 @@ class AsyncClient:
                 log.exception("push callback %r raised", callback)
         for queue in self._push_queues:
             queue.put_nowait(push)
+
+    def _answer_ping(self, frame: Frame) -> None:
+        """A server heartbeat (docs/protocol.md, "Server heartbeats"): answer with a Pong
+        notification at once, whatever else the application is doing, so an idle but
+        healthy client is never cut for silence."""
+        try:
+            ping = Ping.FromString(frame.payload)
+        except DecodeError:
+            self._broken(frame, "Ping")
+            return
+        pong = Pong(client_time_ns=ping.client_time_ns).SerializeToString()
+        self._send(encode_frame(PONG_ID, 0, 0, pong))
 
     def _fail(self, exc: ConnectionClosed, *, final: bool = False) -> None:
         """The connection ended (or is about to: a closing Error, a GoAway): record the

@@ -39,6 +39,10 @@ class CloseReason(StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     SESSION_REPLACED = "session_replaced"
     AUTH_TIMEOUT = "auth_timeout"
+    #: A frame began and did not finish within frame_timeout; sent as IDLE_TIMEOUT.
+    FRAME_TIMEOUT = "frame_timeout"
+    #: max_outstanding_pings server Pings went unanswered; sent as IDLE_TIMEOUT.
+    PING_TIMEOUT = "ping_timeout"
 
     @classmethod
     def for_code(cls, code: int) -> CloseReason:
@@ -47,6 +51,7 @@ class CloseReason(StrEnum):
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "auth_tick",
         "close_reason",
         "closing",
         "closing_tick",
@@ -62,6 +67,9 @@ class Connection(asyncio.Protocol):
         "mailbox",
         "opened_tick",
         "out",
+        "partial_tick",
+        "pinged",
+        "pinged_rx",
         "reading_paused",
         "refused",
         "rx_tick",
@@ -112,6 +120,13 @@ class Connection(asyncio.Protocol):
         self.id = 0
         self.write_paused_tick = 0
         self.closing_tick = 0
+        #: Kept by the sweep alone (Server.sweep_once): the last tick it saw a session
+        #: here, the tick it first saw the pending frame unfinished (-1: none pending),
+        #: and the server Pings sent since the whole frame stamped `pinged_rx`.
+        self.auth_tick = self.opened_tick
+        self.partial_tick = -1
+        self.pinged = 0
+        self.pinged_rx = self.rx_tick
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -122,18 +137,21 @@ class Connection(asyncio.Protocol):
         self.server.attach(self)
 
     def data_received(self, data: bytes) -> None:
-        self.rx_tick = self.server.tick
         self.stats.bytes_in += len(data)
         # The fast path runs what it can of the read straight from the bytes; the decoder
         # and submit take the rest (usually nothing).
         dispatcher = self.dispatcher
         used = dispatcher.run_read(dispatcher, self, data)
         if used:
+            # Only whole frames count as heard from (idle timeout, heartbeats): a byte at
+            # a time must not keep a connection alive.
+            self.rx_tick = self.server.tick
             if used == len(data):
                 return
             data = data[used:]
         frames = self.decoder.feed(data)
         if frames:
+            self.rx_tick = self.server.tick
             self.frames += len(frames)
             self.stats.frames_in += len(frames)
             dispatcher.submit(self, frames)

@@ -22,7 +22,7 @@ from client_sdk.errors import ClientError, ConnectionClosed, ServerError
 from protocol.errors import ProtocolError, RegistryError
 from protocol.frame import Flags, Frame, FrameDecoder
 from protocol.registry import MessageRegistry
-from protocol.system import GOAWAY_ID
+from protocol.system import GOAWAY_ID, PING_ID
 from tools.repl.events import (
     client_error,
     closed_event,
@@ -168,6 +168,8 @@ class Session:
 
     def _on_frame(self, frame: Frame) -> None:
         if frame.flags & Flags.PUSH:
+            if frame.msg_id == PING_ID and not frame.seq:
+                return  # a server heartbeat, which the SDK answers on its own
             if frame.msg_id == GOAWAY_ID or self._watched(frame.msg_id):
                 self.printer.event(frame_event(self.registry, frame, "push"))
             return
