@@ -105,7 +105,7 @@ async def test_the_peer_address_outlives_the_tls_transport(
     """uvloop's TLS transport forgets the peer's address once closed: the per-address
     count must still come down at the close, and the close line still name the peer."""
     caplog.set_level(logging.INFO, "tickwire.server")
-    server = await tls_server(start_server, pki, max_connections_per_ip=1)
+    server = await tls_server(start_server, pki, max_connections_per_ip=1, trust_loopback=False)
     for _ in range(3):
         client = await AsyncClient.connect(*server.address, tls_ca=pki.ca)
         await client.ping()  # the server's side of the handshake is done by now
