@@ -97,6 +97,9 @@ def system_app() -> App:
                 ErrorCode.UNAUTHENTICATED,
                 "this server has no authenticator (set users_file, or give Server one)",
             )
+        if server.breaker is not None:
+            # The session could not be stored: answer the retry now, not after scrypt.
+            server.breaker.check()
         user_id = await server.authenticator.authenticate(msg.user, msg.password, msg.device)
         if user_id is None:
             log.info("login refused", extra={"conn": ctx.conn.id, "user": msg.user})
