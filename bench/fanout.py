@@ -728,8 +728,9 @@ class FanoutOptions(msgspec.Struct, frozen=True, kw_only=True):
     settings: list[str] = []
 
 
-#: The server's config for the run: members stay however long logging 10,000 in takes.
-FANOUT_SETTINGS = ["auth_timeout=0", "idle_timeout=0"]
+#: The server's config for the run: members stay however long logging 10,000 in takes,
+#: and are sent no heartbeat Pings (their raw connections would not answer).
+FANOUT_SETTINGS = ["auth_timeout=0", "idle_timeout=0", "ping_interval=0"]
 
 
 def fanout_command(host: str, users_file: Path, settings: list[str]) -> list[str]:

@@ -45,6 +45,7 @@ from bench.results import EchoReport, EchoRun, IdleReport, RestoreReport
 from bench.scenario import ScenarioParams, run_scenario
 from bench.serverside.config import default_redis_url
 from bench.serverside.users import make_users
+from bench.tlsfiles import throwaway_tls
 from bench.workers import BenchError
 
 #: One measured run: (server, target name, round number) -> the run.
@@ -85,6 +86,9 @@ class ServerOptions(msgspec.Struct, frozen=True, kw_only=True):
     #: Config of a spawned `tickwire serve`, as ``KEY=VALUE`` for its ``--set``. Not
     #: applied to --server-cmd or --target baseline (their commands are their own).
     settings: list[str] = []
+    #: PEM certificate and key a spawned `tickwire serve` serves TLS with (empty: none).
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def command(self) -> list[str]:
         """The command that starts the server under test when the bench starts it."""
@@ -94,6 +98,8 @@ class ServerOptions(msgspec.Struct, frozen=True, kw_only=True):
         if self.target == "tickwire":
             for setting in self.settings:
                 cmd += ["--set", setting]
+            if self.tls_cert:
+                cmd += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
         return cmd
 
 
@@ -187,13 +193,44 @@ def bench_echo(
     log: Callable[[str], None],
     progress: ProgressSink | None = None,
 ) -> EchoReport:
+    if opts.params.tls is not None and _needs_throwaway_tls(opts.server):
+        with tempfile.TemporaryDirectory(prefix="tickwire-bench-tls-") as directory:
+            files = throwaway_tls(Path(directory), opts.server.host)
+            log(f"TLS with a throwaway certificate for {opts.server.host} (CA {files.ca})")
+            tls = msgspec.structs.replace(opts.params.tls, ca=files.ca)
+            opts = msgspec.structs.replace(
+                opts,
+                params=msgspec.structs.replace(opts.params, tls=tls),
+                server=msgspec.structs.replace(opts.server, tls_cert=files.cert, tls_key=files.key),
+            )
+            return _bench_echo(opts, console, log, progress)
+    return _bench_echo(opts, console, log, progress)
+
+
+def _needs_throwaway_tls(server: ServerOptions) -> bool:
+    """A TLS bench of a `tickwire serve` the bench spawns, given no certificate for it."""
+    if server.target == "baseline" and server.server_cmd is None:
+        raise BenchError("the baseline server speaks no TLS; bench it without --tls")
+    return server.port is None and server.server_cmd is None and not server.tls_cert
+
+
+def _bench_echo(
+    opts: EchoOptions,
+    console: Console,
+    log: Callable[[str], None],
+    progress: ProgressSink | None,
+) -> EchoReport:
     server = opts.server
     run_one = _load_runner(run_echo, opts.params, placement(server.cpu_pin), progress)
     if server.port is not None and opts.compare_baseline:
         raise BenchError("--compare-baseline starts both servers itself; drop --port")
     target_cmd = server.command()
-    order: list[tuple[str, list[str]]] = [(server.target, target_cmd)]
+    # The tables and the JSON say which runs were over TLS.
+    label = f"{server.target}+tls" if opts.params.tls is not None else server.target
+    order: list[tuple[str, list[str]]] = [(label, target_cmd)]
     if opts.compare_baseline:
+        if opts.params.tls is not None:
+            raise BenchError("--compare-baseline compares plaintext servers; drop --tls")
         if server.target == "baseline" and server.server_cmd is None:
             raise BenchError("--compare-baseline with --target baseline compares it to itself")
         order = [("baseline", server_command("baseline", server.host)), ("tickwire", target_cmd)]
@@ -231,9 +268,11 @@ class IdleOptions(msgspec.Struct, frozen=True, kw_only=True):
 #: A `tickwire serve` the idle bench spawns keeps quiet connections open however long the
 #: run: no AUTH_TIMEOUT (10 s by default: opening 15,000 connections and the settle can
 #: take longer, and the first ones would be closed before the memory is read) and no
-#: IDLE_TIMEOUT (300 s, within reach of a long --settle). The bench measures what a
-#: quiet connection costs, not the server's policy for quiet connections.
-IDLE_SETTINGS = ["auth_timeout=0", "idle_timeout=0"]
+#: IDLE_TIMEOUT (300 s, within reach of a long --settle), and no server heartbeats (its
+#: raw connections do not answer Pings, and would be cut after ping_interval times
+#: max_outstanding_pings + 1). The bench measures what a quiet connection costs, not the
+#: server's policy for quiet connections.
+IDLE_SETTINGS = ["auth_timeout=0", "idle_timeout=0", "ping_interval=0"]
 
 
 def bench_idle(

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import ssl
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterable
@@ -34,13 +35,29 @@ class BenchError(RuntimeError):
     """The bench itself could not run (a worker died, nothing connected, ...)."""
 
 
+class TLSOptions(msgspec.Struct, frozen=True):
+    """TLS for the load's connections: the server's certificate checked against the CAs
+    in the PEM file `ca` (empty: the system's), for `server_hostname` (empty: the host
+    connected to). Paths, not a context: each worker process builds its own."""
+
+    ca: str = ""
+    server_hostname: str = ""
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca or None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
 class LoadParams(msgspec.Struct, frozen=True, kw_only=True):
     """What every bench asks of its load generators: `conns` connections from `procs`
-    processes, with at most `connect_concurrency` handshakes in flight over them all."""
+    processes, with at most `connect_concurrency` handshakes in flight over them all,
+    over TLS when `tls` is set."""
 
     conns: int
     procs: int
     connect_concurrency: int = 100
+    tls: TLSOptions | None = None
 
 
 class Share(msgspec.Struct, frozen=True):
@@ -55,6 +72,7 @@ class Share(msgspec.Struct, frozen=True):
     connect_concurrency: int
     cpus: list[int] | None = None
     index: int = 0
+    tls: TLSOptions | None = None
 
 
 def shares(params: LoadParams, server: Endpoint, cpus: list[int] | None) -> list[Share]:
@@ -63,7 +81,7 @@ def shares(params: LoadParams, server: Endpoint, cpus: list[int] | None) -> list
     parts = split(params.conns, params.procs)
     per_proc_concurrency = max(1, params.connect_concurrency // len(parts))
     return [
-        Share(server.host, server.port, part, per_proc_concurrency, cpus, index)
+        Share(server.host, server.port, part, per_proc_concurrency, cpus, index, params.tls)
         for index, part in enumerate(parts)
     ]
 
@@ -83,12 +101,18 @@ async def open_connections(
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(max(1, share.connect_concurrency))
     opened: list[Any] = []
+    # Plaintext passes no TLS arguments at all: the connect it always made.
+    tls: dict[str, Any] = {}
+    if share.tls is not None:
+        hostname = share.tls.server_hostname or share.host
+        tls = {"ssl": share.tls.context(), "server_hostname": hostname}
 
     async def one() -> None:
         async with gate:
             try:
                 _, protocol = await asyncio.wait_for(
-                    loop.create_connection(factory, share.host, share.port), _CONNECT_TIMEOUT_S
+                    loop.create_connection(factory, share.host, share.port, **tls),
+                    _CONNECT_TIMEOUT_S,
                 )
             except (OSError, TimeoutError) as exc:
                 on_error(f"connect: {type(exc).__name__}: {exc}")

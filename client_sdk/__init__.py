@@ -19,6 +19,7 @@ from client_sdk.errors import (
     ServerShutdown,
     SessionReplaced,
     SlowConsumer,
+    TLSError,
     TooManyConnections,
     Unauthenticated,
     UnexpectedReply,
@@ -26,6 +27,7 @@ from client_sdk.errors import (
     server_error,
 )
 from client_sdk.ledger import PushGap
+from client_sdk.tls import tls_context
 
 __all__ = [
     "AsyncClient",
@@ -51,9 +53,11 @@ __all__ = [
     "Session",
     "SessionReplaced",
     "SlowConsumer",
+    "TLSError",
     "TooManyConnections",
     "Unauthenticated",
     "UnexpectedReply",
     "UnknownMessage",
     "server_error",
+    "tls_context",
 ]

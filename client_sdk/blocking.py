@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
+import ssl
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -45,6 +47,9 @@ class Client:
         reconnect: Reconnect | None = None,
         ack_delay: float = ACK_DELAY,
         ack_every: int = ACK_EVERY,
+        tls: bool | ssl.SSLContext = False,
+        tls_ca: str | os.PathLike[str] | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -64,6 +69,9 @@ class Client:
                     reconnect=reconnect,
                     ack_delay=ack_delay,
                     ack_every=ack_every,
+                    tls=tls,
+                    tls_ca=tls_ca,
+                    server_hostname=server_hostname,
                 ),
                 timeout,
             )

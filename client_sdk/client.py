@@ -13,7 +13,9 @@ import asyncio
 import enum
 import inspect
 import logging
+import os
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from client_sdk.errors import (
     server_error,
 )
 from client_sdk.ledger import ACK_DELAY, ACK_EVERY, PushGap, PushLedger, Verdict
+from client_sdk.tls import lost_reason, resolve, tls_error
 from protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -54,6 +57,7 @@ from protocol.proto.system_pb2 import (
     LoginRequest,
     LogoutReply,
     Ping,
+    Pong,
     PushAck,
     ResumeReply,
     ResumeRequest,
@@ -69,6 +73,7 @@ from protocol.system import (
     LOGOUT_ID,
     LOGOUT_REPLY_ID,
     PING_ID,
+    PONG_ID,
     PROTOCOL_VERSION,
     PUSH_ACK_ID,
     REFRESH_ID,
@@ -227,7 +232,9 @@ class _Wire(asyncio.Protocol):
             return
         self.client._wire = None
         self.client._fail(
-            ConnectionClosed("connection closed" if exc is None else f"connection lost: {exc}")
+            ConnectionClosed(
+                "connection closed" if exc is None else f"connection lost: {lost_reason(exc)}"
+            )
         )
 
 
@@ -266,6 +273,9 @@ class AsyncClient:
         self._closed_event = asyncio.Event()
         self._sync_events()
         self._address: tuple[str, int] = ("", 0)
+        #: TLS for every connection of this client, reconnects included (None: plaintext).
+        self._tls: ssl.SSLContext | None = None
+        self._server_hostname: str | None = None
         self._connect_timeout = 10.0
         self._reconnect: Reconnect | None = None
         #: The reconnect loop, running in RECONNECTING and RESTORING.
@@ -311,12 +321,22 @@ class AsyncClient:
         reconnect: Reconnect | None = None,
         ack_delay: float = ACK_DELAY,
         ack_every: int = ACK_EVERY,
+        tls: bool | ssl.SSLContext = False,
+        tls_ca: str | os.PathLike[str] | None = None,
+        server_hostname: str | None = None,
     ) -> AsyncClient:
         """Connect once (failing here if the server is not there); with `reconnect`, the
         client then gets its connection back by itself whenever it drops. `ack_delay` and
-        `ack_every` batch the automatic push acknowledgements (see on_push)."""
+        `ack_every` batch the automatic push acknowledgements (see on_push).
+
+        `tls=True` speaks TLS, trusting the system's CAs, or only those in the PEM file
+        `tls_ca` (given alone, it implies TLS); `tls=` an SSLContext uses that one (a
+        client certificate, say: client_sdk.tls_context). The certificate must name
+        `server_hostname`, by default `host`. A failed handshake raises TLSError."""
         client = cls(registry, max_frame=max_frame, ack_delay=ack_delay, ack_every=ack_every)
         client._address = (host, port)
+        client._tls = resolve(tls, tls_ca)
+        client._server_hostname = server_hostname
         client._connect_timeout = timeout
         client._reconnect = reconnect
         await client._open()
@@ -327,8 +347,22 @@ class AsyncClient:
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder(self._decoder.max_frame)
-        async with asyncio.timeout(self._connect_timeout):
-            await loop.create_connection(lambda: _Wire(self), *self._address)
+        host, port = self._address
+        if self._tls is None:
+            async with asyncio.timeout(self._connect_timeout):
+                await loop.create_connection(lambda: _Wire(self), host, port)
+            return
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await loop.create_connection(
+                    lambda: _Wire(self),
+                    host,
+                    port,
+                    ssl=self._tls,
+                    server_hostname=self._server_hostname or host,
+                )
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as exc:
+            raise tls_error(exc, host, port) from None
 
     def on_reconnect(self, callback: ReconnectCallback) -> None:
         """Run `callback(client)` (sync or async) each time the connection is back, after
@@ -975,6 +1009,9 @@ class AsyncClient:
             self._transport.abort()
 
     def _on_push(self, frame: Frame) -> None:
+        if frame.msg_id == PING_ID and not frame.seq:
+            self._answer_ping(frame)
+            return
         if frame.msg_id == GOAWAY_ID:
             try:
                 self.goaway = GoAway.FromString(frame.payload)
@@ -1006,6 +1043,18 @@ class AsyncClient:
                 log.exception("push callback %r raised", callback)
         for queue in self._push_queues:
             queue.put_nowait(push)
+
+    def _answer_ping(self, frame: Frame) -> None:
+        """A server heartbeat (docs/protocol.md, "Server heartbeats"): answer with a Pong
+        notification at once, whatever else the application is doing, so an idle but
+        healthy client is never cut for silence."""
+        try:
+            ping = Ping.FromString(frame.payload)
+        except DecodeError:
+            self._broken(frame, "Ping")
+            return
+        pong = Pong(client_time_ns=ping.client_time_ns).SerializeToString()
+        self._send(encode_frame(PONG_ID, 0, 0, pong))
 
     def _fail(self, exc: ConnectionClosed, *, final: bool = False) -> None:
         """The connection ended (or is about to: a closing Error, a GoAway): record the

@@ -143,3 +143,14 @@ class ConnectionClosed(ClientError):
     @property
     def code(self) -> int | None:
         return self.error.code if self.error is not None else None
+
+
+class TLSError(ClientError, ConnectionError):
+    """The TLS handshake with the server failed. `reason` is OpenSSL's name for it
+    (CERTIFICATE_VERIFY_FAILED, WRONG_VERSION_NUMBER...); the message says what it most
+    likely means. It is a ConnectionError too, so code that handles a failed connect
+    (``except OSError``) handles this one."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from protocol.errors import ErrorCode
-from server.errors import HandlerError
+from server.errors import HandlerError, retry_text
 
 T = TypeVar("T")
 
@@ -129,8 +129,7 @@ class PasswordPool:
             rounds = (self.in_flight - self.threads) // self.threads + 1
             raise HandlerError(
                 ErrorCode.OVERLOADED,
-                f"password checks are busy: retry after "
-                f"{max(1, int(rounds * self.check_time * 1000))} ms",
+                "password checks are busy: " + retry_text(rounds * self.check_time),
             )
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="tickwire-login")

@@ -33,6 +33,33 @@ def _doc(text: str, **constraints: Any) -> Meta:
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: Annotated[str, _doc("Address to listen on.")] = "127.0.0.1"
     port: Annotated[int, _doc("Port to listen on; 0 lets the OS pick one.", ge=0, le=65535)] = 7000
+    tls_cert: Annotated[
+        str,
+        _doc(
+            "PEM certificate chain to serve TLS with (with tls_key); empty: plaintext. "
+            "One port speaks one or the other, never both."
+        ),
+    ] = ""
+    tls_key: Annotated[str, _doc("PEM private key of tls_cert, unencrypted.")] = ""
+    tls_ca: Annotated[
+        str,
+        _doc(
+            "PEM CA certificates: with it, every client must present a certificate one of "
+            "them signed (mutual TLS). Empty: no client certificate asked for."
+        ),
+    ] = ""
+    tls_min_version: Annotated[
+        Literal["1.2", "1.3"], _doc("Oldest TLS version a client may use.")
+    ] = "1.2"
+    tls_handshake_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a new TLS connection has to finish its handshake before it is closed; "
+            "until then it is not a connection yet (no auth or idle timeout applies).",
+            gt=0,
+            le=600,
+        ),
+    ] = 5.0
     max_frame: Annotated[
         int,
         _doc(
@@ -122,22 +149,26 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: Annotated[
         int,
         _doc(
-            "Connections the server holds; one more gets TOO_MANY_CONNECTIONS. Lowered at "
-            "start to what the open-file limit fits, less 128 for the server itself.",
-            ge=1,
-        ),
-    ] = 100_000
-    max_connections_per_ip: Annotated[
-        int,
-        _doc(
-            "Connections from one IP address; one more gets TOO_MANY_CONNECTIONS. 0: no limit.",
+            "Connections the server holds; one more gets TOO_MANY_CONNECTIONS (Redis "
+            "maxclients). 0: derived from the open-file limit, less 128 kept for the server "
+            "itself; a number above that is lowered to it at start.",
             ge=0,
         ),
     ] = 0
+    max_connections_per_ip: Annotated[
+        int,
+        _doc(
+            "Connections from one IP address; one more gets TOO_MANY_CONNECTIONS (nginx "
+            "limit_conn). Players behind one NAT share an address, hence the generous "
+            "default. 0: no limit. Loopback peers are not counted while trust_loopback is on.",
+            ge=0,
+        ),
+    ] = 256
     idle_timeout: Annotated[
         float,
         _doc(
-            "Close a connection that sent nothing for this many seconds; 0 disables.",
+            "Close a connection that sent no whole frame for this many seconds (Redis "
+            "timeout); an SDK client answering server Pings is never idle. 0 disables.",
             ge=0,
             le=31_536_000,
         ),
@@ -266,12 +297,67 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth_timeout: Annotated[
         float,
         _doc(
-            "Seconds a new connection may go without logging in or sending any public "
-            "message (Ping, Hello...) before it is closed with AUTH_TIMEOUT; 0: never.",
+            "Seconds a new connection, or one whose session ended, may go without a Login "
+            "or Resume before it is closed with AUTH_TIMEOUT (NATS auth_timeout); public "
+            "messages (Ping, Echo, Hello...) do not stop it unless `anonymous` says so. "
+            "0: never.",
             ge=0,
             le=86_400,
         ),
     ] = 10.0
+    anonymous: Annotated[
+        bool,
+        _doc(
+            "Anonymous use: a connection that ran a public handler (Ping, Echo, an app's "
+            "public=True ones) stays past auth_timeout without logging in. Off, only a "
+            "login stops the auth timeout."
+        ),
+    ] = False
+    trust_loopback: Annotated[
+        bool,
+        _doc(
+            "Peers on a loopback address (127.0.0.0/8, ::1) are the operator's own tools "
+            "(a bench, a health check): they may use public handlers past auth_timeout as "
+            "with `anonymous`, and max_connections_per_ip does not count them. Turn off "
+            "when a proxy on this host forwards internet peers."
+        ),
+    ] = True
+    frame_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a frame may take to arrive once its first byte did, before the "
+            "connection is closed with IDLE_TIMEOUT (a slowloris); 0: no deadline.",
+            ge=0,
+            le=86_400,
+        ),
+    ] = 30.0
+    ping_interval: Annotated[
+        float,
+        _doc(
+            "Seconds a connection may send no whole frame before the server sends it a "
+            "Ping (a PUSH, seq 0) to answer with a Pong (NATS ping_interval); 0: no "
+            "server heartbeats.",
+            ge=0,
+            le=86_400,
+        ),
+    ] = 30.0
+    max_outstanding_pings: Annotated[
+        int,
+        _doc(
+            "Server Pings a connection may leave unanswered (nothing received since the "
+            "first) before it is closed with IDLE_TIMEOUT (NATS ping_max).",
+            ge=1,
+            le=1_000,
+        ),
+    ] = 2
+    log_flood: Annotated[
+        int,
+        _doc(
+            "Connection open and close log lines per second before they are counted "
+            "instead, and summed in one line per second; 0: a line for every connection.",
+            ge=0,
+        ),
+    ] = 20
     session_ttl: Annotated[
         float,
         _doc(

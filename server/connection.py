@@ -47,6 +47,10 @@ class CloseReason(StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     SESSION_REPLACED = "session_replaced"
     AUTH_TIMEOUT = "auth_timeout"
+    #: A frame began and did not finish within frame_timeout; sent as IDLE_TIMEOUT.
+    FRAME_TIMEOUT = "frame_timeout"
+    #: max_outstanding_pings server Pings went unanswered; sent as IDLE_TIMEOUT.
+    PING_TIMEOUT = "ping_timeout"
 
     @classmethod
     def for_code(cls, code: int) -> CloseReason:
@@ -89,6 +93,7 @@ class Budgets:
 class Connection(asyncio.Protocol):
     __slots__ = (
         "__weakref__",
+        "auth_tick",
         "close_reason",
         "closing",
         "closing_tick",
@@ -112,6 +117,9 @@ class Connection(asyncio.Protocol):
         "output_budget",
         "parked",
         "partial",
+        "partial_tick",
+        "pinged",
+        "pinged_rx",
         "queued_bytes",
         "reading_paused",
         "refused",
@@ -183,6 +191,13 @@ class Connection(asyncio.Protocol):
         self.id = 0
         self.write_paused_tick = 0
         self.closing_tick = 0
+        #: Kept by the sweep alone (Server.sweep_once): the last tick it saw a session
+        #: here, the tick it first saw the pending frame unfinished (-1: none pending),
+        #: and the server Pings sent since the whole frame stamped `pinged_rx`.
+        self.auth_tick = self.opened_tick
+        self.partial_tick = -1
+        self.pinged = 0
+        self.pinged_rx = self.rx_tick
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -193,13 +208,15 @@ class Connection(asyncio.Protocol):
         self.server.attach(self)
 
     def data_received(self, data: bytes) -> None:
-        self.rx_tick = self.server.tick
         self.stats.bytes_in += len(data)
         # The fast path runs what it can of the read straight from the bytes; the decoder
         # and submit take the rest (usually nothing).
         dispatcher = self.dispatcher
         used = dispatcher.run_read(dispatcher, self, data)
         if used:
+            # Only whole frames count as heard from (idle timeout, heartbeats): a byte at
+            # a time must not keep a connection alive.
+            self.rx_tick = self.server.tick
             if used == len(data):
                 return
             data = data[used:]
@@ -218,6 +235,7 @@ class Connection(asyncio.Protocol):
             self.partial = buffered
             dispatcher.partial_bytes += grew
         if frames:
+            self.rx_tick = self.server.tick
             self.frames += len(frames)
             self.stats.frames_in += len(frames)
             dispatcher.submit(self, frames)
@@ -464,6 +482,44 @@ class Connection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"<Connection {self.peer} closing={self.closing}>"
+
+
+class TLSConnection(Connection):
+    """A connection on a TLS listener; where uvloop's TLS transport differs from TCP.
+
+    Its peer address is kept from the start: the TLS transport stops answering
+    get_extra_info("peername") once it is closed, and the close is when the per-address
+    count and the log line need it.
+
+    TLS has no half-close: uvloop ends the connection once the peer's close_notify
+    arrives, whatever eof_received returns, and drops (with a warning past the fifth)
+    anything written after it. So the output gathered so far goes out, the connection
+    counts as closed by its peer, and nothing more is written; requests still queued get
+    no reply, as with a peer that reset the connection.
+    """
+
+    __slots__ = ("_peer",)
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self._peer: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._peer = transport.get_extra_info("peername")
+        super().connection_made(transport)
+
+    @property
+    def peer(self) -> Any:
+        return self._peer
+
+    def eof_received(self) -> bool | None:
+        if self.out:
+            self.flush(hold=False)
+        if not self.closing:
+            self.closing = True
+            self.closing_tick = self.server.tick
+            self.close_reason = CloseReason.PEER_CLOSED
+        return None
 
 
 #: What a closed connection's `decoder` points at: the real one, and its partial frame,

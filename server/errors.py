@@ -6,6 +6,12 @@ from protocol.errors import FIRST_APPLICATION_CODE, ErrorCode, closes_connection
 from protocol.system import clip_text
 
 
+def retry_text(seconds: float) -> str:
+    """A wait as every retry hint on the wire says it (RATE_LIMITED, OVERLOADED), so the
+    SDK reads one form into `retry_after`: whole milliseconds, rounded up, at least 1."""
+    return f"retry after {max(1, int(seconds * 1000 + 0.999))} ms"
+
+
 class HandlerError(Exception):
     """Answer the request with an Error frame carrying `code` and `message`.
 

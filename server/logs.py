@@ -95,3 +95,79 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def _address(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
+class ConnectionLog:
+    """The "connection open" and "connection closed" lines, bounded under a flood.
+
+    One line per connection helps while connections come one at a time; a flood of
+    short connections would otherwise write two lines each and turn the log into the
+    bottleneck (and the disk into the victim). Up to `per_second` lines are written in
+    each one-second window; past that the rest are only counted, and the first call
+    after the window (or the sweep's `flush`) writes one summary line with the counts
+    and the close reasons. So at most `per_second + 1` lines a second, whatever comes.
+    """
+
+    __slots__ = ("_closed", "_lines", "_log", "_opened", "_reasons", "_window", "per_second")
+
+    def __init__(self, logger: logging.Logger, per_second: int) -> None:
+        self._log = logger
+        #: Lines written one by one per window; 0: every connection gets its lines.
+        self.per_second = per_second
+        self._window = time.monotonic()
+        self._lines = 0
+        self._opened = 0
+        self._closed = 0
+        self._reasons: dict[str, int] = {}
+
+    def opened(self, conn_id: int, peer: Any) -> None:
+        if self._room():
+            self._log.info("connection open", extra={"conn": conn_id, "peer": _address(peer)})
+        else:
+            self._opened += 1
+
+    def closed(self, conn_id: int, peer: Any, reason: str) -> None:
+        if self._room():
+            self._log.info(
+                "connection closed",
+                extra={"conn": conn_id, "peer": _address(peer), "reason": str(reason)},
+            )
+        else:
+            self._closed += 1
+            key = str(reason)
+            self._reasons[key] = self._reasons.get(key, 0) + 1
+
+    def _room(self) -> bool:
+        if not self.per_second:
+            return True
+        if time.monotonic() - self._window >= 1.0:
+            self.flush()
+        if self._lines < self.per_second:
+            self._lines += 1
+            return True
+        return False
+
+    def flush(self) -> None:
+        """End the window if it is over: write the summary of what was only counted."""
+        now = time.monotonic()
+        if now - self._window < 1.0:
+            return
+        if self._opened or self._closed:
+            reasons = ",".join(f"{k}:{v}" for k, v in sorted(self._reasons.items()))
+            self._log.warning(
+                "connection flood: %d opened and %d closed in %.1f s past %d lines a second, "
+                "counted here instead",
+                self._opened,
+                self._closed,
+                now - self._window,
+                self.per_second,
+                extra={"opened": self._opened, "closed": self._closed, "reasons": reasons or "-"},
+            )
+        self._window = now
+        self._lines = 0
+        self._opened = self._closed = 0
+        self._reasons = {}

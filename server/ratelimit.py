@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import Error
-from server.errors import HandlerError
+from server.errors import HandlerError, retry_text
 
 if TYPE_CHECKING:
     from server.app import Context, Route
@@ -56,11 +56,6 @@ def parse_rate(text: str) -> float:
     if match is None or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
         raise ValueError(f"rate {text!r}: expected N/s, N/m or N/h with N > 0")
     return float(match.group(1)) / _UNITS[match.group(2)]
-
-
-def retry_text(seconds: float) -> str:
-    """The wait as the wire says it: whole milliseconds, rounded up, at least 1."""
-    return f"retry after {max(1, int(seconds * 1000 + 0.999))} ms"
 
 
 @dataclass(frozen=True)

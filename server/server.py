@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import os
 import resource
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -21,13 +23,17 @@ from typing import Any
 from google.protobuf.message import Message
 
 from protocol.errors import ErrorCode
+from protocol.frame import Flags, encode_frame
+from protocol.proto.system_pb2 import Ping
 from protocol.registry import system_registry
+from protocol.system import PING_ID
 from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
 from server.config import ServerConfig
-from server.connection import Budgets, CloseReason, Connection
+from server.connection import Budgets, CloseReason, Connection, TLSConnection
 from server.dispatch import Dispatcher
 from server.inbox import Inbox
+from server.logs import ConnectionLog
 from server.metrics import MetricsEndpoint, Timing
 from server.middleware import (
     AuthGate,
@@ -44,6 +50,7 @@ from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
 from server.stats import Stats
 from server.store import BreakerStore, MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
+from server.tls import HandshakeFailures, HandshakeGate, quiet_handshake_errors, server_context
 
 log = logging.getLogger("tickwire.server")
 
@@ -55,6 +62,14 @@ FD_RESERVE = 128
 #: Rooms an ended session leaves per loop iteration (with their room-left hooks), so a
 #: session in many rooms does not hold the loop (docs/internet.md, "Rooms").
 ROOMS_PER_ITERATION = 256
+
+#: Seconds the "out of open files" warning stays quiet after it was written (doubling
+#: while the shortage lasts).
+FILES_BACKOFF = 10
+
+#: The cap when neither the config (max_connections = 0) nor the open-file limit (none)
+#: names one.
+DERIVED_CAP = 1_000_000
 
 
 class Server:
@@ -137,8 +152,18 @@ class Server:
         self.connections: set[Connection] = set()
         #: Open connections per peer IP, kept only when max_connections_per_ip is set.
         self.per_ip: dict[str, int] = {}
-        #: config.max_connections, lowered at start to what the open-file limit allows.
-        self.max_connections = self.config.max_connections
+        #: config.max_connections (0: derived), set at start to what the open-file limit
+        #: allows.
+        self.max_connections = self.config.max_connections or DERIVED_CAP
+        #: Connection open and close lines, summed under a flood (server/logs.py).
+        self.conn_log = ConnectionLog(log, self.config.log_flood)
+        #: The open-file limit in force (set at start), and the state of the watch for
+        #: running out (`_watch_open_files`): a descriptor to duplicate (the listening
+        #: socket's), the tick before which it stays quiet, its back-off in seconds.
+        self.open_files = 0
+        self._probe_fd = -1
+        self._files_quiet_until = 0
+        self._files_backoff = FILES_BACKOFF
         #: Advanced by the sweep; connections stamp it when they receive (idle timeout).
         self.tick = 0
         self.executor: ThreadPoolExecutor | None = None
@@ -242,9 +267,33 @@ class Server:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on `config.host:port`, or on `sock` when handed one."""
+        #: Failed TLS handshakes, counted and logged at most once per interval.
+        self.tls_failures = HandshakeFailures()
+        #: TLS handshakes in flight: they count against max_connections with the
+        #: connections (a peer is a Connection only once its handshake is done). One
+        #: handshake past the cap is let through, so that a client meeting a full server
+        #: hears TOO_MANY_CONNECTIONS from attach, as over plaintext, not a bare close.
+        self.tls_handshakes = HandshakeGate(
+            lambda in_flight: len(self.connections) + in_flight <= self.max_connections
+        )
+        # Before anything starts: unreadable or mismatched TLS files raise ConfigError.
+        tls_context = server_context(
+            self.config.tls_cert,
+            self.config.tls_key,
+            self.config.tls_ca,
+            min_version=self.config.tls_min_version,
+            failures=self.tls_failures,
+            gate=self.tls_handshakes,
+        )
         loop = asyncio.get_running_loop()
         config = self.config
-        self.max_connections = connection_cap(config.max_connections, raise_open_file_limit())
+        self.open_files = raise_open_file_limit()
+        self.max_connections = connection_cap(config.max_connections, self.open_files)
+        log.info(
+            "connection cap %d",
+            self.max_connections,
+            extra={"open_files": self.open_files, "reserve": FD_RESERVE},
+        )
         # First: a store that cannot be reached fails the start, before we accept anyone.
         backend = await open_store(
             config.store,
@@ -274,19 +323,44 @@ class Server:
         )
         self._build_chains(self._app_routes)
         self.dispatcher.start(loop)
+        # A plaintext listener gets no TLS argument at all, and so the very code it ran
+        # before TLS existed; TLSConnection differs only where uvloop's TLS transport
+        # does. A closing TLS connection waits for the peer's close_notify no longer
+        # than any closing connection waits for its peer to read (close_grace).
+        tls: dict[str, Any] = {}
+        protocol: type[Connection] = Connection
+        if tls_context is not None:
+            quiet_handshake_errors(loop, self.tls_failures)
+            tls = {
+                "ssl": tls_context,
+                "ssl_handshake_timeout": config.tls_handshake_timeout,
+                "ssl_shutdown_timeout": config.close_grace,
+            }
+            protocol = TLSConnection
         if sock is not None:
             listener = await loop.create_server(
-                lambda: Connection(self), sock=sock, backlog=self.config.backlog
+                lambda: protocol(self), sock=sock, backlog=self.config.backlog, **tls
             )
         else:
             listener = await loop.create_server(
-                lambda: Connection(self),
+                lambda: protocol(self),
                 self.config.host,
                 self.config.port,
                 backlog=self.config.backlog,
                 reuse_address=True,
+                **tls,
+            )
+        if tls_context is not None:
+            log.info(
+                "TLS %s+ with %s%s",
+                config.tls_min_version,
+                config.tls_cert,
+                f"; client certificates signed by {config.tls_ca} required"
+                if config.tls_ca
+                else "",
             )
         self._listeners.append(listener)
+        self._probe_fd = listener.sockets[0].fileno()
         if self.metrics is not None:
             self.metrics_address = await self.metrics.start(
                 self.config.metrics_host, self.config.metrics_port
@@ -461,19 +535,21 @@ class Server:
         self.stats.connections_opened += 1
         conn.id = self.stats.connections_opened
         self.connections.add(conn)
-        log.info("connection open", extra={"conn": conn.id, "peer": _address(conn.peer)})
+        self.conn_log.opened(conn.id, conn.peer)
         limit = self.config.max_connections_per_ip
         if limit:
             ip = conn.peer_ip
-            count = self.per_ip.get(ip, 0) + 1
-            self.per_ip[ip] = count
-            if count > limit:
-                conn.close_with(
-                    ErrorCode.TOO_MANY_CONNECTIONS,
-                    f"address {ip} is at its limit of {limit} connections",
-                )
-                return
+            if not (self.config.trust_loopback and is_loopback(ip)):
+                count = self.per_ip.get(ip, 0) + 1
+                self.per_ip[ip] = count
+                if count > limit:
+                    conn.close_with(
+                        ErrorCode.TOO_MANY_CONNECTIONS,
+                        f"address {ip} is at its limit of {limit} connections",
+                    )
+                    return
         if len(self.connections) > self.max_connections:
+            self._watch_open_files()
             conn.close_with(
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"server is at its limit of {self.max_connections} connections",
@@ -486,19 +562,17 @@ class Server:
         self.connections.discard(conn)
         if self.config.max_connections_per_ip:
             ip = conn.peer_ip
-            left = self.per_ip.get(ip, 1) - 1
-            if left > 0:
-                self.per_ip[ip] = left
-            else:
-                self.per_ip.pop(ip, None)
+            if not (self.config.trust_loopback and is_loopback(ip)):
+                left = self.per_ip.get(ip, 1) - 1
+                if left > 0:
+                    self.per_ip[ip] = left
+                else:
+                    self.per_ip.pop(ip, None)
         self.stats.connections_closed += 1
         self.sessions.connection_closed(conn)
         reason = conn.close_reason or CloseReason.CONNECTION_LOST
         self.stats.close_reasons[reason] += 1
-        log.info(
-            "connection closed",
-            extra={"conn": conn.id, "peer": _address(conn.peer), "reason": str(reason)},
-        )
+        self.conn_log.closed(conn.id, conn.peer, reason)
 
     async def _sweep(self) -> None:
         """One timer for every connection's timeouts, instead of a call_later each."""
@@ -508,12 +582,15 @@ class Server:
             try:
                 self.sessions.expire_waiting()
                 self.sweep_once()
+                self._watch_open_files()
             except Exception:  # one bad tick must not end every timeout for good
                 log.exception("connection sweep failed")
 
     def sweep_once(self) -> None:
-        """Auth and idle timeouts, slow-consumer stall and close grace, judged in whole
-        ticks: a deadline of N ticks is met only after N full sweep intervals have passed."""
+        """Every per-connection deadline, judged in whole ticks: a deadline of N ticks is
+        met only after N full sweep intervals have passed, so never early and at most
+        about one interval late. One pass over the connections per tick instead of a
+        timer each keeps the per-frame path free of timer work."""
         config = self.config
         interval = config.sweep_interval
 
@@ -525,28 +602,119 @@ class Server:
         stall_before = tick - ticks(config.slow_consumer_timeout)
         grace_before = tick - ticks(config.close_grace)
         auth_before = tick - ticks(config.auth_timeout) if config.auth_timeout else -1
+        frame_before = tick - ticks(config.frame_timeout) if config.frame_timeout else -1
+        ping_ticks = ticks(config.ping_interval) if config.ping_interval else 0
+        max_pings = config.max_outstanding_pings
         for conn in list(self.connections):
             if conn.closing:
                 if conn.closing_tick < grace_before:
                     conn.transport.abort()
-            elif conn.write_paused and conn.write_paused_tick < stall_before:
-                conn.close_with(
-                    ErrorCode.SLOW_CONSUMER,
-                    f"the client read nothing for {config.slow_consumer_timeout:g} s",
-                )
-            elif (
-                conn.opened_tick < auth_before
-                and conn.session is None
-                and conn.frames <= conn.refused
+                continue
+            # First, as it holds whatever the peer does: sending, pipelining or reading
+            # nothing, a connection without a login goes at the auth timeout.
+            if conn.session is not None:
+                conn.auth_tick = tick
+            elif max(conn.opened_tick, conn.auth_tick) < auth_before and not (
+                conn.frames > conn.refused and self._anonymous_allowed(conn)
             ):
                 conn.close_with(
-                    ErrorCode.AUTH_TIMEOUT,
-                    f"no login or public message within {config.auth_timeout:g} s",
+                    ErrorCode.AUTH_TIMEOUT, f"no login within {config.auth_timeout:g} s"
                 )
-            elif conn.rx_tick < idle_before:
+                continue
+            if conn.write_paused:
+                if conn.write_paused_tick < stall_before:
+                    conn.close_with(
+                        ErrorCode.SLOW_CONSUMER,
+                        f"the client read nothing for {config.slow_consumer_timeout:g} s",
+                    )
+                # The slow-consumer rule judges it: a Ping would join what it leaves unread.
+                continue
+            if conn.reading_paused or conn.mailbox:
+                # The server owes this peer: what it sent waits on our side, so its
+                # silence is ours, not its own.
+                conn.rx_tick = tick
+                conn.partial_tick = -1
+                continue
+            if conn.decoder.buffered:
+                if conn.partial_tick < 0 or conn.rx_tick > conn.partial_tick:
+                    # A frame began since the last look (or a whole one arrived since).
+                    conn.partial_tick = tick
+                elif conn.partial_tick < frame_before:
+                    conn.close_with(
+                        ErrorCode.IDLE_TIMEOUT,
+                        f"a frame was not finished within {config.frame_timeout:g} s",
+                    )
+                    conn.close_reason = CloseReason.FRAME_TIMEOUT
+                    continue
+            else:
+                conn.partial_tick = -1
+            if conn.rx_tick < idle_before:
                 conn.close_with(
-                    ErrorCode.IDLE_TIMEOUT, f"nothing received for {config.idle_timeout:g} s"
+                    ErrorCode.IDLE_TIMEOUT,
+                    f"no whole frame received for {config.idle_timeout:g} s",
                 )
+                continue
+            if ping_ticks:
+                if conn.pinged_rx != conn.rx_tick:
+                    conn.pinged_rx = conn.rx_tick
+                    conn.pinged = 0
+                if tick - conn.rx_tick >= ping_ticks * (conn.pinged + 1):
+                    if conn.pinged >= max_pings:
+                        conn.close_with(
+                            ErrorCode.IDLE_TIMEOUT,
+                            f"{conn.pinged} pings unanswered ({config.ping_interval:g} s apart)",
+                        )
+                        conn.close_reason = CloseReason.PING_TIMEOUT
+                    else:
+                        conn.pinged += 1
+                        conn.out.append(server_ping())
+                        self.outbox.mark(conn)
+        self.conn_log.flush()
+
+    def _watch_open_files(self) -> None:
+        """Say once per burst when the process is out of descriptors.
+
+        uvloop (libuv) meets EMFILE/ENFILE on accept with its reserved-descriptor trick:
+        it accepts and at once closes the waiting connections, and tells no one, so those
+        peers get a bare reset. The cap (FD_RESERVE below the limit) keeps connections
+        from getting there; descriptors held by anything else still can. So each sweep,
+        and each refusal at the cap, duplicates a descriptor: when that fails, the next
+        accept fails the same way. One warning, then quiet for a back-off that starts at
+        10 s and doubles (up to 5 minutes) while it lasts; a look that finds room after
+        the quiet time ends the burst.
+        """
+        if self._probe_fd < 0:
+            return
+        try:
+            os.close(os.dup(self._probe_fd))
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return
+            why = errno.errorcode[exc.errno]
+        else:
+            if self.tick >= self._files_quiet_until:
+                self._files_backoff = FILES_BACKOFF
+            return
+        if self.tick < self._files_quiet_until:
+            return
+        log.warning(
+            "out of open files (%s, limit %d): new connections are reset by the kernel "
+            "instead of answered TOO_MANY_CONNECTIONS; next report in %d s at the soonest",
+            why,
+            self.open_files,
+            self._files_backoff,
+            extra={"connections": len(self.connections), "cap": self.max_connections},
+        )
+        self._files_quiet_until = self.tick + math.ceil(
+            self._files_backoff / self.config.sweep_interval
+        )
+        self._files_backoff = min(self._files_backoff * 2, 300)
+
+    def _anonymous_allowed(self, conn: Connection) -> bool:
+        """Whether a connection that ran a public handler may stay without a login: the
+        app allows anonymous use, or the peer is this host's own (trust_loopback)."""
+        config = self.config
+        return config.anonymous or (config.trust_loopback and is_loopback(conn.peer_ip))
 
     def cache_for(self, msg_id: int) -> Store:
         """The store as the app that handles `msg_id` sees it: keys under ``app:<name>:``,
@@ -566,10 +734,6 @@ class Server:
         return {r.name: {"calls": r.calls, "errors": r.errors} for r in self.routes.values()}
 
 
-def _address(peer: Any) -> str:
-    return f"{peer[0]}:{peer[1]}" if peer else "?"
-
-
 def raise_open_file_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard one (each connection is a descriptor) and
     return the soft limit now in force."""
@@ -581,13 +745,16 @@ def raise_open_file_limit() -> int:
 
 
 def connection_cap(max_connections: int, open_files: int) -> int:
-    """The connections the server can hold: `max_connections`, unless the open-file limit
-    (less FD_RESERVE) allows fewer. Past what the process can open, a new client would
-    get a bare reset from the kernel, never TOO_MANY_CONNECTIONS, and nothing would say
-    why: so the cap comes down to what fits, and the start log says so."""
+    """The connections the server can hold: what the open-file limit fits (less
+    FD_RESERVE) when `max_connections` is 0, else `max_connections` unless that limit
+    fits fewer. Past what the process can open, a new client would get a bare reset from
+    the kernel, never TOO_MANY_CONNECTIONS, and nothing would say why: so the cap comes
+    down to what fits, and the start log says so when the config asked for more."""
     if open_files == resource.RLIM_INFINITY:
-        return max_connections
+        return max_connections or DERIVED_CAP
     fits = max(1, open_files - FD_RESERVE)
+    if not max_connections:
+        return fits
     if max_connections <= fits:
         return max_connections
     log.warning(
@@ -600,3 +767,18 @@ def connection_cap(max_connections: int, open_files: int) -> int:
         fits,
     )
     return fits
+
+
+_PUSH = int(Flags.PUSH)
+
+
+def server_ping() -> bytes:
+    """A server heartbeat: Ping as a PUSH with seq 0, outside the push sequence like
+    GoAway (docs/protocol.md, "Server heartbeats"); `client_time_ns` carries the
+    server's clock, which the Pong copies back."""
+    return encode_frame(PING_ID, _PUSH, 0, Ping(client_time_ns=time.time_ns()).SerializeToString())
+
+
+def is_loopback(ip: str) -> bool:
+    """Whether `ip` (as a transport's peername gives it) is this host's own."""
+    return ip.startswith(("127.", "::ffff:127.")) or ip == "::1"

@@ -68,7 +68,21 @@ def system_app() -> App:
             session_ttl_s=int(config.session_ttl),
             compression_offered=False,
             idle_timeout_ms=idle_ms,
+            ping_interval_ms=int(config.ping_interval * 1000),
+            max_outstanding_pings=config.max_outstanding_pings,
+            auth_timeout_ms=int(config.auth_timeout * 1000),
+            frame_timeout_ms=int(config.frame_timeout * 1000),
         )
+
+    @app.handler(Pong)
+    def pong(ctx: Context, msg: Pong) -> None:
+        # The answer to a server heartbeat (docs/protocol.md, "Server heartbeats"): that
+        # it arrived as a whole frame is all the sweep needs, so there is nothing to do.
+        # Sent as a request it answers nothing a client could wait for: refused as if
+        # it had no handler, as before heartbeats.
+        if ctx.seq:
+            raise HandlerError(ErrorCode.UNKNOWN_MESSAGE, f"no handler for message id {ctx.msg_id}")
+        return None
 
     @app.handler(DescribeRequest)
     def describe(ctx: Context, msg: DescribeRequest) -> DescribeReply:
@@ -83,6 +97,9 @@ def system_app() -> App:
                 ErrorCode.UNAUTHENTICATED,
                 "this server has no authenticator (set users_file, or give Server one)",
             )
+        if server.breaker is not None:
+            # The session could not be stored: answer the retry now, not after scrypt.
+            server.breaker.check()
         user_id = await server.authenticator.authenticate(msg.user, msg.password, msg.device)
         if user_id is None:
             log.info("login refused", extra={"conn": ctx.conn.id, "user": msg.user})

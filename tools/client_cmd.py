@@ -8,8 +8,12 @@ module.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
 
 EPILOG = """\
 input: one command per line; blank lines and lines starting with # are skipped.
@@ -68,6 +72,24 @@ def register(sub: Any) -> None:
         help="history file (default $TICKWIRE_HISTORY, else ~/.tickwire_history)",
     )
     p.add_argument("--no-color", action="store_true", help="plain output even on a terminal")
+    tls = p.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls", action="store_true", help="speak TLS, trusting the system's CAs (or --tls-ca)"
+    )
+    tls.add_argument(
+        "--tls-ca", metavar="PEM", help="trust only the CAs in this file (implies --tls)"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="client certificate, for a server that requires one (implies --tls)",
+    )
+    tls.add_argument("--tls-key", metavar="PEM", help="its private key, if not in --tls-cert")
+    tls.add_argument(
+        "--server-hostname",
+        metavar="NAME",
+        help="the name the server's certificate must carry (default: HOST)",
+    )
     p.set_defaults(func=client)
 
 
@@ -82,6 +104,11 @@ def client(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tickwire client: {exc}", file=sys.stderr)
         return repl.EXIT_USAGE
+    try:
+        tls = tls_from_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"tickwire client: {exc}", file=sys.stderr)
+        return repl.EXIT_USAGE
     script = None
     if args.script not in (None, "-"):
         try:
@@ -93,7 +120,7 @@ def client(args: argparse.Namespace) -> int:
     logging.getLogger("tickwire.client").setLevel(logging.ERROR)
     interactive = args.script is None and sys.stdin.isatty()
     try:
-        return asyncio.run(_main(args, host, port, script, interactive))
+        return asyncio.run(_main(args, host, port, script, interactive, tls))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -101,8 +128,33 @@ def client(args: argparse.Namespace) -> int:
             script.close()
 
 
+def tls_from_args(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context the flags ask for, None for plaintext. An unreadable or invalid
+    file raises OSError or ValueError (ssl.SSLError is an OSError) naming it."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        if args.server_hostname:
+            raise ValueError("--server-hostname is for TLS; add --tls")
+        return None
+    import ssl
+
+    from client_sdk.tls import tls_context
+
+    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert)):
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"{flag} {path}: no such file")
+    try:
+        return tls_context(args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    except ssl.SSLError as exc:
+        raise ValueError(f"cannot load the TLS files: {exc}") from None
+
+
 async def _main(
-    args: argparse.Namespace, host: str, port: int, script: Any, interactive: bool
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    script: Any,
+    interactive: bool,
+    tls: ssl.SSLContext | None,
 ) -> int:
     from tools import repl
 
@@ -113,7 +165,13 @@ async def _main(
         printer = repl.HumanPrinter(color=False if args.no_color else None)
     try:
         session = await repl.Session.connect(
-            host, port, printer, timeout=args.timeout, raw_wait=args.raw_wait
+            host,
+            port,
+            printer,
+            timeout=args.timeout,
+            raw_wait=args.raw_wait,
+            tls=tls,
+            server_hostname=args.server_hostname,
         )
     except ConnectionError as exc:
         if args.json:

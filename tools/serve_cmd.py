@@ -52,6 +52,15 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--pid-file", help="write the serving process's pid here")
     p.add_argument(
+        "--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key)"
+    )
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="require client certificates signed by these CAs (mutual TLS)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -70,6 +79,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             "log_level": args.log_level,
             "log_format": args.log_format,
             "pid_file": args.pid_file,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "tls_ca": args.tls_ca,
             **parse_assignments(args.set),
         },
     )
@@ -83,12 +95,16 @@ def app_specs(args: argparse.Namespace) -> list[str]:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # Here, not at the top: every `tickwire` command imports this module for its flags.
+    from server.tls import server_context
+
     try:
         config = config_from_args(args)
+        # The TLS files are read now, so a bad one is a bad config, not a failed start.
+        server_context(config.tls_cert, config.tls_key, config.tls_ca)
     except ConfigError as exc:
         print(f"tickwire serve: bad config: {exc}", file=sys.stderr)
         return 2
-    # Here, not at the top: every `tickwire` command imports this module for its flags.
     from server.lifecycle import run
     from server.logs import configure_logging
     from server.reload import AppLoader

@@ -41,7 +41,7 @@ from enum import IntEnum
 from typing import TypeVar
 
 from protocol.errors import ErrorCode
-from server.errors import HandlerError
+from server.errors import HandlerError, retry_text
 from server.store.base import DEFAULT_SCAN_LIMIT, Batch, BatchResult, Store
 from server.store.errors import StoreUnavailable
 
@@ -68,7 +68,7 @@ class StoreDown(StoreUnavailable, HandlerError):
     """
 
     def __init__(self, backend: str, address: str, reason: str, retry_after: float) -> None:
-        client_text = f"the store is unavailable: retry in {retry_after:.1f} s"
+        client_text = "the store is unavailable: " + retry_text(retry_after)
         HandlerError.__init__(self, ErrorCode.OVERLOADED, client_text)
         self.args = (f"{backend} at {address} is unreachable: {reason}",)
         self.backend = backend
@@ -139,6 +139,11 @@ class BreakerStore(Store):
 
     def _down(self) -> StoreDown:
         return StoreDown(self.backend, self.address, self._reason, self._retry_after())
+
+    def check(self) -> None:
+        """Raise StoreDown at once while the store is known to be down: a caller can then
+        skip work whose result it could not store (a Login's password check)."""
+        self._check()
 
     def _check(self) -> None:
         """Fail fast while open or probing."""

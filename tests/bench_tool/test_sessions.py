@@ -156,8 +156,8 @@ def test_idle_bench_says_why_an_external_server_dropped_its_connections(
 
 def test_idle_settings_reach_only_a_spawned_tickwire_serve() -> None:
     cmd = ServerOptions(settings=IDLE_SETTINGS).command()
-    assert cmd[cmd.index("serve") :].count("--set") == 2
-    assert "auth_timeout=0" in cmd and "idle_timeout=0" in cmd
+    assert cmd[cmd.index("serve") :].count("--set") == 3
+    assert "auth_timeout=0" in cmd and "idle_timeout=0" in cmd and "ping_interval=0" in cmd
     assert "--set" not in ServerOptions(target="baseline", settings=IDLE_SETTINGS).command()
     assert ServerOptions(server_cmd=["x"], settings=IDLE_SETTINGS).command() == ["x"]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -107,11 +108,15 @@ class Bystander:
     latencies: list[float] = field(default_factory=list)
     failures: list[BaseException] = field(default_factory=list)
     login_time: float | None = None
+    #: Connect over TLS with this context (None: plaintext).
+    tls: ssl.SSLContext | None = None
     _task: asyncio.Task[None] | None = None
     _client: AsyncClient | None = None
 
     async def start(self) -> None:
-        self._client = await AsyncClient.connect(*self.address, timeout=self.timeout)
+        self._client = await AsyncClient.connect(
+            *self.address, timeout=self.timeout, tls=self.tls or False
+        )
         if self.user is not None:
             began = time.perf_counter()
             await self._client.login(*self.user, timeout=self.timeout)

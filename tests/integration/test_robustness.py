@@ -56,7 +56,7 @@ async def test_idle_timeout_never_fires_early(start_server: StartServer) -> None
 
 
 async def test_per_address_connection_limit(start_server: StartServer) -> None:
-    server = await start_server(max_connections_per_ip=2)
+    server = await start_server(max_connections_per_ip=2, trust_loopback=False)
     a = await AsyncClient.connect(*server.address)
     b = await AsyncClient.connect(*server.address)
     peer = await RawPeer.connect(server.address)
@@ -68,6 +68,18 @@ async def test_per_address_connection_limit(start_server: StartServer) -> None:
     async with await AsyncClient.connect(*server.address) as c:
         assert (await c.call(EchoRequest(data=b"c"), EchoReply)).data == b"c"
     await b.close()
+
+
+async def test_loopback_peers_are_not_counted_per_address(start_server: StartServer) -> None:
+    server = await start_server(max_connections_per_ip=1)
+    clients = [await AsyncClient.connect(*server.address) for _ in range(3)]
+    try:
+        for client in clients:
+            assert (await client.call(EchoRequest(data=b"x"), EchoReply)).data == b"x"
+        assert server.per_ip == {}
+    finally:
+        for client in clients:
+            await client.close()
 
 
 @pytest.mark.parametrize("flag", [Flags.RESPONSE, Flags.ERROR, Flags.PUSH])

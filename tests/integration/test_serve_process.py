@@ -64,10 +64,12 @@ async def test_bad_config_fails_at_start_with_the_key(tmp_path: object) -> None:
 
 
 async def test_the_connection_cap_fits_the_open_file_limit() -> None:
-    """With 300 open files, the default max_connections (100,000) cannot be reached: the
-    server caps itself at 300 - FD_RESERVE, says so at start, and answers the connection
-    past the cap with TOO_MANY_CONNECTIONS instead of a reset from the kernel."""
-    proc, (host, port) = await spawn_serve("--no-chat", open_files=300)
+    """With 300 open files, a max_connections of 100,000 cannot be reached: the server
+    caps itself at 300 - FD_RESERVE, says so at start, and answers the connection past
+    the cap with TOO_MANY_CONNECTIONS instead of a reset from the kernel."""
+    proc, (host, port) = await spawn_serve(
+        "--no-chat", "--set", "max_connections=100000", open_files=300
+    )
     cap = 300 - FD_RESERVE
     held: list[asyncio.StreamWriter] = []
     try:

@@ -306,22 +306,62 @@ async def test_tokens_are_stored_only_hashed(
             assert all(reply.token.encode() not in value for value in record.values())
 
 
-async def test_auth_timeout_closes_only_connections_that_never_spoke_publicly(
+async def test_auth_timeout_closes_every_connection_that_did_not_log_in(
     start_server: StartServer, clients: Connect
 ) -> None:
     server = await start_server(
-        notes_app(), authenticator=USERS, auth_timeout=0.3, sweep_interval=0.05
+        notes_app(),
+        authenticator=USERS,
+        auth_timeout=0.3,
+        sweep_interval=0.05,
+        trust_loopback=False,
     )
     silent, knocker, pinger, member = [await clients(server) for _ in range(4)]
     with pytest.raises(Unauthenticated):
         await note(knocker)  # only private messages: still anonymous
-    await pinger.ping()
+    await pinger.ping()  # a public message does not stop the auth timeout
     await login(member)
+    for client in (silent, knocker, pinger):
+        closed = await asyncio.wait_for(client.wait_closed(), 5)
+        assert closed.error is not None and closed.error.code == ErrorCode.AUTH_TIMEOUT
+    await asyncio.sleep(0.3)
+    assert not member.closed
+    assert server.stats.close_reasons[CloseReason.AUTH_TIMEOUT] == 3
+
+
+async def test_auth_timeout_starts_again_when_the_session_ends(
+    start_server: StartServer, clients: Connect
+) -> None:
+    server = await start_server(
+        authenticator=USERS, auth_timeout=0.3, sweep_interval=0.05, trust_loopback=False
+    )
+    client = await clients(server)
+    await login(client)
+    await asyncio.sleep(0.5)  # past the auth timeout, logged in
+    assert not client.closed
+    await client.logout()
+    closed = await asyncio.wait_for(client.wait_closed(), 5)
+    assert closed.error is not None and closed.error.code == ErrorCode.AUTH_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "allowed", [{"anonymous": True, "trust_loopback": False}, {"trust_loopback": True}]
+)
+async def test_anonymous_use_keeps_connections_that_spoke_publicly(
+    start_server: StartServer, clients: Connect, allowed: dict[str, bool]
+) -> None:
+    server = await start_server(
+        notes_app(), authenticator=USERS, auth_timeout=0.3, sweep_interval=0.05, **allowed
+    )
+    silent, knocker, pinger = [await clients(server) for _ in range(3)]
+    with pytest.raises(Unauthenticated):
+        await note(knocker)  # refused: not a public message
+    await pinger.ping()
     for client in (silent, knocker):
         closed = await asyncio.wait_for(client.wait_closed(), 5)
         assert closed.error is not None and closed.error.code == ErrorCode.AUTH_TIMEOUT
     await asyncio.sleep(0.3)
-    assert not pinger.closed and not member.closed
+    assert not pinger.closed
     assert server.stats.close_reasons[CloseReason.AUTH_TIMEOUT] == 2
 
 

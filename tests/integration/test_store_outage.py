@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client_sdk import AsyncClient
+from client_sdk import AsyncClient, Overloaded
 from examples.chat import chat_pb2
 from examples.chat.chat_pb2 import JoinRequest, SayReply, SayRequest
 from examples.chat.service import make_app
@@ -101,3 +101,37 @@ async def test_a_disconnect_the_store_missed_is_written_once_it_is_back(
     await wait_for(written, timeout=20)
     with own_redis.client() as redis_client:
         assert 0 < redis_client.pttl(key) <= 30_000  # session_ttl, not the connected TTL
+
+
+class CountingUsers(MemoryUsers):
+    """Counts the password checks it is asked for."""
+
+    checks = 0
+
+    async def authenticate(self, user: str, password: str, device: str) -> str | None:
+        self.checks += 1
+        return await super().authenticate(user, password, device)
+
+
+async def test_a_login_during_an_outage_is_refused_before_the_password_check(
+    own_redis: RedisProcess, start_server: StartServer
+) -> None:
+    """A password check costs scrypt; with the store down its session could not be kept,
+    so the Login is answered OVERLOADED without one."""
+    users = CountingUsers({"alice": "a"})
+    server = await start_server(
+        authenticator=users,
+        store="redis",
+        redis_url=own_redis.url,
+        store_breaker_probe_interval=30,
+    )
+    async with await AsyncClient.connect(*server.address) as client:
+        own_redis.halt()
+        for _ in range(5):
+            with pytest.raises(Overloaded) as refused:
+                await client.login("alice", "a")
+            assert refused.value.retry_after is not None
+        assert server.breaker is not None and server.breaker.state is BreakerState.OPEN
+    # The logins that found the store down before the breaker opened checked a password;
+    # none after it did.
+    assert users.checks == server.breaker.failures

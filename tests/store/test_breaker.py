@@ -89,7 +89,7 @@ async def test_store_down_is_a_typed_overloaded_error_with_a_retry_hint(
         for exc in (first.value, fast.value):
             assert isinstance(exc, StoreUnavailable) and isinstance(exc, HandlerError)
             assert exc.code == ErrorCode.OVERLOADED
-            assert "retry in" in exc.message
+            assert "retry after" in exc.message
             # The peer's text names no address; the operator's does.
             assert str(own_redis.port) not in exc.message
             assert str(own_redis.port) in str(exc)

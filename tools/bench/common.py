@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         ScenarioOptions,
         ServerOptions,
     )
+    from bench.workers import TLSOptions
 
 #: Runs where other processes used more CPU than this (% of one core) get a warning:
 #: their numbers measure the neighbours as much as the server.
@@ -180,6 +181,53 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     add_json_arg(parser)
 
 
+def add_tls_args(parser: argparse.ArgumentParser) -> None:
+    """TLS for the load's connections, and the certificate of the server it spawns."""
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect over TLS; a spawned tickwire serve gets a throwaway certificate "
+        "(needs trustme) unless --tls-cert/--tls-key name one",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="trust the CAs in this file (default: the system's, or the throwaway CA)",
+    )
+    tls.add_argument("--tls-cert", metavar="PEM", help="certificate of the spawned server")
+    tls.add_argument("--tls-key", metavar="PEM", help="its private key")
+    tls.add_argument(
+        "--server-hostname",
+        metavar="NAME",
+        help="the name the server's certificate must carry (default: --host)",
+    )
+
+
+def tls_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the TLS arguments (add_tls_args), if anything."""
+    given = [f for f in ("tls_ca", "tls_cert", "tls_key", "server_hostname") if getattr(args, f)]
+    if given and not args.tls:
+        return f"--{given[0].replace('_', '-')} is for a TLS bench; add --tls"
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together"
+    if args.tls_cert and (args.port is not None or args.server_cmd is not None):
+        return "--tls-cert/--tls-key are for the server the bench spawns"
+    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert)):
+        if path and not Path(path).is_file():
+            return f"{flag} {path}: no such file"
+    return None
+
+
+def tls_options(args: argparse.Namespace) -> TLSOptions | None:
+    """The load's TLSOptions, None without --tls."""
+    if not args.tls:
+        return None
+    from bench.workers import TLSOptions
+
+    return TLSOptions(ca=args.tls_ca or "", server_hostname=args.server_hostname or "")
+
+
 def check_server_args(args: argparse.Namespace) -> str | None:
     if args.spawn and args.port is not None:
         return "--spawn and --port exclude each other"
@@ -241,6 +289,8 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         target=args.target,
         server_cmd=shlex.split(args.server_cmd) if args.server_cmd else None,
         cpu_pin=args.cpu_pin,
+        tls_cert=getattr(args, "tls_cert", None) or "",
+        tls_key=getattr(args, "tls_key", None) or "",
     )
 
 

@@ -47,6 +47,7 @@ def register(kinds: Any) -> None:
         help="runs per server (default: 3 with --compare-baseline, else 1)",
     )
     common.add_server_args(echo)
+    common.add_tls_args(echo)
     echo.set_defaults(func=run)
 
 
@@ -56,16 +57,25 @@ def run(args: argparse.Namespace) -> int:
 
     err = common.console(stderr=True)
     problem = (
-        common.check_server_args(args) or common.check_plot(args) or common.window_problem(args)
+        common.check_server_args(args)
+        or common.tls_problem(args)
+        or common.check_plot(args)
+        or common.window_problem(args)
     )
     if problem is None and args.compare_baseline and args.port is not None:
         problem = "--compare-baseline starts both servers itself; drop --port"
+    if problem is None and args.compare_baseline and args.tls:
+        problem = "--compare-baseline compares plaintext servers (the baseline has no TLS)"
     if problem:
         return common.refuse(err, "echo", problem)
     rounds = args.rounds or (3 if args.compare_baseline else 1)
     options = EchoOptions(
         params=EchoParams(
-            **common.run_fields(args), depth=args.depth or 1, rate=args.rate, size=args.size
+            **common.run_fields(args),
+            depth=args.depth or 1,
+            rate=args.rate,
+            size=args.size,
+            tls=common.tls_options(args),
         ),
         server=common.server_options(args),
         compare_baseline=args.compare_baseline,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fnmatch
 import math
+import ssl
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from client_sdk.errors import ClientError, ConnectionClosed, ServerError
 from protocol.errors import ProtocolError, RegistryError
 from protocol.frame import Flags, Frame, FrameDecoder
 from protocol.registry import MessageRegistry
-from protocol.system import GOAWAY_ID
+from protocol.system import GOAWAY_ID, PING_ID
 from tools.repl.events import (
     client_error,
     closed_event,
@@ -104,10 +105,19 @@ class Session:
         *,
         timeout: float = 10.0,
         raw_wait: float = 0.5,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Session:
-        """Connect and learn the server's schema; raises ConnectionError with why not."""
+        """Connect and learn the server's schema; raises ConnectionError with why not
+        (a failed TLS handshake included: TLSError is one)."""
         try:
-            client = await AsyncClient.connect(host, port, timeout=timeout)
+            client = await AsyncClient.connect(
+                host,
+                port,
+                timeout=timeout,
+                tls=tls if tls is not None else False,
+                server_hostname=server_hostname,
+            )
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(
                 f"cannot connect to {host}:{port}: {exc or 'timed out'}"
@@ -158,6 +168,8 @@ class Session:
 
     def _on_frame(self, frame: Frame) -> None:
         if frame.flags & Flags.PUSH:
+            if frame.msg_id == PING_ID and not frame.seq:
+                return  # a server heartbeat, which the SDK answers on its own
             if frame.msg_id == GOAWAY_ID or self._watched(frame.msg_id):
                 self.printer.event(frame_event(self.registry, frame, "push"))
             return
