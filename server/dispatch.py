@@ -87,6 +87,12 @@ _NOT_RUNNABLE = _REQUEST_BAD_FLAGS | _OVERLOADED
 
 AsyncWork = tuple[Route, Context, Message]
 
+#: What a connection may queue past its input budget: the read that reached the budget
+#: (uvloop reads at most 256 KiB at a time), which is in memory anyway. Reading pauses at
+#: the budget, so a connection sheds only a read larger than this; the server sheds at its
+#: own budget, with no slack.
+READ_SLACK = 256 * 1024
+
 #: The text of the INTERNAL answering a reply too large for max_frame.
 OVERSIZED_MESSAGE = "reply too large for max_frame"
 
@@ -248,9 +254,9 @@ class Dispatcher:
             size += len(frame[3])
         room = self.max_pending - self.pending
         # Bytes this read may queue: what is left of the connection's budget (its partial
-        # frame included) and of the server's.
+        # frame included) plus one read, and of the server's.
         byte_room = min(
-            conn.input_budget - conn.queued_bytes - conn.partial,
+            conn.input_budget + READ_SLACK - conn.queued_bytes - conn.partial,
             self.max_input_total - self.queued_bytes - self.partial_bytes,
         )
         if count > room or size > byte_room:
@@ -472,7 +478,7 @@ class Dispatcher:
         for frame in rest:
             size += len(frame[3])
         room = min(
-            conn.input_budget - conn.partial,
+            conn.input_budget + READ_SLACK - conn.partial,
             self.max_input_total - self.queued_bytes - self.partial_bytes,
         )
         if size > room:

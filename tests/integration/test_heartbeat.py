@@ -100,7 +100,9 @@ async def test_bytes_that_never_make_a_frame_do_not_reset_the_idle_timer(
 
 
 async def test_an_unfinished_frame_is_cut_at_the_frame_deadline(start_server: StartServer) -> None:
-    server = await start_server(frame_timeout=0.3, ping_interval=0, sweep_interval=0.05)
+    server = await start_server(
+        frame_timeout=0.3, ping_interval=0, sweep_interval=0.05, prelogin_max_frame=1 << 20
+    )
     async with await AsyncClient.connect(*server.address) as client:
         peer = await RawPeer.connect(server.address)
         # Whole frames arriving now and then reset nothing here: the pending one counts.
@@ -143,6 +145,10 @@ async def test_a_peer_that_sends_without_reading_still_meets_the_auth_timeout(
         slow_consumer_timeout=60,
         slow_consumer_bytes=256 << 20,
         trust_loopback=False,
+        # Large frames and unread replies before login: the pre-login budgets are raised
+        # so that only the auth timeout ends it.
+        prelogin_max_frame=1 << 20,
+        prelogin_output_bytes=256 << 20,
     )
     peer = await RawPeer.connect(server.address)
     try:

@@ -83,7 +83,7 @@ def old_tls_context(version: ssl.TLSVersion) -> ssl.SSLContext:
 async def test_round_trips_through_the_sdk_over_tls(
     start_server: StartServer, pki: Pki, opened: list[AsyncClient]
 ) -> None:
-    server = await tls_server(start_server, pki, make_app())
+    server = await tls_server(start_server, pki, make_app(), prelogin_max_frame=1 << 20)
     client = await AsyncClient.connect(*server.address, app_registry(), tls_ca=pki.ca)
     opened.append(client)
     # Pipelined, of sizes around the TLS record size (16 KiB), each answered in order.
@@ -346,7 +346,7 @@ async def test_slow_consumer_over_tls_is_cut_by_its_pending_bytes(
     _, writer = await tls_reader_that_stops(server.address, pki)
     await wait_for(lambda: len(server.connections) == 1)
     [conn] = server.connections
-    assert conn.transport.get_write_buffer_limits()[1] == server.write_high_water
+    assert conn.transport.get_write_buffer_limits()[1] == server.budgets.prelogin_high_water
     request = pb.BigRequest(size=900_000).SerializeToString()
     for seq in range(1, 41):
         writer.write(encode_frame(1008, 0, seq, request))
