@@ -58,7 +58,7 @@ class CloseReason(StrEnum):
 
 
 #: Input a lingering close (close_with) reads and drops before it gives up and aborts.
-LINGER_BYTES = 8 << 20
+LINGER_BYTES = 16 << 20
 
 
 class Budgets:
