@@ -475,10 +475,11 @@ class AsyncClient:
                 await self._writable.wait()
             if self._state in _GONE:
                 raise self._gone()
-        if self._max_request and MIN_LENGTH + len(payload) > self._max_request:
+        limit = self._max_request_now()
+        if limit and MIN_LENGTH + len(payload) > limit:
             raise LocalProtocolError(
                 f"a {len(payload)}-byte payload passes the server's max_frame "
-                f"({self._max_request}); the server would close the connection"
+                f"({limit}); the server would close the connection"
             )
         seq = self._take_seq()
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
@@ -540,6 +541,15 @@ class AsyncClient:
         self.welcome = Welcome.FromString(frame.payload)
         self._max_request = self.welcome.max_frame
         return self.welcome
+
+    def _max_request_now(self) -> int:
+        """The server's frame limit as of hello(), 0 before it: a session lifts the
+        pre-login limit to Welcome's session_max_frame (a server without that field
+        answers 0 there, and max_frame stands)."""
+        welcome = self.welcome
+        if welcome is not None and self.session is not None and welcome.session_max_frame:
+            return welcome.session_max_frame
+        return self._max_request
 
     async def describe(
         self, *, adopt: bool = False, timeout: float | None = 30.0

@@ -72,6 +72,7 @@ def system_app() -> App:
             max_outstanding_pings=config.max_outstanding_pings,
             auth_timeout_ms=int(config.auth_timeout * 1000),
             frame_timeout_ms=int(config.frame_timeout * 1000),
+            session_max_frame=config.max_frame,
         )
 
     @app.handler(Pong)

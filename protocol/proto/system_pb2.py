@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protocol.proto import options_pb2 as protocol_dot_proto_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotocol/proto/system.proto\x12\x06system\x1a\x1cprotocol/proto/options.proto\"$\n\x04Ping\x12\x16\n\x0e\x63lient_time_ns\x18\x01 \x01(\x03:\x04\x88\xb5\x18\x01\"<\n\x04Pong\x12\x16\n\x0e\x63lient_time_ns\x18\x01 \x01(\x03\x12\x16\n\x0eserver_time_ns\x18\x02 \x01(\x03:\x04\x88\xb5\x18\x02\"D\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0erequest_msg_id\x18\x03 \x01(\r:\x04\x88\xb5\x18\x03\"X\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x63\x63\x65pt_compression\x18\x03 \x01(\x08:\x04\x88\xb5\x18\x04\"\xa9\x02\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0bserver_name\x18\x02 \x01(\t\x12\x11\n\tmax_frame\x18\x03 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\r\x12\x15\n\rsession_ttl_s\x18\x05 \x01(\r\x12\x1b\n\x13\x63ompression_offered\x18\x06 \x01(\x08\x12\x17\n\x0fidle_timeout_ms\x18\x07 \x01(\r\x12\x18\n\x10ping_interval_ms\x18\x08 \x01(\r\x12\x1d\n\x15max_outstanding_pings\x18\t \x01(\r\x12\x17\n\x0f\x61uth_timeout_ms\x18\n \x01(\r\x12\x18\n\x10\x66rame_timeout_ms\x18\x0b \x01(\r:\x04\x88\xb5\x18\x05\"D\n\x0cLoginRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t:\x04\x88\xb5\x18\x06\"t\n\nLoginReply\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\x15\n\rsession_ttl_s\x18\x05 \x01(\r:\x04\x88\xb5\x18\x07\"\x1b\n\x13RefreshTokenRequest:\x04\x88\xb5\x18\x08\"\x15\n\rLogoutRequest:\x04\x88\xb5\x18\t\"\x13\n\x0bLogoutReply:\x04\x88\xb5\x18\x0c\";\n\rResumeRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x15\n\rlast_push_seq\x18\x02 \x01(\x04:\x04\x88\xb5\x18\r\"\x8f\x01\n\x0bResumeReply\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x03 \x01(\x03\x12\x15\n\rsession_ttl_s\x18\x04 \x01(\r\x12\x10\n\x08push_gap\x18\x05 \x01(\x08\x12\x15\n\rlast_push_seq\x18\x06 \x01(\x04:\x04\x88\xb5\x18\x0e\"\x1c\n\x07PushAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04:\x04\x88\xb5\x18\x0f\"!\n\x0b\x45\x63hoRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c:\x04\x88\xb5\x18\n\"\x1f\n\tEchoReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c:\x04\x88\xb5\x18\x0b\"\x17\n\x0f\x44\x65scribeRequest:\x04\x88\xb5\x18\x14\"*\n\tMessageId\x12\n\n\x02id\x18\x01 \x01(\r\x12\x11\n\tfull_name\x18\x02 \x01(\t\"R\n\rDescribeReply\x12\x1b\n\x13\x66ile_descriptor_set\x18\x01 \x01(\x0c\x12\x1e\n\x03ids\x18\x02 \x03(\x0b\x32\x11.system.MessageId:\x04\x88\xb5\x18\x15\"K\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12reconnect_after_ms\x18\x03 \x01(\r:\x04\x88\xb5\x18\x1e\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotocol/proto/system.proto\x12\x06system\x1a\x1cprotocol/proto/options.proto\"$\n\x04Ping\x12\x16\n\x0e\x63lient_time_ns\x18\x01 \x01(\x03:\x04\x88\xb5\x18\x01\"<\n\x04Pong\x12\x16\n\x0e\x63lient_time_ns\x18\x01 \x01(\x03\x12\x16\n\x0eserver_time_ns\x18\x02 \x01(\x03:\x04\x88\xb5\x18\x02\"D\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0erequest_msg_id\x18\x03 \x01(\r:\x04\x88\xb5\x18\x03\"X\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x63\x63\x65pt_compression\x18\x03 \x01(\x08:\x04\x88\xb5\x18\x04\"\xc4\x02\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0bserver_name\x18\x02 \x01(\t\x12\x11\n\tmax_frame\x18\x03 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\r\x12\x15\n\rsession_ttl_s\x18\x05 \x01(\r\x12\x1b\n\x13\x63ompression_offered\x18\x06 \x01(\x08\x12\x17\n\x0fidle_timeout_ms\x18\x07 \x01(\r\x12\x18\n\x10ping_interval_ms\x18\x08 \x01(\r\x12\x1d\n\x15max_outstanding_pings\x18\t \x01(\r\x12\x17\n\x0f\x61uth_timeout_ms\x18\n \x01(\r\x12\x18\n\x10\x66rame_timeout_ms\x18\x0b \x01(\r\x12\x19\n\x11session_max_frame\x18\x0c \x01(\r:\x04\x88\xb5\x18\x05\"D\n\x0cLoginRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t:\x04\x88\xb5\x18\x06\"t\n\nLoginReply\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\x15\n\rsession_ttl_s\x18\x05 \x01(\r:\x04\x88\xb5\x18\x07\"\x1b\n\x13RefreshTokenRequest:\x04\x88\xb5\x18\x08\"\x15\n\rLogoutRequest:\x04\x88\xb5\x18\t\"\x13\n\x0bLogoutReply:\x04\x88\xb5\x18\x0c\";\n\rResumeRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x15\n\rlast_push_seq\x18\x02 \x01(\x04:\x04\x88\xb5\x18\r\"\x8f\x01\n\x0bResumeReply\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x03 \x01(\x03\x12\x15\n\rsession_ttl_s\x18\x04 \x01(\r\x12\x10\n\x08push_gap\x18\x05 \x01(\x08\x12\x15\n\rlast_push_seq\x18\x06 \x01(\x04:\x04\x88\xb5\x18\x0e\"\x1c\n\x07PushAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04:\x04\x88\xb5\x18\x0f\"!\n\x0b\x45\x63hoRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c:\x04\x88\xb5\x18\n\"\x1f\n\tEchoReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c:\x04\x88\xb5\x18\x0b\"\x17\n\x0f\x44\x65scribeRequest:\x04\x88\xb5\x18\x14\"*\n\tMessageId\x12\n\n\x02id\x18\x01 \x01(\r\x12\x11\n\tfull_name\x18\x02 \x01(\t\"R\n\rDescribeReply\x12\x1b\n\x13\x66ile_descriptor_set\x18\x01 \x01(\x0c\x12\x1e\n\x03ids\x18\x02 \x03(\x0b\x32\x11.system.MessageId:\x04\x88\xb5\x18\x15\"K\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12reconnect_after_ms\x18\x03 \x01(\r:\x04\x88\xb5\x18\x1e\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -77,33 +77,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=239
   _globals['_HELLO']._serialized_end=327
   _globals['_WELCOME']._serialized_start=330
-  _globals['_WELCOME']._serialized_end=627
-  _globals['_LOGINREQUEST']._serialized_start=629
-  _globals['_LOGINREQUEST']._serialized_end=697
-  _globals['_LOGINREPLY']._serialized_start=699
-  _globals['_LOGINREPLY']._serialized_end=815
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=817
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=844
-  _globals['_LOGOUTREQUEST']._serialized_start=846
-  _globals['_LOGOUTREQUEST']._serialized_end=867
-  _globals['_LOGOUTREPLY']._serialized_start=869
-  _globals['_LOGOUTREPLY']._serialized_end=888
-  _globals['_RESUMEREQUEST']._serialized_start=890
-  _globals['_RESUMEREQUEST']._serialized_end=949
-  _globals['_RESUMEREPLY']._serialized_start=952
-  _globals['_RESUMEREPLY']._serialized_end=1095
-  _globals['_PUSHACK']._serialized_start=1097
-  _globals['_PUSHACK']._serialized_end=1125
-  _globals['_ECHOREQUEST']._serialized_start=1127
-  _globals['_ECHOREQUEST']._serialized_end=1160
-  _globals['_ECHOREPLY']._serialized_start=1162
-  _globals['_ECHOREPLY']._serialized_end=1193
-  _globals['_DESCRIBEREQUEST']._serialized_start=1195
-  _globals['_DESCRIBEREQUEST']._serialized_end=1218
-  _globals['_MESSAGEID']._serialized_start=1220
-  _globals['_MESSAGEID']._serialized_end=1262
-  _globals['_DESCRIBEREPLY']._serialized_start=1264
-  _globals['_DESCRIBEREPLY']._serialized_end=1346
-  _globals['_GOAWAY']._serialized_start=1348
-  _globals['_GOAWAY']._serialized_end=1423
+  _globals['_WELCOME']._serialized_end=654
+  _globals['_LOGINREQUEST']._serialized_start=656
+  _globals['_LOGINREQUEST']._serialized_end=724
+  _globals['_LOGINREPLY']._serialized_start=726
+  _globals['_LOGINREPLY']._serialized_end=842
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=844
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=871
+  _globals['_LOGOUTREQUEST']._serialized_start=873
+  _globals['_LOGOUTREQUEST']._serialized_end=894
+  _globals['_LOGOUTREPLY']._serialized_start=896
+  _globals['_LOGOUTREPLY']._serialized_end=915
+  _globals['_RESUMEREQUEST']._serialized_start=917
+  _globals['_RESUMEREQUEST']._serialized_end=976
+  _globals['_RESUMEREPLY']._serialized_start=979
+  _globals['_RESUMEREPLY']._serialized_end=1122
+  _globals['_PUSHACK']._serialized_start=1124
+  _globals['_PUSHACK']._serialized_end=1152
+  _globals['_ECHOREQUEST']._serialized_start=1154
+  _globals['_ECHOREQUEST']._serialized_end=1187
+  _globals['_ECHOREPLY']._serialized_start=1189
+  _globals['_ECHOREPLY']._serialized_end=1220
+  _globals['_DESCRIBEREQUEST']._serialized_start=1222
+  _globals['_DESCRIBEREQUEST']._serialized_end=1245
+  _globals['_MESSAGEID']._serialized_start=1247
+  _globals['_MESSAGEID']._serialized_end=1289
+  _globals['_DESCRIBEREPLY']._serialized_start=1291
+  _globals['_DESCRIBEREPLY']._serialized_end=1373
+  _globals['_GOAWAY']._serialized_start=1375
+  _globals['_GOAWAY']._serialized_end=1450
 # @@protoc_insertion_point(module_scope)

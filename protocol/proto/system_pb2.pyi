@@ -42,7 +42,7 @@ class Hello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., accept_compression: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "server_name", "max_frame", "heartbeat_interval_ms", "session_ttl_s", "compression_offered", "idle_timeout_ms", "ping_interval_ms", "max_outstanding_pings", "auth_timeout_ms", "frame_timeout_ms")
+    __slots__ = ("protocol_version", "server_name", "max_frame", "heartbeat_interval_ms", "session_ttl_s", "compression_offered", "idle_timeout_ms", "ping_interval_ms", "max_outstanding_pings", "auth_timeout_ms", "frame_timeout_ms", "session_max_frame")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class Welcome(_message.Message):
     MAX_OUTSTANDING_PINGS_FIELD_NUMBER: _ClassVar[int]
     AUTH_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     FRAME_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_MAX_FRAME_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     server_name: str
     max_frame: int
@@ -65,7 +66,8 @@ class Welcome(_message.Message):
     max_outstanding_pings: int
     auth_timeout_ms: int
     frame_timeout_ms: int
-    def __init__(self, protocol_version: _Optional[int] = ..., server_name: _Optional[str] = ..., max_frame: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., session_ttl_s: _Optional[int] = ..., compression_offered: _Optional[bool] = ..., idle_timeout_ms: _Optional[int] = ..., ping_interval_ms: _Optional[int] = ..., max_outstanding_pings: _Optional[int] = ..., auth_timeout_ms: _Optional[int] = ..., frame_timeout_ms: _Optional[int] = ...) -> None: ...
+    session_max_frame: int
+    def __init__(self, protocol_version: _Optional[int] = ..., server_name: _Optional[str] = ..., max_frame: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., session_ttl_s: _Optional[int] = ..., compression_offered: _Optional[bool] = ..., idle_timeout_ms: _Optional[int] = ..., ping_interval_ms: _Optional[int] = ..., max_outstanding_pings: _Optional[int] = ..., auth_timeout_ms: _Optional[int] = ..., frame_timeout_ms: _Optional[int] = ..., session_max_frame: _Optional[int] = ...) -> None: ...
 
 class LoginRequest(_message.Message):
     __slots__ = ("user", "password", "device")

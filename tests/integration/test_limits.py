@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from client_sdk import AsyncClient, ConnectionClosed
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.frame import Flags, encode_frame
 from protocol.proto.system_pb2 import EchoReply, EchoRequest, Error
 from protocol.system import MAX_ERROR_FRAME, MAX_ERROR_TEXT, error_frame
@@ -206,6 +206,23 @@ async def test_prelogin_frame_limit_until_login_and_again_after_logout(
     assert codes(frames) == [ErrorCode.FRAME_TOO_LARGE]
     await peer.close()
     await wait_for(lambda: server.stats.close_reasons["frame_too_large"] == 1)
+
+
+async def test_the_sdk_lifts_its_frame_check_once_logged_in(start_server: StartServer) -> None:
+    """A Welcome before login names the pre-login limit and the session's: the SDK checks
+    requests against the one in force, not the limit it heard first."""
+    server = await start_server(authenticator=USERS, prelogin_max_frame=16 * 1024)
+    async with await AsyncClient.connect(*server.address) as client:
+        welcome = await client.hello()
+        assert welcome.session_max_frame == server.config.max_frame
+        data = b"L" * 100_000
+        with pytest.raises(LocalProtocolError):
+            await client.call(EchoRequest(data=data), EchoReply)
+        await client.login("alice", "pw-a")
+        assert (await client.call(EchoRequest(data=data), EchoReply)).data == data
+        await client.logout()
+        with pytest.raises(LocalProtocolError):
+            await client.call(EchoRequest(data=data), EchoReply)
 
 
 async def test_a_connection_at_its_input_budget_stops_being_read(
