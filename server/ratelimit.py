@@ -220,6 +220,12 @@ class LoginThrottle:
     once it has been quiet for twice `lockout_max` (and the table is swept when it doubles),
     so memory follows the names and addresses seen lately.
 
+    A name or address that has been locked out is on probation until a login succeeds:
+    once its window ends, one login at a time is checked for it, and the others that
+    arrive meanwhile are refused RATE_LIMITED as if still locked. Without that, a
+    flood pipelined ahead of the window's end reaches the password check all at once
+    and fills the pool every time a window ends.
+
     The price of a per-name lockout is that anyone can lock a name out for a while by
     failing it on purpose; the window is capped (`lockout_max`) so that stays a nuisance,
     and the per-address count lets a lockout fall on the flooding address first.
@@ -240,6 +246,8 @@ class LoginThrottle:
         #: key -> [failures in a row, locked until, last failure]
         self._entries: dict[tuple[str, str], list[float]] = {}
         self._sweep_at = 1024
+        #: Keys on probation whose one login is being checked now.
+        self._probing: set[tuple[str, str]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -263,6 +271,22 @@ class LoginThrottle:
             if entry is not None and entry[1] > now:
                 longest = max(longest, entry[1] - now)
         return longest
+
+    def claim(self, user: str, address: str) -> list[tuple[str, str]] | None:
+        """The keys on probation this login is the one check of, now claimed; None when
+        another login of one of them is being checked (refuse this one)."""
+        claimed = []
+        for key, free in self._keys(user, address):
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] >= free:
+                if key in self._probing:
+                    return None
+                claimed.append(key)
+        self._probing.update(claimed)
+        return claimed
+
+    def release(self, claimed: list[tuple[str, str]]) -> None:
+        self._probing.difference_update(claimed)
 
     def failed(self, user: str, address: str, now: float | None = None) -> None:
         if now is None:
@@ -310,10 +334,11 @@ class LoginThrottle:
         async def throttled(ctx: Context, msg: Any) -> Message | None:
             address = _address(ctx)
             wait = self.wait(msg.user, address)
-            if wait:
+            claimed = None if wait else self.claim(msg.user, address)
+            if claimed is None:
                 return Error(
                     code=ErrorCode.RATE_LIMITED,
-                    message="too many failed logins: " + retry_text(wait),
+                    message="too many failed logins: " + retry_text(wait or self.lockout),
                     request_msg_id=msg_id,
                 )
             try:
@@ -321,6 +346,8 @@ class LoginThrottle:
             except WrongCredentials:
                 self.failed(msg.user, address)
                 raise
+            finally:
+                self.release(claimed)
             if reply is not None and not isinstance(reply, Error):
                 self.succeeded(msg.user, address)
             return reply

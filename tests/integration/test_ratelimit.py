@@ -243,6 +243,31 @@ async def test_failed_logins_lock_the_name_out_without_checking_the_password(
     assert (await client.login("alice", "wonderland")).user_id == "alice"
 
 
+async def test_after_a_lockout_one_login_at_a_time_is_checked(
+    start_server: StartServer, connect: Connect
+) -> None:
+    """A flood pipelined past the end of a lockout window must not reach the password
+    check all at once: the name is on probation, one login is checked, the rest wait."""
+    users = CountingUsers()
+    server = await start_server(
+        authenticator=users, login_user_failures=1, login_address_failures=0, login_lockout=0.1
+    )
+    client = await connect(server)
+    with pytest.raises(Unauthenticated):
+        await client.login("alice", "wrong")
+    await asyncio.sleep(0.15)  # the window is over
+    results = await asyncio.gather(
+        *(client.login("alice", "wrong") for _ in range(20)), return_exceptions=True
+    )
+    assert users.checks == 2  # the first failure and the one probe
+    assert sum(isinstance(r, Unauthenticated) for r in results) == 1
+    assert sum(isinstance(r, RateLimited) for r in results) == 19
+    # A success ends the probation: logins are checked side by side again.
+    await asyncio.sleep(server.login_throttle.wait("alice", "127.0.0.1") + 0.05)
+    assert (await client.login("alice", "wonderland")).user_id == "alice"
+    assert server.login_throttle.claim("alice", "127.0.0.1") == []
+
+
 async def test_failed_logins_from_one_address_lock_it_out_for_every_name(
     start_server: StartServer, connect: Connect
 ) -> None:
