@@ -63,6 +63,8 @@ positive_int = checked(int, lambda v: v >= 1, "must be at least 1")
 non_negative_int = checked(int, lambda v: v >= 0, "must not be negative")
 non_negative_float = checked(float, lambda v: v >= 0, "must not be negative")
 positive_float = checked(float, lambda v: v > 0, "must be positive")
+#: scrypt's cost n (--scrypt-n of the benches that make users).
+scrypt_cost = checked(int, lambda v: v >= 2 and not v & (v - 1), "must be a power of 2, >= 2")
 
 
 def key_value(text: str) -> tuple[str, str]:

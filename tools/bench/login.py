@@ -32,9 +32,7 @@ def register(kinds: Any) -> None:
     )
     login.add_argument(
         "--scrypt-n",
-        type=common.checked(
-            int, lambda v: v >= 2 and not v & (v - 1), "must be a power of 2, >= 2"
-        ),
+        type=common.scrypt_cost,
         default=1 << 14,
         metavar="N",
         help="scrypt cost of the users' password hashes (default: %(default)s, the "
