@@ -196,12 +196,54 @@ class ServerCollector:
             value=self.loop_lag.take_max(),
         )
         yield from self._store_metrics()
+        yield from self._budget_metrics()
         latency = HistogramMetricFamily(
             "tickwire_handler_seconds", "Handler time, by message type.", labels=["message"]
         )
         for name, histogram in sorted(self.timing.histograms.items()):
             latency.add_metric([name], histogram.buckets(), sum_value=histogram.sum)
         yield latency
+
+    def _budget_metrics(self) -> Iterator[Metric]:
+        """The byte budgets and the TLS handshakes (docs/internet.md): what peers make
+        the server hold now, against the limits an operator sets."""
+        server = self.server
+        dispatcher = server.dispatcher
+        yield GaugeMetricFamily(
+            "tickwire_input_bytes_queued",
+            "Bytes of queued frames and partial frames held for all connections "
+            "(max_input_bytes_total bounds it).",
+            value=dispatcher.queued_bytes + dispatcher.partial_bytes,
+        )
+        yield GaugeMetricFamily(
+            "tickwire_output_bytes_held",
+            "Bytes waiting for write-paused connections (max_output_bytes_total bounds it).",
+            value=dispatcher.output_bytes,
+        )
+        yield GaugeMetricFamily(
+            "tickwire_connections_parked",
+            "Connections not read until the server is back under its input budget.",
+            value=len(dispatcher.parked),
+        )
+        yield CounterMetricFamily(
+            "tickwire_oversized_replies",
+            "Replies larger than max_frame, answered INTERNAL instead.",
+            value=server.stats.oversized_replies,
+        )
+        if server.config.tls_cert:
+            yield GaugeMetricFamily(
+                "tickwire_tls_handshakes_in_flight",
+                "TLS handshakes begun and not finished (they count against max_connections).",
+                value=server.tls_handshakes.in_flight,
+            )
+            failed = CounterMetricFamily(
+                "tickwire_tls_handshake_failures",
+                "Failed TLS handshakes, by reason.",
+                labels=["reason"],
+            )
+            for reason, count in sorted(server.tls_failures.total.items()):
+                failed.add_metric([reason], count)
+            yield failed
 
     def _store_metrics(self) -> Iterator[Metric]:
         server = self.server

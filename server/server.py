@@ -178,6 +178,15 @@ class Server:
         self._caches: dict[str, Store] = {}
         self.accepting = False
         self._gate = AuthGate()
+        #: Failed TLS handshakes, counted and logged at most once per interval.
+        self.tls_failures = HandshakeFailures()
+        #: TLS handshakes in flight: they count against max_connections with the
+        #: connections (a peer is a Connection only once its handshake is done). One
+        #: handshake past the cap is let through, so that a client meeting a full server
+        #: hears TOO_MANY_CONNECTIONS from attach, as over plaintext, not a bare close.
+        self.tls_handshakes = HandshakeGate(
+            lambda in_flight: len(self.connections) + in_flight <= self.max_connections
+        )
 
     # -- building chains --------------------------------------------------------------
 
@@ -267,15 +276,6 @@ class Server:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on `config.host:port`, or on `sock` when handed one."""
-        #: Failed TLS handshakes, counted and logged at most once per interval.
-        self.tls_failures = HandshakeFailures()
-        #: TLS handshakes in flight: they count against max_connections with the
-        #: connections (a peer is a Connection only once its handshake is done). One
-        #: handshake past the cap is let through, so that a client meeting a full server
-        #: hears TOO_MANY_CONNECTIONS from attach, as over plaintext, not a bare close.
-        self.tls_handshakes = HandshakeGate(
-            lambda in_flight: len(self.connections) + in_flight <= self.max_connections
-        )
         # Before anything starts: unreadable or mismatched TLS files raise ConfigError.
         tls_context = server_context(
             self.config.tls_cert,

@@ -225,6 +225,31 @@ async def test_the_sdk_lifts_its_frame_check_once_logged_in(start_server: StartS
             await client.call(EchoRequest(data=data), EchoReply)
 
 
+async def test_the_metrics_show_what_peers_make_the_server_hold(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(metrics=True, metrics_port=0)
+    assert server.metrics is not None
+
+    def gauge(name: str) -> float:
+        assert server.metrics is not None
+        text = server.metrics.respond("/metrics")[1].decode()
+        return float(next(x for x in text.splitlines() if x.startswith(name + " ")).split()[1])
+
+    assert gauge("tickwire_input_bytes_queued") == 0
+    peer = await RawPeer.connect(server.address)
+    # Half of a 10,000-byte Echo: a partial frame the server holds.
+    frame = encode_frame(10, 0, 1, EchoRequest(data=b"p" * 10_000).SerializeToString())
+    peer.send(frame[:5_000])
+    await wait_for(lambda: server.dispatcher.partial_bytes == 5_000)
+    assert gauge("tickwire_input_bytes_queued") == 5_000
+    assert gauge("tickwire_output_bytes_held") == 0
+    assert gauge("tickwire_connections_parked") == 0
+    await peer.close()
+    await wait_for(lambda: server.dispatcher.partial_bytes == 0)
+    assert gauge("tickwire_input_bytes_queued") == 0
+
+
 async def test_a_connection_at_its_input_budget_stops_being_read(
     start_server: StartServer,
 ) -> None:

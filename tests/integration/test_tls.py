@@ -264,7 +264,7 @@ async def test_plaintext_client_on_the_tls_port_is_closed_without_a_traceback(
     start_server: StartServer, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    server = await tls_server(start_server, pki)
+    server = await tls_server(start_server, pki, metrics=True, metrics_port=0)
     loop_errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
     client = await AsyncClient.connect(*server.address)
@@ -281,6 +281,10 @@ async def test_plaintext_client_on_the_tls_port_is_closed_without_a_traceback(
     # The lone byte is not even a TLS record header: its peer's close ends it, uncounted.
     await wait_for(lambda: sum(server.tls_failures.total.values()) == 3)
     assert server.tls_failures.total == {"WRONG_VERSION_NUMBER": 2, "HTTP_REQUEST": 1}
+    assert server.metrics is not None
+    text = server.metrics.respond("/metrics")[1].decode()
+    assert 'tickwire_tls_handshake_failures_total{reason="WRONG_VERSION_NUMBER"} 2.0' in text
+    assert "tickwire_tls_handshakes_in_flight 0.0" in text
     assert not server.connections
     assert not loop_errors
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
