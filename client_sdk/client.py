@@ -305,6 +305,8 @@ class AsyncClient:
         self._auto_refresh = False
         self._refresher: asyncio.Task[None] | None = None
         self._session_lost_callbacks: list[SessionLostCallback] = []
+        #: The wait the server asked for when it last refused to restore the session.
+        self._retry_after = 0.0
         self._callback_tasks: set[asyncio.Task[None]] = set()
 
     # -- connecting and closing -----------------------------------------------------
@@ -897,7 +899,9 @@ class AsyncClient:
             return False  # dropped again: the loop starts over
         except (TimeoutError, ClientError) as exc:
             # No usable answer (Overloaded, a timeout...): the session may well be alive,
-            # so drop this connection and try again later rather than lose it.
+            # so drop this connection and try again later rather than lose it; no sooner
+            # than the server asked ("retry after N ms": a store outage, a busy login).
+            self._retry_after = getattr(exc, "retry_after", None) or 0.0
             self._drop_connection(f"could not restore the session: {exc or 'timed out'}")
             return False
         assert reason is not None
@@ -1158,7 +1162,8 @@ class AsyncClient:
         tries = 0
         try:
             while policy.attempts is None or tries < policy.attempts:
-                await asyncio.sleep(policy.jittered(delay))
+                await asyncio.sleep(max(policy.jittered(delay), self._retry_after))
+                self._retry_after = 0.0
                 tries += 1
                 try:
                     await self._open()

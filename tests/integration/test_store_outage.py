@@ -4,12 +4,13 @@ warning covers the outage), and the metrics show the breaker."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
 import pytest
 
-from client_sdk import AsyncClient, Overloaded
+from client_sdk import AsyncClient, Overloaded, Reconnect
 from examples.chat import chat_pb2
 from examples.chat.chat_pb2 import JoinRequest, SayReply, SayRequest
 from examples.chat.service import make_app
@@ -135,3 +136,45 @@ async def test_a_login_during_an_outage_is_refused_before_the_password_check(
     # The logins that found the store down before the breaker opened checked a password;
     # none after it did.
     assert users.checks == server.breaker.failures
+
+
+async def test_a_reconnecting_client_waits_the_retry_the_store_outage_asks_for(
+    own_redis: RedisProcess, start_server: StartServer
+) -> None:
+    """A Resume refused OVERLOADED "retry after N ms" keeps the session and tries again,
+    but not before the N ms: a thousand clients retrying on their own short backoff
+    would hammer a server whose store is down."""
+    server = await start_server(
+        authenticator=USERS,
+        store="redis",
+        redis_url=own_redis.url,
+        store_breaker_failures=1,
+        store_breaker_probe_interval=0.4,
+    )
+    opened: list[float] = []  # when each attempt arrived
+    loop = asyncio.get_running_loop()
+    client = await AsyncClient.connect(
+        *server.address, reconnect=Reconnect(initial=0.01, maximum=0.02)
+    )
+    try:
+        await client.login("alice", "a")
+        opened_before = server.stats.connections_opened
+        own_redis.halt()
+        for conn in list(server.connections):
+            conn.transport.abort()
+        # Each connection the client opens meets an open breaker: OVERLOADED, retry after
+        # up to 400 ms. Watch when the attempts arrive.
+        deadline = loop.time() + 1.5
+        seen = opened_before
+        while loop.time() < deadline:
+            if server.stats.connections_opened > seen:
+                seen = server.stats.connections_opened
+                opened.append(loop.time())
+            await asyncio.sleep(0.002)
+        assert client.session is not None  # kept through the refusals
+    finally:
+        await client.close()
+    # Each refusal's hint is the time to the breaker's next probe (at most 400 ms), so
+    # about one attempt per probe; without the hint the client comes back every 10-20 ms,
+    # 75 times or more in the 1.5 s (a slower machine only makes it fewer).
+    assert 2 <= len(opened) <= 15, len(opened)
