@@ -23,6 +23,9 @@ from protocol.frame import DEFAULT_MAX_FRAME, MIN_LENGTH
 
 ENV_PREFIX = "TICKWIRE_"
 
+#: redis_url's default: a Redis on this host.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
 
 #: Every duration has an upper bound: besides catching typos, it keeps `inf` (which
 #: TOML and float() both accept) out of the tick arithmetic of the sweep.
@@ -405,15 +408,66 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _doc("Seconds an offline push is kept before it is dropped.", gt=0, le=365 * 86_400),
     ] = 7 * 86_400.0
     store: Annotated[
-        Literal["memory", "redis"],
+        Literal["auto", "memory", "redis"],
         _doc(
             "Where sessions, tokens and handlers' ctx.cache live: embedded memory, or Redis "
-            "when several nodes must share them."
+            'when several nodes must share them. "auto": memory, or with cluster_url the '
+            "cluster's Redis (a cluster on the memory store is refused)."
         ),
-    ] = "memory"
-    redis_url: Annotated[str, _doc('The Redis to use when store is "redis".')] = (
-        "redis://127.0.0.1:6379/0"
-    )
+    ] = "auto"
+    redis_url: Annotated[
+        str,
+        _doc(
+            'The Redis to use when store is "redis"; with cluster_url and this default, '
+            "the cluster's."
+        ),
+    ] = DEFAULT_REDIS_URL
+    cluster_url: Annotated[
+        str,
+        _doc(
+            "Join the cluster whose bus and directory are this Redis (redis://HOST:PORT/DB; "
+            "docs/scaling.md). Empty: one process on its own, as without a cluster."
+        ),
+    ] = ""
+    node_id: Annotated[
+        str,
+        _doc("This node's name in the cluster; empty: <hostname>:<pid>."),
+    ] = ""
+    cluster_heartbeat: Annotated[
+        float,
+        _doc(
+            "Seconds between a node's heartbeats (each writes its record and reads the others').",
+            gt=0,
+            le=60,
+        ),
+    ] = 1.0
+    cluster_node_ttl: Annotated[
+        float,
+        _doc(
+            "Seconds a node's record lives without a heartbeat: a node killed is gone from "
+            "the others' view within cluster_node_ttl + cluster_heartbeat.",
+            gt=0,
+            le=600,
+        ),
+    ] = 2.0
+    cluster_call_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a node-to-node call (a forwarded owned-key request, server.call, a "
+            "Resume's handover) waits for its answer by default.",
+            gt=0,
+            le=600,
+        ),
+    ] = 5.0
+    processes: Annotated[
+        int,
+        _doc(
+            "Worker processes `tickwire serve` starts on one listening port, each a node "
+            "of cluster_url (more than 1 needs it).",
+            ge=1,
+            le=1024,
+        ),
+    ] = 1
     store_snapshot_path: Annotated[
         str,
         _doc(
@@ -498,6 +552,40 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_port: Annotated[
         int, _doc("Port of the metrics endpoint; 0 lets the OS pick one.", ge=0, le=65535)
     ] = 9170
+
+    def __post_init__(self) -> None:
+        if self.cluster_url:
+            if self.store == "memory":
+                raise ValueError(
+                    "store = memory with cluster_url: the nodes of a cluster share sessions "
+                    'through Redis (leave store at "auto" to use the cluster\'s, or set '
+                    '"redis" and redis_url)'
+                )
+        elif self.processes > 1:
+            raise ValueError(
+                f"processes = {self.processes} needs cluster_url: the workers share "
+                "sessions, pushes and rooms through the cluster's Redis "
+                "(e.g. --cluster redis://127.0.0.1:6379/0)"
+            )
+        if self.cluster_url:
+            from server.cluster.resp import RedisAddress
+
+            RedisAddress.parse(self.cluster_url)
+
+    @property
+    def store_backend(self) -> Literal["memory", "redis"]:
+        """The store in force: "auto" resolved."""
+        if self.store == "auto":
+            return "redis" if self.cluster_url else "memory"
+        return self.store
+
+    @property
+    def store_url(self) -> str:
+        """The Redis of a "redis" store: redis_url, or the cluster's when it is left at
+        its default."""
+        if self.cluster_url and self.redis_url == DEFAULT_REDIS_URL:
+            return self.cluster_url
+        return self.redis_url
 
 
 class ConfigError(Exception):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from server.app import App
 from server.auth import UsersFileError
+from server.cluster import ClusterError
 from server.config import ServerConfig
 from server.reload import AppLoader, reload_into, watch
 from server.server import Server
@@ -191,7 +192,7 @@ def run(
             return 2
         try:
             await server.start(sock=inherited_socket())
-        except StoreError as exc:
+        except (StoreError, ClusterError) as exc:
             log.error("cannot start: %s", exc)
             return 2
         stop = asyncio.Event()

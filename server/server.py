@@ -29,6 +29,7 @@ from protocol.registry import system_registry
 from protocol.system import PING_ID
 from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
+from server.cluster import Cluster, NodeInfo
 from server.config import ServerConfig
 from server.connection import Budgets, CloseReason, Connection, TLSConnection
 from server.dispatch import Dispatcher
@@ -46,7 +47,13 @@ from server.middleware import (
 from server.outbox import Outbox
 from server.push import OfflineQueue, Pusher, Room
 from server.ratelimit import Limit, LoginThrottle, RateLimit
-from server.sessions import DuplicateLogin, EndReason, Session, SessionManager
+from server.sessions import (
+    DuplicateLogin,
+    EndReason,
+    Session,
+    SessionManager,
+    default_node_id,
+)
 from server.stats import Stats
 from server.store import BreakerStore, MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
@@ -102,10 +109,25 @@ class Server:
             lockout=self.config.login_lockout,
             lockout_max=self.config.login_lockout_max,
         )
+        config = self.config
+        #: This node's name (in the session records, and in the cluster).
+        self.node_id = config.node_id or default_node_id()
+        #: The cluster this node is part of (cluster_url), None on its own.
+        self.cluster: Cluster | None = None
+        if config.cluster_url:
+            self.cluster = Cluster(
+                config.cluster_url,
+                self.node_id,
+                heartbeat=config.cluster_heartbeat,
+                ttl=config.cluster_node_ttl,
+                call_timeout=config.cluster_call_timeout,
+            )
+            self.cluster.describe = self._describe_node
         self.sessions = SessionManager(
             session_ttl=self.config.session_ttl,
             token_ttl=self.config.token_ttl,
             duplicate_login=DuplicateLogin(self.config.duplicate_login),
+            node=self.node_id,
             push_buffer=self.config.push_buffer,
         )
         self.sessions.on_end = self._session_ended
@@ -171,6 +193,8 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.metrics_address: tuple[str, int] | None = None
+        #: The (host, port) the listener got, kept after it closes (the node's record).
+        self._bound: tuple[str, int] | None = None
         #: Opened by start(): sessions, tokens and every app's ctx.cache live here.
         self.store: Store | None = None
         #: The same store as its circuit breaker (state and counters for the metrics).
@@ -296,8 +320,8 @@ class Server:
         )
         # First: a store that cannot be reached fails the start, before we accept anyone.
         backend = await open_store(
-            config.store,
-            redis_url=config.redis_url,
+            config.store_backend,
+            redis_url=config.store_url,
             snapshot_path=config.store_snapshot_path or None,
             snapshot_interval=config.store_snapshot_interval,
             max_keys=config.store_max_keys or None,
@@ -317,6 +341,12 @@ class Server:
         self.inbox = Inbox(self.store, max_per_user=config.inbox_max, ttl=config.inbox_ttl)
         self.pusher.offline_queue = OfflineQueue(self.inbox, loop)
         self.loop = loop
+        if self.cluster is not None:
+            try:
+                await self.cluster.connect()
+            except BaseException:
+                await self.store.close()
+                raise
         self.outbox.start(loop)
         self.executor = ThreadPoolExecutor(
             self.config.blocking_threads, thread_name_prefix="tickwire-blocking"
@@ -361,6 +391,7 @@ class Server:
             )
         self._listeners.append(listener)
         self._probe_fd = listener.sockets[0].fileno()
+        self._bound = self.address
         if self.metrics is not None:
             self.metrics_address = await self.metrics.start(
                 self.config.metrics_host, self.config.metrics_port
@@ -368,6 +399,29 @@ class Server:
             log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
         self.accepting = True
         self._sweeper = loop.create_task(self._sweep(), name="tickwire-sweep")
+        if self.cluster is not None:
+            await self.cluster.register()
+            log.info(
+                "node %s of the cluster at %s (%d live nodes)",
+                self.node_id,
+                self.cluster.address,
+                len(self.cluster.live),
+            )
+
+    def _describe_node(self) -> NodeInfo:
+        """This node's record in the cluster's directory."""
+        host, port = self._bound or (self.config.host, self.config.port)
+        return NodeInfo(
+            id=self.node_id,
+            host=host,
+            port=port,
+            pid=os.getpid(),
+            started_ms=self.cluster.started_ms if self.cluster is not None else 0,
+            heartbeat_ms=time.time_ns() // 1_000_000,
+            connections=len(self.connections),
+            sessions=len(self.sessions.live),
+            draining=not self.accepting and bool(self._listeners),
+        )
 
     async def before_handover(self) -> None:
         """A successor is about to start and restore the memory store's snapshot: write it
@@ -476,6 +530,8 @@ class Server:
         self.accepting = False
         for listener in self._listeners:
             listener.close()
+        if self.cluster is not None:
+            self.cluster.drain()
         for conn in self.connections:
             conn.pause_reading()
         loop = asyncio.get_running_loop()
@@ -513,6 +569,8 @@ class Server:
         for session in held:
             self.pusher.keep_unacked(session)
         await self.flush_pushes(timeout=max(1.0, deadline - loop.time()))
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.store is not None:
             # Handlers are done: the memory store's final snapshot sees everything.
             try:
