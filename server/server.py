@@ -465,6 +465,11 @@ class Server:
         """A handle on the room `name` of this node: join, leave, members, broadcast."""
         return self.pusher.room(name)
 
+    async def where(self, user_id: str) -> list[tuple[str, int]]:
+        """(node id, connection id) of each connected session of the user, on any node
+        (the store has them: every node of a cluster shares it)."""
+        return await self.sessions.where(user_id)
+
     async def inbox_settled(self, user_id: str) -> None:
         """Wait until every offline push queued so far for the user is in the inbox."""
         await self.pusher.inbox_settled(user_id)

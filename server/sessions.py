@@ -263,6 +263,13 @@ class SessionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_connected: list[ConnectedCallback] = []
         self._on_disconnected: list[DisconnectedCallback] = []
+        #: Awaited, in order, when this node starts holding a session it did not hold (a
+        #: login; a Resume of a session last held elsewhere or by a process gone), before
+        #: its record is written and its inbox read: the cluster subscribes the user's
+        #: channel here, so no push to the user falls between the nodes. What one raises
+        #: fails the login or resume as a store error would. A session stops being held
+        #: through `on_end` (or a handover to another node).
+        self.on_hold: list[Callable[[Session], Awaitable[None]]] = []
         #: Sessions whose disconnect the store missed (it was unreachable): their records
         #: still say "connected", with the long TTL; store_recovered sets that right.
         self._unsaved: dict[str, Session] = {}
@@ -372,6 +379,8 @@ class SessionManager:
             self._attach(session, conn)
             sid = session.session_id
             try:
+                for hook in self.on_hold:
+                    await hook(session)
                 # One round trip on Redis. Token first: nothing reads the session
                 # record without having come through the token.
                 batch = self.store.batch()
@@ -455,14 +464,14 @@ class SessionManager:
                 self._unwait(waiting)
             if conn.session is not None:
                 self._detach(conn.session, EndReason.CLOSED)
-            session = (
-                live
-                or waiting
-                or self._from_store(session_id, user_id, hashed, current, last_push_seq)
-            )
+            held = live or waiting
+            session = held or self._from_store(session_id, user_id, hashed, current, last_push_seq)
             # Reachable before the first await (see login).
             self._attach(session, conn)
             try:
+                if held is None:
+                    for hook in self.on_hold:
+                        await hook(session)
                 batch = store.batch()
                 # The pushes saved at a stop, if any, stop being the whole story now.
                 batch.hset(_session_key(session_id), {**self._where(conn), "pclean": b""})
