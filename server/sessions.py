@@ -270,6 +270,11 @@ class SessionManager:
         #: fails the login or resume as a store error would. A session stops being held
         #: through `on_end` (or a handover to another node).
         self.on_hold: list[Callable[[Session], Awaitable[None]]] = []
+        #: Called with (session, handed_over) when this node stops holding a session: it
+        #: ended for good (after `on_end`; handed_over False), or its Resume moved it
+        #: to another node (handed_over True: its rooms and pushes live on there). The
+        #: cluster unsubscribes the user's channel here.
+        self.on_release: list[Callable[[Session, bool], None]] = []
         #: Sessions whose disconnect the store missed (it was unreachable): their records
         #: still say "connected", with the long TTL; store_recovered sets that right.
         self._unsaved: dict[str, Session] = {}
@@ -678,6 +683,14 @@ class SessionManager:
                 self.on_end(session, reason)
             except Exception:
                 log.exception("session end hook failed for %r", session)
+        self._released(session, handed_over=False)
+
+    def _released(self, session: Session, *, handed_over: bool) -> None:
+        for hook in self.on_release:
+            try:
+                hook(session, handed_over)
+            except Exception:
+                log.exception("session release hook %r failed for %r", hook, session)
 
     def expire_waiting(self) -> int:
         """End the sessions that waited longer than `session_ttl` for a Resume (the
