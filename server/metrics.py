@@ -196,6 +196,7 @@ class ServerCollector:
             value=self.loop_lag.take_max(),
         )
         yield from self._store_metrics()
+        yield from self._cluster_metrics()
         yield from self._budget_metrics()
         latency = HistogramMetricFamily(
             "tickwire_handler_seconds", "Handler time, by message type.", labels=["message"]
@@ -244,6 +245,37 @@ class ServerCollector:
             for reason, count in sorted(server.tls_failures.total.items()):
                 failed.add_metric([reason], count)
             yield failed
+
+    def _cluster_metrics(self) -> Iterator[Metric]:
+        cluster = self.server.cluster
+        if cluster is None:
+            return
+        bus = cluster.bus
+        yield GaugeMetricFamily(
+            "tickwire_cluster_up",
+            "1 while this node reaches the cluster's Redis (its bus), 0 during an outage.",
+            value=int(bus.up),
+        )
+        yield GaugeMetricFamily(
+            "tickwire_cluster_nodes", "Live nodes in this node's view.", value=len(cluster.live)
+        )
+        yield GaugeMetricFamily(
+            "tickwire_cluster_channels", "Bus channels this node subscribes.", value=bus.channels
+        )
+        for name, value, text in (
+            ("published", bus.published, "Messages this node published on the bus."),
+            ("received", bus.received, "Bus messages this node received."),
+            (
+                "failures",
+                bus.failures,
+                "Cross-node operations failed fast because Redis was unreachable.",
+            ),
+            ("outages", bus.outages, "Times the bus lost Redis."),
+            ("calls", cluster.calls, "Node-to-node requests made."),
+            ("calls_failed", cluster.calls_failed, "Node-to-node requests that failed."),
+            ("served", cluster.served, "Requests from other nodes run here."),
+        ):
+            yield CounterMetricFamily(f"tickwire_cluster_{name}", text, value=value)
 
     def _store_metrics(self) -> Iterator[Metric]:
         server = self.server

@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
         config_cmd,
         decode_cmd,
         ids_cmd,
+        nodes_cmd,
         restart_cmd,
         serve_cmd,
         users_cmd,
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmd.register(sub)
     restart_cmd.register(sub)
     users_cmd.register(sub)
+    nodes_cmd.register(sub)
     return parser
 
 

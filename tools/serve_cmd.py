@@ -61,6 +61,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         help="require client certificates signed by these CAs (mutual TLS)",
     )
     p.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="join the cluster on this Redis (redis://HOST:PORT/DB; docs/scaling.md)",
+    )
+    p.add_argument("--node-id", metavar="NAME", help="this node's name (default host:pid)")
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -82,6 +88,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             "tls_cert": args.tls_cert,
             "tls_key": args.tls_key,
             "tls_ca": args.tls_ca,
+            "cluster_url": args.cluster,
+            "node_id": args.node_id,
             **parse_assignments(args.set),
         },
     )
