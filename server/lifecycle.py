@@ -120,7 +120,7 @@ class Restarter:
             return False
         os.close(ready_w)  # only the successor holds the write end: EOF means it died
         try:
-            line = await self._read_ready(ready_r)
+            line = await read_ready(ready_r)
         except asyncio.CancelledError:
             # This process is stopping mid-restart: the operator asked for no server,
             # so the successor must not come up and take over.
@@ -144,27 +144,29 @@ class Restarter:
         log.error("restart: successor %d failed: %s; still serving", proc.pid, reason)
         return False
 
-    @staticmethod
-    async def _read_ready(fd: int) -> bytes:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bytes] = loop.create_future()
 
-        def readable() -> None:
-            try:
-                data = os.read(fd, 64)
-            except OSError:
-                data = b""
-            if not done.done():
-                done.set_result(data)
+async def read_ready(fd: int) -> bytes:
+    """What a starting process wrote to its ready pipe (b"ready\\n"), or b"" if it
+    exited or stayed silent for SUCCESSOR_TIMEOUT seconds."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
 
-        loop.add_reader(fd, readable)
+    def readable() -> None:
         try:
-            async with asyncio.timeout(SUCCESSOR_TIMEOUT):
-                return await done
-        except TimeoutError:
-            return b""
-        finally:
-            loop.remove_reader(fd)
+            data = os.read(fd, 64)
+        except OSError:
+            data = b""
+        if not done.done():
+            done.set_result(data)
+
+    loop.add_reader(fd, readable)
+    try:
+        async with asyncio.timeout(SUCCESSOR_TIMEOUT):
+            return await done
+    except TimeoutError:
+        return b""
+    finally:
+        loop.remove_reader(fd)
 
 
 def run(

@@ -67,6 +67,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--node-id", metavar="NAME", help="this node's name (default host:pid)")
     p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run N worker processes on one port, each a node of --cluster",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -90,6 +96,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             "tls_ca": args.tls_ca,
             "cluster_url": args.cluster,
             "node_id": args.node_id,
+            "processes": args.processes,
             **parse_assignments(args.set),
         },
     )
@@ -118,6 +125,10 @@ def serve(args: argparse.Namespace) -> int:
     from server.reload import AppLoader
 
     configure_logging(config.log_level, config.log_format)
+    if config.processes > 1:
+        from server.supervisor import supervise
+
+        return supervise(config, getattr(args, "argv", None) or sys.argv[1:])
     loader = AppLoader(app_specs(args))
     try:
         apps = loader.load()
