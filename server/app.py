@@ -46,6 +46,8 @@ M = TypeVar("M", bound=Message)
 SyncHandler = Callable[["Context", Any], Message | None]
 AsyncHandler = Callable[["Context", Any], Awaitable[Message | None]]
 Handler = SyncHandler | AsyncHandler
+#: A request's owner key (a symbol, a match id): the node that owns it runs the handler.
+OwnerKey = Callable[[Any], Hashable]
 
 
 class Kind(Enum):
@@ -119,6 +121,7 @@ class Route:
         "msg_id",
         "name",
         "ordered",
+        "owner",
         "parse",
         "public",
         "reply_id",
@@ -134,8 +137,12 @@ class Route:
         ordered: bool,
         public: bool = False,
         limit: Limit | None = None,
+        owner: OwnerKey | None = None,
     ) -> None:
         self.request = request
+        #: The request's owner key: in a cluster the handler runs on the key's owner
+        #: node (server/cluster/owned.py).
+        self.owner = owner
         #: The handler's own rate limit (the app's applies when None); see server/ratelimit.py.
         self.limit = limit
         #: Runs without a session (the auth gate lets it through before login).
@@ -186,6 +193,11 @@ class App:
         self.latest: dict[type[Message], Callable[[Any], Hashable]] = {}
         #: Called as (server, room name, session) when a session ends while in a room.
         self.room_left: list[Callable[[Server, str, Session], None]] = []
+        #: Owned-key hooks: (server, key) when this node takes a key on, (server, key,
+        #: new owner) when a key moves away; functions naming keys to own up front.
+        self.key_acquired: list[Callable[..., Any]] = []
+        self.key_released: list[Callable[..., Any]] = []
+        self.declared_keys: list[Callable[[], Iterable[Hashable]]] = []
 
     def handler(
         self,
@@ -197,8 +209,11 @@ class App:
         rate: str | None = None,
         burst: int | None = None,
         per: Per = "user",
+        owner: OwnerKey | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Register the decorated function as the handler of `request` messages."""
+        """Register the decorated function as the handler of `request` messages. With
+        `owner` (a function of the request giving its key), a cluster runs it on the
+        key's owner node, forwarding it from whichever node the client is on."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.add_handler(
@@ -210,6 +225,7 @@ class App:
                 rate=rate,
                 burst=burst,
                 per=per,
+                owner=owner,
             )
             return fn
 
@@ -226,6 +242,7 @@ class App:
         rate: str | None = None,
         burst: int | None = None,
         per: Per = "user",
+        owner: OwnerKey | None = None,
     ) -> Route:
         if declared_id(request.DESCRIPTOR) is None:
             raise ValueError(
@@ -239,7 +256,14 @@ class App:
             raise ValueError(f"handler {fn.__qualname__} is async; blocking=True is for plain def")
         kind = Kind.BLOCKING if blocking else Kind.ASYNC if is_async else Kind.SYNC
         limit = None if rate is None else Limit.of(rate, burst, per)
-        route = Route(request, fn, kind, ordered, self.public if public is None else public, limit)
+        if owner is not None and not ordered:
+            raise ValueError(
+                f"{request.DESCRIPTOR.full_name}: an owned handler is ordered (its reply "
+                "comes back in the client's order)"
+            )
+        route = Route(
+            request, fn, kind, ordered, self.public if public is None else public, limit, owner
+        )
         self.routes[request] = route
         return route
 
@@ -271,6 +295,24 @@ class App:
         self.room_left.append(callback)
         return callback
 
+    def on_key_acquired(self, callback: Callable[..., Any]) -> Callable[..., Any]:
+        """Call `callback(server, key)` when this node takes on an owned key (it served
+        it first, or a declared key moved here): load its state. Usable as a decorator;
+        a coroutine function runs as a task."""
+        self.key_acquired.append(callback)
+        return callback
+
+    def on_key_released(self, callback: Callable[..., Any]) -> Callable[..., Any]:
+        """Call `callback(server, key, new_owner)` when an owned key moves to another
+        node (one joined or left): hand its state off or drop it."""
+        self.key_released.append(callback)
+        return callback
+
+    def own_keys(self, keys: Callable[[], Iterable[Hashable]]) -> None:
+        """Keys to own from the start (an order book's symbols): each is acquired by
+        its owner when the node starts and whenever the live nodes change."""
+        self.declared_keys.append(keys)
+
     def add_middleware(self, middleware: Middleware) -> None:
         """Add a layer inside the server's default ones; layers run in the order added."""
         self.middleware.append(middleware)
@@ -296,7 +338,13 @@ def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
                 )
             seen[request] = app.name
             fresh = Route(
-                request, route.handler, route.kind, route.ordered, route.public, route.limit
+                request,
+                route.handler,
+                route.kind,
+                route.ordered,
+                route.public,
+                route.limit,
+                route.owner,
             )
             fresh.app_name = app.name
             routes.append((app, fresh))

@@ -30,6 +30,7 @@ from protocol.system import PING_ID
 from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
 from server.cluster import Cluster, NodeInfo
+from server.cluster.owned import OwnedKeys
 from server.config import ServerConfig
 from server.connection import Budgets, CloseReason, Connection, TLSConnection
 from server.dispatch import Dispatcher
@@ -123,6 +124,8 @@ class Server:
                 call_timeout=config.cluster_call_timeout,
             )
             self.cluster.describe = self._describe_node
+        #: Owned keys, forwarding and server.call (server/cluster/owned.py).
+        self.owned = OwnedKeys(self)
         self.sessions = SessionManager(
             session_ttl=self.config.session_ttl,
             token_ttl=self.config.token_ttl,
@@ -281,7 +284,12 @@ class Server:
                 *app.middleware,
                 deadline,
             ]
-            route.call, route.fused = compose_fusable(route, layers, self._innermost(route))
+            inner = self._innermost(route)
+            if route.owner is not None:
+                # Run on the key's owner: awaited, as a forward is (server/cluster/owned.py).
+                route.awaited = True
+                inner = self.owned.wrap(route, inner)
+            route.call, route.fused = compose_fusable(route, layers, inner)
 
     def _innermost(self, route: Route) -> Callable[[Context, Any], Any]:
         if route.kind is not Kind.BLOCKING:
@@ -401,6 +409,7 @@ class Server:
         self._sweeper = loop.create_task(self._sweep(), name="tickwire-sweep")
         if self.cluster is not None:
             await self.cluster.register()
+            self.owned.rebalance()
             log.info(
                 "node %s of the cluster at %s (%d live nodes)",
                 self.node_id,
@@ -464,6 +473,15 @@ class Server:
     def room(self, name: str) -> Room:
         """A handle on the room `name` of this node: join, leave, members, broadcast."""
         return self.pusher.room(name)
+
+    async def call(
+        self, target: str, message: Message, *, timeout: float | None = None
+    ) -> Message | None:
+        """Run the handler of `message`'s type on the node `target` (a live node id) or on
+        the owner of the key `target`, and return its reply. NodeGone, CallTimeout,
+        RemoteError (the handler's error), ClusterUnavailable; without a cluster, it runs
+        here."""
+        return await self.owned.call(target, message, timeout=timeout)
 
     async def where(self, user_id: str) -> list[tuple[str, int]]:
         """(node id, connection id) of each connected session of the user, on any node
