@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -132,9 +132,7 @@ class UserPush:
                     if latest:
                         future.add_done_callback(self._counted)
                     else:
-                        future.add_done_callback(
-                            partial(self._reliable_answer, user_id, encoded)
-                        )
+                        future.add_done_callback(partial(self._reliable_answer, user_id, encoded))
             if self.every_node and present:
                 data = _encode(["push", self.node_id, [msg_id, payload, latest, True]])
                 for user_id in present:
