@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from google.protobuf.message import Message
@@ -161,12 +161,15 @@ class UserPush:
     # -- receiving ---------------------------------------------------------------------------
 
     def _received(self, user_id: str, data: bytes) -> None:
-        envelope: Any = _decode(data)
-        if not isinstance(envelope, list) or len(envelope) != 3 or envelope[0] != "push":
+        try:
+            kind, origin, (msg_id, payload, latest, delivered) = _decode(data)
+        except (msgspec.DecodeError, TypeError, ValueError):
+            kind = None
+        if kind != "push" or not isinstance(msg_id, int) or not isinstance(payload, bytes):
+            # A node of another version, or not a node at all: the channel goes on.
+            self.failures += 1
             log.warning("cluster: ignored a malformed message on u:%s", user_id)
             return
-        _, origin, body = envelope
-        msg_id, payload, latest, delivered = body
         self.received += 1
         if delivered and origin == self.node_id:
             return  # its own sessions had it from the push itself

@@ -181,3 +181,16 @@ async def test_the_channel_is_unsubscribed_after_logout(
     assert bus.subscribed("u", "alice")  # the laptop still holds a session
     await laptop.request(LogoutRequest())
     await wait_for(lambda: not bus.subscribed("u", "alice"))
+
+
+async def test_a_malformed_message_on_a_user_channel_is_counted_and_skipped(
+    start_node: StartNode, login: Connect
+) -> None:
+    a, b = await nodes(start_node, "a", "b")
+    got = collect(await login(a, "alice"))
+    assert b.cluster is not None and a.user_push is not None
+    for junk in (b"\xc1", b"\x93\xa4push\xa1b\x01", b"\x91\x01"):
+        assert await b.cluster.bus.publish("u", "alice", junk) == 1
+    b.push("alice", pb.SleepReply(tag=1))
+    await wait_for(lambda: tags(got) == [1])
+    assert a.user_push.failures == 3
