@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from client_sdk import AsyncClient, Push
-from protocol.proto.system_pb2 import LoginReply, LoginRequest, LogoutRequest
+from protocol.proto.system_pb2 import LoginReply, LoginRequest, LogoutRequest, ResumeRequest
 from server import App, Server
 from server.auth import MemoryUsers
 from server.cluster import ClusterUnavailable
 from tests.cluster.conftest import StartNode
 from tests.conftest import wait_for
+from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
 from tests.store.redisproc import RedisProcess
@@ -194,3 +195,33 @@ async def test_a_malformed_message_on_a_user_channel_is_counted_and_skipped(
     b.push("alice", pb.SleepReply(tag=1))
     await wait_for(lambda: tags(got) == [1])
     assert a.user_push.failures == 3
+
+
+async def test_a_session_waiting_for_its_resume_gets_the_pushes_of_another_node(
+    start_node: StartNode,
+) -> None:
+    a, b = await nodes(start_node, "a", "b")
+    peer = await RawPeer.connect(a.address)
+    body = LoginRequest(user="alice", password="a").SerializeToString()
+    peer.send_frame(6, 0, 1, body)
+    [reply] = await peer.read_frames(1)
+    token = LoginReply.FromString(reply.payload).token
+    await peer.close()
+    await wait_for(lambda: not a.sessions.local_sessions("alice"))
+    assert a.cluster is not None and a.cluster.bus.subscribed("u", "alice")
+    for tag in (1, 2):
+        assert b.push("alice", pb.SleepReply(tag=tag)) == 0
+    assert a.user_push is not None
+    await wait_for(lambda: a.user_push is not None and a.user_push.delivered == 2)
+    again = await RawPeer.connect(a.address)
+    try:
+        again.send_frame(13, 0, 1, ResumeRequest(token=token).SerializeToString())
+        resumed, *pushes = await again.read_frames(3)
+        assert resumed.msg_id == 14
+        assert [(f.seq, pb.SleepReply.FromString(f.payload).tag) for f in pushes] == [
+            (1, 1),
+            (2, 2),
+        ]
+    finally:
+        await again.close()
+    assert b.user_push is not None and b.user_push.inbox_fallbacks == 0
