@@ -42,6 +42,7 @@ from server.errors import HandlerError
 from server.store import StoreError, is_reported
 
 if TYPE_CHECKING:
+    from server.cluster.users import UserPush
     from server.connection import Connection
     from server.inbox import Inbox
     from server.outbox import Outbox
@@ -254,6 +255,8 @@ class Pusher:
         self.max_rooms = 0
         #: Message types pushed as latest-value, with the function giving a value's key.
         self.latest_keys: dict[type[Message], LatestKey] = {}
+        #: With a cluster: publishes pushes to users held on other nodes (set by it).
+        self.remote: UserPush | None = None
         #: perf_counter() of each fan-out made this iteration, until its flush is done.
         self._starts: list[float] = []
         self._timing = False
@@ -303,10 +306,14 @@ class Pusher:
     def to_users(self, user_ids: Iterable[str], message: Message) -> int:
         """Push `message` to every session of each user on this node (connected, or waiting
         for a Resume that will replay it), encoded once. A reliable push for a user with
-        no session goes to the offline inbox (one stored body shared by all of them).
-        Returns the sessions reached."""
+        no session goes to the offline inbox (one stored body shared by all of them); with
+        a cluster, only when no other node holds the user either (server/cluster/users.py),
+        and ClusterUnavailable is raised, after the local deliveries, when that cannot be
+        known. Returns the sessions reached on this node."""
         sessions: list[Session] = []
         offline: list[str] = []
+        present: list[str] = []
+        remote = self.remote
         reachable = self.sessions.reachable
         for user_id in user_ids:
             if not isinstance(user_id, str):
@@ -314,11 +321,15 @@ class Pusher:
             found = reachable(user_id)
             if found:
                 sessions.extend(found)
+                if remote is not None:
+                    present.append(user_id)
             else:
                 offline.append(user_id)
         encoded = self.encode(message)  # once, for the sessions and the inbox
         count = self.to_sessions(sessions, message, encoded) if sessions else 0
-        if offline and type(message) not in self.latest_keys:
+        if remote is not None:
+            remote.publish(offline, present, message, encoded)
+        elif offline and type(message) not in self.latest_keys:
             self.to_inbox(offline, *encoded)
         return count
 
@@ -341,6 +352,13 @@ class Pusher:
             count = self._reliable(sessions, msg_id, payload)
         else:
             count = self._latest(sessions, msg_id, payload, (msg_id, key_of(message)))
+        self._time_fanouts()
+        return count
+
+    def to_sessions_encoded(self, sessions: Iterable[Session], msg_id: int, payload: bytes) -> int:
+        """A reliable push already encoded (one from another node) to each session."""
+        self._starts.append(time.perf_counter())
+        count = self._reliable(sessions, msg_id, payload)
         self._time_fanouts()
         return count
 

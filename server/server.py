@@ -31,6 +31,7 @@ from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
 from server.cluster import Cluster, NodeInfo
 from server.cluster.owned import OwnedKeys
+from server.cluster.users import UserPush
 from server.config import ServerConfig
 from server.connection import Budgets, CloseReason, Connection, TLSConnection
 from server.dispatch import Dispatcher
@@ -139,6 +140,16 @@ class Server:
         self.outbox = Outbox()
         #: Push to sessions, users, rooms, everyone (server/push.py).
         self.pusher = Pusher(self.sessions, self.outbox, self.message_id)
+        #: With a cluster: pushes to users held on other nodes (server/cluster/users.py).
+        self.user_push: UserPush | None = None
+        if self.cluster is not None:
+            self.user_push = UserPush(
+                self.cluster,
+                self.pusher,
+                self.sessions,
+                lambda: self.registry,
+                every_node=self.sessions.duplicate_login is DuplicateLogin.ALLOW,
+            )
         #: Reliable pushes for users with no session here, kept in the store (at start).
         self.inbox: Inbox | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # at start
@@ -457,9 +468,11 @@ class Server:
     # -- push -------------------------------------------------------------------------
 
     def push(self, user_id: str, message: Message) -> int:
-        """Push `message` to every session of `user_id` on this node (connected, or
-        waiting for a Resume that will replay it). With none, a reliable push goes to the
-        user's offline inbox, delivered at the next login. Returns the sessions reached."""
+        """Push `message` to every session of `user_id` (connected, or waiting for a Resume
+        that will replay it), on this node and, with a cluster, on the others. With none
+        anywhere, a reliable push goes to the user's offline inbox, delivered at the next
+        login. Returns the sessions reached on this node; ClusterUnavailable (after the
+        local deliveries) when the push needed the cluster's Redis and it is down."""
         return self.pusher.to_users((user_id,), message)
 
     def multicast(self, user_ids: Iterable[str], message: Message) -> int:
