@@ -11,7 +11,7 @@ with no Redis at all. What crosses nodes:
   subscribes (once, however many members): one PUBLISH of
   ``["room", origin, [msg_id, payload, exclude, latest]]`` per broadcast, which Redis
   hands once to each such node; the origin skips its own (its members had it already).
-- **Everyone**: ``all:everyone`` carries ``[origin, [msg_id, payload, latest]]``.
+- **Everyone**: ``all:everyone`` carries ``["everyone", origin, [msg_id, payload, latest]]``.
 
 `exclude` is None, ``["s", session id]`` or ``["u", user id]``; `latest` is None for a
 reliable push, ``[key]`` for a latest-value one (its key may be None).
@@ -219,7 +219,7 @@ class ClusterRooms:
 
     def publish_everyone(self, msg_id: int, payload: bytes, latest: Latest) -> None:
         try:
-            data = _encode([self.node_id, [msg_id, payload, latest]])
+            data = _encode(["everyone", self.node_id, [msg_id, payload, latest]])
             self.cluster.publish_all("everyone", data).add_done_callback(self._done)
         except (ClusterError, TypeError) as exc:
             self.failures += 1
@@ -247,7 +247,7 @@ class ClusterRooms:
         _fan_out(self.pusher, members, msg_id, payload, latest)
 
     def _on_everyone(self, data: bytes) -> None:
-        origin, (msg_id, payload, latest) = _decode(data)
+        _, origin, (msg_id, payload, latest) = _decode(data)
         if origin == self.node_id:
             return
         self.received += 1
