@@ -35,11 +35,13 @@ class Member:
         self.user = user
         self.node = node
         self.lines: list[str] = []
+        self.seqs: list[int] = []
         client.on_push(Line, self._line)
 
     def _line(self, push: Push) -> None:
         assert isinstance(push.message, Line)
         self.lines.append(push.message.text)
+        self.seqs.append(push.seq)
 
     async def join(self, room: str) -> None:
         assert isinstance(await self.client.request(JoinRequest(room=room)), JoinReply)
@@ -223,3 +225,52 @@ async def test_local_members_are_served_while_redis_is_down(
         await wait_for(lambda: a.cluster is not None and a.cluster.up)
         await wait_for_count(b, other, 1)
         assert await b.room(room).all_user_ids() == {"alice", "bob", "dave"}
+
+
+async def test_a_latest_value_broadcast_stays_latest_value_on_other_nodes(
+    start_node: StartNode,
+) -> None:
+    a, b, c = await three_nodes(start_node)
+    for node in (a, b, c):
+        node.pusher.latest_value(Line, lambda line: (line.room, line.user))
+    room = f"room-{uuid.uuid4().hex[:8]}"
+    async with members([("alice", a), ("bob", b)]) as found:
+        for member in found:
+            await member.join(room)
+        await settled(a, b)
+        a.room(room).broadcast(Line(room=room, user="x", text="price"))
+        await wait_for(lambda: all(m.lines == ["price"] for m in found))
+        # Unsequenced (seq 0) on the other node too: not buffered, not replayed.
+        assert [m.seqs for m in found] == [[0], [0]]
+        [session] = b.sessions.local_sessions("bob")
+        assert len(session.pushes) == 0
+
+
+async def test_a_leave_keeps_a_membership_another_node_holds(start_node: StartNode) -> None:
+    a, b, _ = await three_nodes(start_node)
+    room = f"room-{uuid.uuid4().hex[:8]}"
+    async with members([("alice", a)]) as found:
+        [alice] = found
+        await alice.join(room)
+        await wait_for_count(b, room, 1)
+        session = alice.session()
+        sid = session.session_id  # type: ignore[attr-defined]
+        assert b.cluster is not None
+        # As if the session had been resumed on b and joined there meanwhile.
+        await b.cluster.bus.command(
+            "HSET", room_key(room), sid, msgspec.msgpack.encode(["alice", "b"])
+        )
+        assert a.room(room).leave(session)  # type: ignore[arg-type]
+        assert len(a.room(room)) == 0
+        # a's removal is on the same ordered connection as this read: it has run.
+        assert a.cluster is not None
+        await a.cluster.bus.command("PING")
+        assert await a.room(room).all_members() == {sid: ("alice", "b")}
+        # And a leave on the node the field names removes it.
+        await b.cluster.bus.command(
+            "HSET", room_key(room), sid, msgspec.msgpack.encode(["alice", "a"])
+        )
+        a.room(room).join(session)  # type: ignore[arg-type]
+        a.room(room).leave(session)  # type: ignore[arg-type]
+        await a.cluster.bus.command("PING")
+        assert await a.room(room).count() == 0
