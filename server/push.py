@@ -42,6 +42,7 @@ from server.errors import HandlerError
 from server.store import StoreError, is_reported
 
 if TYPE_CHECKING:
+    from server.cluster.rooms import ClusterRooms
     from server.cluster.users import UserPush
     from server.connection import Connection
     from server.inbox import Inbox
@@ -164,7 +165,7 @@ class RoomLimit(HandlerError):
 
 
 class Room:
-    """A named set of sessions on this node that broadcasts go to.
+    """A named set of sessions that broadcasts go to.
 
     A `Room` is a handle: the members live in the pusher under the room's name, so a
     handle kept in a variable, or made again by ``server.room(name)``, always sees the
@@ -174,6 +175,11 @@ class Room:
     Members are sessions, not connections: a member whose connection dropped stays in
     the room while its session waits for a Resume, and what the room said meanwhile is
     replayed to it. A session that ends (logout, replaced, expired) leaves its rooms.
+
+    In a cluster a room spans the nodes (server/cluster/rooms.py): a broadcast reaches
+    the members on every node. The sync answers (``len``, ``members``, ``user_ids``,
+    ``in``) are this node's members, as a sync call cannot ask Redis; the awaited ones
+    (``count``, ``all_user_ids``, ``all_members``) are the whole cluster's.
     """
 
     __slots__ = ("name", "pusher")
@@ -184,13 +190,15 @@ class Room:
 
     @property
     def members(self) -> dict[str, Session]:
-        """The members by session id (a copy)."""
+        """This node's members by session id (a copy)."""
         return dict(self.pusher.room_members.get(self.name, {}))
 
     def join(self, session: Session) -> bool:
         """Add `session`; False if it was already a member. A session already in
         `Pusher.max_rooms` rooms is refused with :class:`RoomLimit` (an OVERLOADED
-        HandlerError: raised from a handler, it is the client's answer)."""
+        HandlerError: raised from a handler, it is the client's answer). In a cluster the
+        membership is written to Redis without waiting: a join works while Redis is
+        unreachable (the other nodes learn of it when it is back)."""
         pusher = self.pusher
         members = pusher.room_members.get(self.name)
         if members is not None and session.session_id in members:
@@ -198,10 +206,13 @@ class Room:
         cap = pusher.max_rooms
         if cap and len(session.rooms) >= cap:
             raise RoomLimit(cap)
+        first = members is None
         if members is None:
             members = pusher.room_members[self.name] = {}
         members[session.session_id] = session
         session.rooms.add(self.name)
+        if pusher.cluster_rooms is not None:
+            pusher.cluster_rooms.joined(self.name, session, first)
         return True
 
     def leave(self, session: Session) -> bool:
@@ -212,24 +223,63 @@ class Room:
         return members is not None and getattr(session, "session_id", None) in members
 
     def __len__(self) -> int:
+        """This node's members (``await count()``: the cluster's)."""
         return len(self.pusher.room_members.get(self.name, ()))
 
     def user_ids(self) -> set[str]:
+        """This node's members' users (``await all_user_ids()``: the cluster's)."""
         return {s.user_id for s in self.pusher.room_members.get(self.name, {}).values()}
+
+    async def all_members(self) -> dict[str, tuple[str, str]]:
+        """Every member on any node: session id -> (user id, node id). Without a cluster,
+        this node's. ClusterUnavailable while the cluster's Redis is unreachable."""
+        cluster_rooms = self.pusher.cluster_rooms
+        if cluster_rooms is None:
+            node = self.pusher.sessions.node
+            return {
+                sid: (s.user_id, node)
+                for sid, s in self.pusher.room_members.get(self.name, {}).items()
+            }
+        return await cluster_rooms.members(self.name)
+
+    async def count(self) -> int:
+        """How many sessions are members, on any node."""
+        return len(await self.all_members())
+
+    async def all_user_ids(self) -> set[str]:
+        """The users with a session in the room, on any node."""
+        return {user_id for user_id, _ in (await self.all_members()).values()}
 
     def broadcast(self, message: Message, *, exclude: Session | str | None = None) -> int:
         """Push `message` to every member (but `exclude`: a session, or a user id whose
-        sessions are all skipped); returns how many sessions it went to."""
-        found = self.pusher.room_members.get(self.name)
-        if not found:
+        sessions are all skipped); returns how many sessions it went to on this node.
+
+        In a cluster the other nodes' members get it through one PUBLISH, whatever the
+        number of nodes; while Redis is unreachable only this node's members do, and the
+        miss is counted (``pusher.cluster_rooms.failures``), not raised."""
+        pusher = self.pusher
+        found = pusher.room_members.get(self.name)
+        cluster_rooms = pusher.cluster_rooms
+        if not found and cluster_rooms is None:
             return 0
-        members: Iterable[Session] = found.values()
+        members: Iterable[Session] = found.values() if found else ()
         if exclude is not None:
             if isinstance(exclude, str):
                 members = [s for s in members if s.user_id != exclude]
             else:
                 members = [s for s in members if s is not exclude]
-        return self.pusher.to_sessions(members, message)
+        encoded = pusher.encode(message)
+        count = pusher.to_sessions(members, message, encoded) if found else 0
+        if cluster_rooms is not None:
+            wire_exclude = (
+                None
+                if exclude is None
+                else ["u", exclude]
+                if isinstance(exclude, str)
+                else ["s", exclude.session_id]
+            )
+            cluster_rooms.publish(self.name, *encoded, wire_exclude, pusher.latest_of(message))
+        return count
 
 
 class Pusher:
@@ -250,6 +300,9 @@ class Pusher:
         self.offline_queue: OfflineQueue | None = None
         #: Members of every room with any, by room name then session id.
         self.room_members: dict[str, dict[str, Session]] = {}
+        #: The cross-node part of the rooms in a cluster (server/cluster/rooms.py), set
+        #: by the server; None on its own.
+        self.cluster_rooms: ClusterRooms | None = None
         #: Rooms one session may be in at once (0: no cap); the server sets it from
         #: max_rooms_per_session at start.
         self.max_rooms = 0
@@ -290,6 +343,8 @@ class Pusher:
         session.rooms.discard(name)
         if not members:
             del self.room_members[name]
+        if self.cluster_rooms is not None:
+            self.cluster_rooms.left(name, session, not members)
         return True
 
     # -- pushing ------------------------------------------------------------------------
@@ -347,11 +402,30 @@ class Pusher:
         `encode()`); returns how many."""
         msg_id, payload = encoded or self.encode(message)
         key_of = self.latest_keys.get(type(message))
+        key = None if key_of is None else (msg_id, key_of(message))
+        return self.fan_out(sessions, msg_id, payload, key)
+
+    def latest_of(self, message: Message) -> list[Hashable] | None:
+        """A latest-value message's key as another node needs it (``[key]``); None for a
+        reliable one."""
+        key_of = self.latest_keys.get(type(message))
+        return None if key_of is None else [key_of(message)]
+
+    def fan_out(
+        self,
+        sessions: Iterable[Session],
+        msg_id: int,
+        payload: bytes,
+        latest: Hashable | None = None,
+    ) -> int:
+        """Push an encoded message to each session: reliable, or latest-value under the
+        key `latest` (``(msg_id, key)``). Another node's broadcast arrives this way, with
+        no message object to ask."""
         self._starts.append(time.perf_counter())
-        if key_of is None:
+        if latest is None:
             count = self._reliable(sessions, msg_id, payload)
         else:
-            count = self._latest(sessions, msg_id, payload, (msg_id, key_of(message)))
+            count = self._latest(sessions, msg_id, payload, latest)
         self._time_fanouts()
         return count
 

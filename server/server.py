@@ -31,6 +31,7 @@ from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
 from server.cluster import Cluster, NodeInfo
 from server.cluster.owned import OwnedKeys
+from server.cluster.rooms import ClusterRooms
 from server.cluster.users import UserPush
 from server.config import ServerConfig
 from server.connection import Budgets, CloseReason, Connection, TLSConnection
@@ -150,6 +151,9 @@ class Server:
                 lambda: self.registry,
                 every_node=self.sessions.duplicate_login is DuplicateLogin.ALLOW,
             )
+            # Rooms span the nodes; its handlers are registered before the cluster
+            # connects (it subscribes the "everyone" channel then).
+            self.pusher.cluster_rooms = ClusterRooms(self.cluster, self.pusher)
         #: Reliable pushes for users with no session here, kept in the store (at start).
         self.inbox: Inbox | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # at start
@@ -480,11 +484,19 @@ class Server:
         return self.pusher.to_users(user_ids, message)
 
     def broadcast(self, message: Message) -> int:
-        """Push `message` to every session on this node."""
-        return self.pusher.to_everyone(message)
+        """Push `message` to every session, on every node of a cluster (one PUBLISH for
+        the others; while Redis is unreachable, this node's only, the miss counted).
+        Returns the sessions reached on this node."""
+        pusher = self.pusher
+        encoded = pusher.encode(message)
+        count = pusher.to_sessions(pusher.sessions.all_sessions(), message, encoded)
+        if pusher.cluster_rooms is not None:
+            pusher.cluster_rooms.publish_everyone(*encoded, pusher.latest_of(message))
+        return count
 
     def room(self, name: str) -> Room:
-        """A handle on the room `name` of this node: join, leave, members, broadcast."""
+        """A handle on the room `name`: join, leave, members, broadcast. In a cluster it
+        spans the nodes (its sync answers are this node's, its awaited ones everyone's)."""
         return self.pusher.room(name)
 
     async def call(
