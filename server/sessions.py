@@ -19,7 +19,8 @@ failed write.
 Local state is the small part: the live sessions of this node by id and by user, so that
 `ctx.session` costs an attribute read and a kick finds the connection without a lookup.
 A per-user lock orders logins, resumes and logouts of one user on this node; across nodes
-the last writer wins (kicking a connection on another node needs the scale-out bus).
+the last writer wins, and a session the record places on another node is ended there by a
+kick over the cluster's bus (`end_elsewhere`, server/cluster/kicks.py).
 """
 
 from __future__ import annotations
@@ -278,6 +279,10 @@ class SessionManager:
         #: Sessions whose disconnect the store missed (it was unreachable): their records
         #: still say "connected", with the long TTL; store_recovered sets that right.
         self._unsaved: dict[str, Session] = {}
+        #: Set in a cluster (server/cluster/kicks.py): `(node, session id, reason)` ends
+        #: a session another node holds; False when that node is gone. Without it, only
+        #: sessions held here are ended in place (their store keys go either way).
+        self.end_elsewhere: Callable[[str, str, EndReason], Awaitable[bool]] | None = None
 
     @property
     def store(self) -> Store:
@@ -320,7 +325,10 @@ class SessionManager:
             except Exception:
                 log.exception("session task failed")
 
-        task = asyncio.get_running_loop().create_task(run())
+        self.track(asyncio.get_running_loop().create_task(run()))
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep `task` until it is done: `flush` waits for it at a stop."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -471,6 +479,7 @@ class SessionManager:
                 self._detach(conn.session, EndReason.CLOSED)
             held = live or waiting
             session = held or self._from_store(session_id, user_id, hashed, current, last_push_seq)
+            previous = current.get("node", b"").decode()
             # Reachable before the first await (see login).
             self._attach(session, conn)
             try:
@@ -486,10 +495,23 @@ class SessionManager:
             except BaseException:
                 self._detach(session, EndReason.CLOSED)  # back to waiting for a Resume
                 raise
+            if held is None and previous and previous != self.node:
+                await self._drop_elsewhere(previous, session_id)
             return session
 
         result: Session = await self._locked(user_id, work)
         return result
+
+    async def _drop_elsewhere(self, node: str, sid: str) -> None:
+        """The record (now saying this node) named `node` as the holder: it may still
+        hold the session, connected or waiting, so it is told to drop it. Only once the
+        record is rewritten, so that node reads it as moved, not come back."""
+        if self.end_elsewhere is None:
+            return
+        try:
+            await self.end_elsewhere(node, sid, EndReason.RESUMED_ELSEWHERE)
+        except HandlerError as exc:  # ClusterUnavailable: the Resume itself went through
+            log.warning("resumed session %s not dropped on node %s: %s", sid, node, exc.message)
 
     def _from_store(
         self, sid: str, user_id: str, hashed: str, record: dict[str, bytes], seen: int
@@ -610,15 +632,54 @@ class SessionManager:
         told why and closed."""
         record = await self.store.hgetall(_session_key(sid))
         live = self.live.get(sid)
+        waiting = self.waiting.get(sid)
         if live is not None:
             self._kick(live, reason, _KICK_TEXT[reason])
-        else:
-            waiting = self.waiting.get(sid)
-            if waiting is not None:
-                self._detach(waiting, reason)
+        elif waiting is not None:
+            self._detach(waiting, reason)
+        elif record and self.end_elsewhere is not None:
+            node = record.get("node", b"").decode()
+            if node and node != self.node:
+                await self.end_elsewhere(node, sid, reason)
         if record:
             user = record["user"].decode()
             await self._delete(sid, user, record.get("token", b"").decode())
+
+    def holds_id(self, sid: str) -> bool:
+        """Whether the session `sid` is held on this node (connected or waiting)."""
+        return sid in self.live or sid in self.waiting
+
+    async def end_here(self, sid: str, reason: EndReason) -> bool:
+        """End the session `sid` held on this node because another node ended it (a
+        newer login there, `remove_user`, a Resume there), as a kick here would: its
+        connection gets GoAway SESSION_REPLACED, the hooks fire. The store keys are the
+        other node's to delete. Returns whether a session was ended."""
+        held = self.live.get(sid) or self.waiting.get(sid)
+        if held is None:
+            return False
+
+        async def work() -> bool:
+            live, waiting = self.live.get(sid), self.waiting.get(sid)
+            if live is None and waiting is None:
+                return False
+            # A client resumed elsewhere may have come back here since: the record says so.
+            if (
+                reason is EndReason.RESUMED_ELSEWHERE
+                and await self.store.hget(_session_key(sid), "node") == self.node.encode()
+            ):
+                return False
+            if live is not None:
+                self._kick(live, reason, _KICK_TEXT[reason])
+                if reason is EndReason.RESUMED_ELSEWHERE:
+                    # Not a Resume on this node: the session object is not held here any
+                    # more (the other node rebuilt its own from the store).
+                    self._ended(live, reason)
+            elif waiting is not None:
+                self._detach(waiting, reason)
+            return True
+
+        result: bool = await self._locked(held.user_id, work)
+        return result
 
     def _kick(self, session: Session, reason: EndReason, text: str) -> None:
         conn = session.conn
@@ -884,6 +945,7 @@ def _drop(index: dict[str, list[Session]], session: Session) -> None:
 _KICK_TEXT = {
     EndReason.REPLACED: "the same user logged in elsewhere",
     EndReason.REMOVED: "the session was ended by the server",
+    EndReason.RESUMED_ELSEWHERE: "session resumed on another connection",
 }
 
 
