@@ -803,10 +803,7 @@ class SessionManager:
             key = _session_key(session.session_id)
             record = await self.store.hgetall(key)
             # Only if it is still ours: a Resume elsewhere may have taken it over.
-            if (
-                record.get("token") == session.token_hash.encode()
-                and record.get("node") == self.node.encode()
-            ):
+            if self._ours(record, session):
                 await self._delete(session.session_id, session.user_id, session.token_hash)
 
         await self._locked(session.user_id, work)
@@ -816,8 +813,9 @@ class SessionManager:
             return
         store = self.store
         key = _session_key(session.session_id)
-        # Only if it is still ours: a Resume elsewhere may already have moved it.
-        if await store.hget(key, "token") != session.token_hash.encode():
+        # Only if it is still ours: a Resume elsewhere may already have moved it (the same
+        # token, another node), and this node's kick for it may not have come yet.
+        if not self._ours(await store.hgetall(key), session):
             return
         batch = store.batch()
         batch.hset(
@@ -830,6 +828,13 @@ class SessionManager:
         )
         batch.expire(key, self.session_ttl)
         await batch.run()
+
+    def _ours(self, record: dict[str, bytes], session: Session) -> bool:
+        """Whether the store's `record` is still `session` as held by this node."""
+        return (
+            record.get("token") == session.token_hash.encode()
+            and record.get("node") == self.node.encode()
+        )
 
     async def save_pushes(self, sessions: list[Session]) -> None:
         """Write each session's unacknowledged pushes into its record (at a stop), so a
@@ -844,7 +849,7 @@ class SessionManager:
         for session in sessions:
             key = _session_key(session.session_id)
             try:
-                if await store.hget(key, "token") != session.token_hash.encode():
+                if not self._ours(await store.hgetall(key), session):
                     continue
                 await store.hset(
                     key,

@@ -209,3 +209,25 @@ async def test_a_malformed_kick_is_ignored_with_a_warning(
     # A kick for a reason another node may not give ends nothing.
     await wait_for(lambda: caplog.text.count("malformed kick from b") == 3)
     assert not client.closed and len(a.sessions.local_sessions("alice")) == 1
+
+
+async def test_the_old_node_does_not_overwrite_a_record_resumed_elsewhere(
+    start_node: StartNode, clients: Connect
+) -> None:
+    """Until its kick comes, the old node still holds the session under the same token:
+    its disconnect and stop writes must not mark the moved record disconnected or clean."""
+    a, b = await two_nodes(start_node)
+    assert a.cluster is not None and b.store is not None
+    old = await clients(a)
+    reply = await login(old)
+    a.cluster.on_node("kick", lambda origin, body: None)  # the kick is late, say
+    resumed = await (await clients(b)).request(ResumeRequest(token=reply.token))
+    assert isinstance(resumed, ResumeReply)
+    await old.close()
+    await wait_for(lambda: len(a.sessions.waiting) == 1)
+    await a.sessions.flush()
+    await a.stop(timeout=1.0)
+    info = await b.sessions.by_token(reply.token)
+    assert info is not None and info.node == "b" and info.connected
+    record = await b.store.hgetall("tw:session:" + reply.session_id)
+    assert record.get("pclean") != b"1"
