@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from client_sdk import AsyncClient, SessionReplaced, Unauthenticated
+from client_sdk import AsyncClient, Overloaded, SessionReplaced, Unauthenticated
 from client_sdk.client import Push
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import LoginReply, LoginRequest, ResumeReply, ResumeRequest
@@ -23,6 +23,7 @@ from tests.cluster.conftest import StartNode
 from tests.conftest import wait_for
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
+from tests.store.redisproc import RedisProcess
 
 USERS = MemoryUsers({"alice": "pw-a", "bob": "pw-b"})
 
@@ -231,3 +232,46 @@ async def test_the_old_node_does_not_overwrite_a_record_resumed_elsewhere(
     assert info is not None and info.node == "b" and info.connected
     record = await b.store.hgetall("tw:session:" + reply.session_id)
     assert record.get("pclean") != b"1"
+
+
+async def test_a_login_that_cannot_reach_the_other_node_fails_typed(
+    start_node: StartNode,
+    clients: Connect,
+    own_redis: RedisProcess,
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The cluster's Redis down, the store up: the old session cannot be ended where it
+    lives, so the login is refused (OVERLOADED) rather than leave two connections on."""
+    a, b = await two_nodes(
+        start_node, cluster_url=own_redis.url, store="redis", redis_url=redis_url
+    )
+    assert b.cluster is not None
+    first = await clients(a)
+    old = await login(first)
+    own_redis.halt()
+    await wait_for(lambda: b.cluster is not None and not b.cluster.up)
+    second = await clients(b)
+    with pytest.raises(Overloaded):
+        await login(second)
+    assert not first.closed
+    assert [i.session_id for i in await b.sessions.sessions_of("alice")] == [old.session_id]
+    assert "Traceback" not in caplog.text
+
+    own_redis.restart()
+    await wait_for(lambda: all(n.cluster is not None and n.cluster.up for n in (a, b)))
+    await wait_for(lambda: b.cluster is not None and b.cluster.live == ["a", "b"])
+    channel = b.cluster.bus.channel("n", "a")
+
+    async def subscribed() -> bool:
+        assert b.cluster is not None
+        reply = await b.cluster.bus.command("PUBSUB", "NUMSUB", channel)
+        return reply == [channel, 1]  # type: ignore[comparison-overlap]
+
+    for _ in range(100):  # until node a has subscribed its channel again
+        if await subscribed():
+            break
+        await asyncio.sleep(0.02)
+    await login(second)
+    closed = await asyncio.wait_for(first.wait_closed(), 5)
+    assert isinstance(closed.error, SessionReplaced)
