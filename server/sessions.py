@@ -465,6 +465,12 @@ class SessionManager:
             if not current or current.get("token") != hashed.encode():
                 raise refused
             session_id = sid.decode()
+            previous = current.get("node", b"").decode()
+            moved = bool(previous) and previous != self.node
+            if moved:
+                # Another node took the session over since this one held it (that node's
+                # kick has not come yet): the copy here is stale, the store has it.
+                self._drop_here(session_id, EndReason.RESUMED_ELSEWHERE)
             live = self.live.get(session_id)
             if live is not None and live.conn is conn:
                 return live
@@ -479,7 +485,6 @@ class SessionManager:
                 self._detach(conn.session, EndReason.CLOSED)
             held = live or waiting
             session = held or self._from_store(session_id, user_id, hashed, current, last_push_seq)
-            previous = current.get("node", b"").decode()
             # Reachable before the first await (see login).
             self._attach(session, conn)
             try:
@@ -495,7 +500,7 @@ class SessionManager:
             except BaseException:
                 self._detach(session, EndReason.CLOSED)  # back to waiting for a Resume
                 raise
-            if held is None and previous and previous != self.node:
+            if moved:
                 await self._drop_elsewhere(previous, session_id)
             return session
 
@@ -668,18 +673,26 @@ class SessionManager:
                 and await self.store.hget(_session_key(sid), "node") == self.node.encode()
             ):
                 return False
-            if live is not None:
-                self._kick(live, reason, _KICK_TEXT[reason])
-                if reason is EndReason.RESUMED_ELSEWHERE:
-                    # Not a Resume on this node: the session object is not held here any
-                    # more (the other node rebuilt its own from the store).
-                    self._ended(live, reason)
-            elif waiting is not None:
-                self._detach(waiting, reason)
-            return True
+            return self._drop_here(sid, reason)
 
         result: bool = await self._locked(held.user_id, work)
         return result
+
+    def _drop_here(self, sid: str, reason: EndReason) -> bool:
+        """`end_here` without the lock and the store: the caller holds the user's lock
+        and knows the session is not this node's any more."""
+        live, waiting = self.live.get(sid), self.waiting.get(sid)
+        if live is not None:
+            self._kick(live, reason, _KICK_TEXT[reason])
+            if reason is EndReason.RESUMED_ELSEWHERE:
+                # Not a Resume on this node: the session object is not held here any more
+                # (the other node rebuilt its own from the store).
+                self._ended(live, reason)
+        elif waiting is not None:
+            self._detach(waiting, reason)
+        else:
+            return False
+        return True
 
     def _kick(self, session: Session, reason: EndReason, text: str) -> None:
         conn = session.conn

@@ -275,3 +275,34 @@ async def test_a_login_that_cannot_reach_the_other_node_fails_typed(
     await login(second)
     closed = await asyncio.wait_for(first.wait_closed(), 5)
     assert isinstance(closed.error, SessionReplaced)
+
+
+async def test_a_resume_back_on_a_node_with_a_stale_copy_rebuilds_it_from_the_store(
+    start_node: StartNode, clients: Connect
+) -> None:
+    """The session moved a -> b, and a's kick never came: a Resume back on a must not
+    take a's stale copy (its pushes stopped when b took over), and b drops its own."""
+    a, b = await two_nodes(start_node)
+    assert a.cluster is not None
+    first = await clients(a)
+    reply = await login(first)
+    a.cluster.on_node("kick", lambda origin, body: None)  # b's kick is lost
+    second = await clients(b)
+    assert isinstance(await second.request(ResumeRequest(token=reply.token)), ResumeReply)
+    assert len(a.sessions.live) == 1  # the stale copy
+    b.push("alice", pb.SleepReply(tag=1))  # pushed on b only
+
+    third = await clients(a)
+    got: list[Push] = []
+    third.on_push(pb.SleepReply, got.append)
+    back = await third.request(ResumeRequest(token=reply.token, last_push_seq=1))
+    assert isinstance(back, ResumeReply) and back.push_gap
+    for old in (first, second):
+        closed = await asyncio.wait_for(old.wait_closed(), 5)
+        assert isinstance(closed.error, SessionReplaced)
+    await wait_for(lambda: not b.sessions.all_sessions())
+    info = await a.sessions.by_token(reply.token)
+    assert info is not None and info.node == "a" and info.connected
+    assert a.push("alice", pb.SleepReply(tag=2)) == 1
+    await wait_for(lambda: len(got) == 1)
+    assert got[0].seq == 2  # on from what the client saw on b, not from a's stale copy
