@@ -30,6 +30,7 @@ from protocol.system import PING_ID
 from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
 from server.cluster import Cluster, NodeInfo
+from server.cluster.kicks import Kicks
 from server.cluster.owned import OwnedKeys
 from server.cluster.rooms import ClusterRooms
 from server.cluster.users import UserPush
@@ -136,6 +137,8 @@ class Server:
             push_buffer=self.config.push_buffer,
         )
         self.sessions.on_end = self._session_ended
+        if self.cluster is not None:  # sessions held by other nodes end there
+            Kicks(self.cluster, self.sessions)
         #: Replies of the read fast path and pushes wait here for the end of the loop
         #: iteration: one write per connection (server/outbox.py).
         self.outbox = Outbox()

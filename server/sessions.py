@@ -19,7 +19,8 @@ failed write.
 Local state is the small part: the live sessions of this node by id and by user, so that
 `ctx.session` costs an attribute read and a kick finds the connection without a lookup.
 A per-user lock orders logins, resumes and logouts of one user on this node; across nodes
-the last writer wins (kicking a connection on another node needs the scale-out bus).
+the last writer wins, and a session the record places on another node is ended there by a
+kick over the cluster's bus (`end_elsewhere`, server/cluster/kicks.py).
 """
 
 from __future__ import annotations
@@ -278,6 +279,10 @@ class SessionManager:
         #: Sessions whose disconnect the store missed (it was unreachable): their records
         #: still say "connected", with the long TTL; store_recovered sets that right.
         self._unsaved: dict[str, Session] = {}
+        #: Set in a cluster (server/cluster/kicks.py): `(node, session id, reason)` ends
+        #: a session another node holds; False when that node is gone. Without it, only
+        #: sessions held here are ended in place (their store keys go either way).
+        self.end_elsewhere: Callable[[str, str, EndReason], Awaitable[bool]] | None = None
 
     @property
     def store(self) -> Store:
@@ -320,7 +325,10 @@ class SessionManager:
             except Exception:
                 log.exception("session task failed")
 
-        task = asyncio.get_running_loop().create_task(run())
+        self.track(asyncio.get_running_loop().create_task(run()))
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep `task` until it is done: `flush` waits for it at a stop."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -457,6 +465,12 @@ class SessionManager:
             if not current or current.get("token") != hashed.encode():
                 raise refused
             session_id = sid.decode()
+            previous = current.get("node", b"").decode()
+            moved = bool(previous) and previous != self.node
+            if moved:
+                # Another node took the session over since this one held it (that node's
+                # kick has not come yet): the copy here is stale, the store has it.
+                self._drop_here(session_id, EndReason.RESUMED_ELSEWHERE)
             live = self.live.get(session_id)
             if live is not None and live.conn is conn:
                 return live
@@ -486,10 +500,23 @@ class SessionManager:
             except BaseException:
                 self._detach(session, EndReason.CLOSED)  # back to waiting for a Resume
                 raise
+            if moved:
+                await self._drop_elsewhere(previous, session_id)
             return session
 
         result: Session = await self._locked(user_id, work)
         return result
+
+    async def _drop_elsewhere(self, node: str, sid: str) -> None:
+        """The record (now saying this node) named `node` as the holder: it may still
+        hold the session, connected or waiting, so it is told to drop it. Only once the
+        record is rewritten, so that node reads it as moved, not come back."""
+        if self.end_elsewhere is None:
+            return
+        try:
+            await self.end_elsewhere(node, sid, EndReason.RESUMED_ELSEWHERE)
+        except HandlerError as exc:  # ClusterUnavailable: the Resume itself went through
+            log.warning("resumed session %s not dropped on node %s: %s", sid, node, exc.message)
 
     def _from_store(
         self, sid: str, user_id: str, hashed: str, record: dict[str, bytes], seen: int
@@ -610,15 +637,62 @@ class SessionManager:
         told why and closed."""
         record = await self.store.hgetall(_session_key(sid))
         live = self.live.get(sid)
+        waiting = self.waiting.get(sid)
         if live is not None:
             self._kick(live, reason, _KICK_TEXT[reason])
-        else:
-            waiting = self.waiting.get(sid)
-            if waiting is not None:
-                self._detach(waiting, reason)
+        elif waiting is not None:
+            self._detach(waiting, reason)
+        elif record and self.end_elsewhere is not None:
+            node = record.get("node", b"").decode()
+            if node and node != self.node:
+                await self.end_elsewhere(node, sid, reason)
         if record:
             user = record["user"].decode()
             await self._delete(sid, user, record.get("token", b"").decode())
+
+    def holds_id(self, sid: str) -> bool:
+        """Whether the session `sid` is held on this node (connected or waiting)."""
+        return sid in self.live or sid in self.waiting
+
+    async def end_here(self, sid: str, reason: EndReason) -> bool:
+        """End the session `sid` held on this node because another node ended it (a
+        newer login there, `remove_user`, a Resume there), as a kick here would: its
+        connection gets GoAway SESSION_REPLACED, the hooks fire. The store keys are the
+        other node's to delete. Returns whether a session was ended."""
+        held = self.live.get(sid) or self.waiting.get(sid)
+        if held is None:
+            return False
+
+        async def work() -> bool:
+            live, waiting = self.live.get(sid), self.waiting.get(sid)
+            if live is None and waiting is None:
+                return False
+            # A client resumed elsewhere may have come back here since: the record says so.
+            if (
+                reason is EndReason.RESUMED_ELSEWHERE
+                and await self.store.hget(_session_key(sid), "node") == self.node.encode()
+            ):
+                return False
+            return self._drop_here(sid, reason)
+
+        result: bool = await self._locked(held.user_id, work)
+        return result
+
+    def _drop_here(self, sid: str, reason: EndReason) -> bool:
+        """`end_here` without the lock and the store: the caller holds the user's lock
+        and knows the session is not this node's any more."""
+        live, waiting = self.live.get(sid), self.waiting.get(sid)
+        if live is not None:
+            self._kick(live, reason, _KICK_TEXT[reason])
+            if reason is EndReason.RESUMED_ELSEWHERE:
+                # Not a Resume on this node: the session object is not held here any more
+                # (the other node rebuilt its own from the store).
+                self._ended(live, reason)
+        elif waiting is not None:
+            self._detach(waiting, reason)
+        else:
+            return False
+        return True
 
     def _kick(self, session: Session, reason: EndReason, text: str) -> None:
         conn = session.conn
@@ -742,10 +816,7 @@ class SessionManager:
             key = _session_key(session.session_id)
             record = await self.store.hgetall(key)
             # Only if it is still ours: a Resume elsewhere may have taken it over.
-            if (
-                record.get("token") == session.token_hash.encode()
-                and record.get("node") == self.node.encode()
-            ):
+            if self._ours(record, session):
                 await self._delete(session.session_id, session.user_id, session.token_hash)
 
         await self._locked(session.user_id, work)
@@ -755,8 +826,9 @@ class SessionManager:
             return
         store = self.store
         key = _session_key(session.session_id)
-        # Only if it is still ours: a Resume elsewhere may already have moved it.
-        if await store.hget(key, "token") != session.token_hash.encode():
+        # Only if it is still ours: a Resume elsewhere may already have moved it (the same
+        # token, another node), and this node's kick for it may not have come yet.
+        if not self._ours(await store.hgetall(key), session):
             return
         batch = store.batch()
         batch.hset(
@@ -769,6 +841,13 @@ class SessionManager:
         )
         batch.expire(key, self.session_ttl)
         await batch.run()
+
+    def _ours(self, record: dict[str, bytes], session: Session) -> bool:
+        """Whether the store's `record` is still `session` as held by this node."""
+        return (
+            record.get("token") == session.token_hash.encode()
+            and record.get("node") == self.node.encode()
+        )
 
     async def save_pushes(self, sessions: list[Session]) -> None:
         """Write each session's unacknowledged pushes into its record (at a stop), so a
@@ -783,7 +862,7 @@ class SessionManager:
         for session in sessions:
             key = _session_key(session.session_id)
             try:
-                if await store.hget(key, "token") != session.token_hash.encode():
+                if not self._ours(await store.hgetall(key), session):
                     continue
                 await store.hset(
                     key,
@@ -884,6 +963,7 @@ def _drop(index: dict[str, list[Session]], session: Session) -> None:
 _KICK_TEXT = {
     EndReason.REPLACED: "the same user logged in elsewhere",
     EndReason.REMOVED: "the session was ended by the server",
+    EndReason.RESUMED_ELSEWHERE: "session resumed on another connection",
 }
 
 
