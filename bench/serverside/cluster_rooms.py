@@ -1,6 +1,6 @@
 """Room broadcasts across cluster nodes vs one node, everything in this one process.
 
-    PYTHONPATH=. .venv/bin/python -m bench.rooms_cluster
+    PYTHONPATH=. .venv/bin/python -m bench.serverside.cluster_rooms
 
 Starts a redis-server of its own (the tests' helper: needs redis-server on PATH), then
 for 1 and for 3 in-process nodes: 30 SDK clients spread over the nodes join one room,

@@ -1,6 +1,6 @@
 """Latency of a push to a user held on another node, against a push on the user's own node.
 
-    .venv/bin/python -m bench.cluster_users --count 2000
+    .venv/bin/python -m bench.serverside.cluster_users --count 2000
 
 Two nodes (in this process) on a fresh redis-server, one SDK client logged in on node a.
 Each round pushes one message and waits until the client got it, so the figure is the
