@@ -276,6 +276,34 @@ class ServerCollector:
             ("served", cluster.served, "Requests from other nodes run here."),
         ):
             yield CounterMetricFamily(f"tickwire_cluster_{name}", text, value=value)
+        server = self.server
+        pushes = server.user_push
+        if pushes is not None:
+            for name, value, text in (
+                ("published", pushes.published, "Pushes to users published for other nodes."),
+                ("received", pushes.received, "Pushes to users received from the bus."),
+                ("delivered", pushes.delivered, "Sessions reached by pushes from the bus."),
+                ("inbox", pushes.inbox_fallbacks, "Pushes no node held the user for: inbox."),
+                ("failures", pushes.failures, "Pushes to users that needed the bus and failed."),
+            ):
+                yield CounterMetricFamily(f"tickwire_cluster_user_pushes_{name}", text, value=value)
+        rooms = server.pusher.cluster_rooms
+        if rooms is not None:
+            for name, value, text in (
+                ("published", rooms.published, "Room broadcasts published for other nodes."),
+                ("received", rooms.received, "Room broadcasts received from other nodes."),
+                ("failures", rooms.failures, "Room operations whose cluster part failed."),
+                ("pruned", rooms.pruned, "Members of dead nodes removed from rooms."),
+            ):
+                yield CounterMetricFamily(f"tickwire_cluster_rooms_{name}", text, value=value)
+        kicks = server.kicks
+        if kicks is not None:
+            for name, value, text in (
+                ("sent", kicks.delivered, "Kicks sent to the node holding a session."),
+                ("missed", kicks.missed, "Kicks addressed to a node that is gone."),
+                ("served", kicks.served, "Kicks from other nodes run here."),
+            ):
+                yield CounterMetricFamily(f"tickwire_cluster_kicks_{name}", text, value=value)
 
     def _store_metrics(self) -> Iterator[Metric]:
         server = self.server

@@ -137,8 +137,10 @@ class Server:
             push_buffer=self.config.push_buffer,
         )
         self.sessions.on_end = self._session_ended
-        if self.cluster is not None:  # sessions held by other nodes end there
-            Kicks(self.cluster, self.sessions)
+        #: With a cluster: sessions held by other nodes end there (server/cluster/kicks.py).
+        self.kicks: Kicks | None = None
+        if self.cluster is not None:
+            self.kicks = Kicks(self.cluster, self.sessions)
         #: Replies of the read fast path and pushes wait here for the end of the loop
         #: iteration: one write per connection (server/outbox.py).
         self.outbox = Outbox()
