@@ -247,7 +247,8 @@ class ServerCollector:
             yield failed
 
     def _cluster_metrics(self) -> Iterator[Metric]:
-        cluster = self.server.cluster
+        server = self.server
+        cluster = server.cluster
         if cluster is None:
             return
         bus = cluster.bus
@@ -262,48 +263,31 @@ class ServerCollector:
         yield GaugeMetricFamily(
             "tickwire_cluster_channels", "Bus channels this node subscribes.", value=bus.channels
         )
+        # Made with the cluster, so present whenever it is.
+        pushes, rooms, kicks = server.user_push, server.pusher.cluster_rooms, server.kicks
+        assert pushes is not None and rooms is not None and kicks is not None
         for name, value, text in (
             ("published", bus.published, "Messages this node published on the bus."),
             ("received", bus.received, "Bus messages this node received."),
-            (
-                "failures",
-                bus.failures,
-                "Cross-node operations failed fast because Redis was unreachable.",
-            ),
+            ("failures", bus.failures, "Cross-node operations failed fast: Redis unreachable."),
             ("outages", bus.outages, "Times the bus lost Redis."),
             ("calls", cluster.calls, "Node-to-node requests made."),
             ("calls_failed", cluster.calls_failed, "Node-to-node requests that failed."),
             ("served", cluster.served, "Requests from other nodes run here."),
+            ("user_pushes_published", pushes.published, "Pushes to users published for others."),
+            ("user_pushes_received", pushes.received, "Pushes to users received from the bus."),
+            ("user_pushes_delivered", pushes.delivered, "Sessions reached by bus pushes."),
+            ("user_pushes_inbox", pushes.inbox_fallbacks, "Pushes no node held the user for."),
+            ("user_pushes_failures", pushes.failures, "Pushes to users that failed on the bus."),
+            ("rooms_published", rooms.published, "Room broadcasts published for other nodes."),
+            ("rooms_received", rooms.received, "Room broadcasts received from other nodes."),
+            ("rooms_failures", rooms.failures, "Room operations whose cluster part failed."),
+            ("rooms_pruned", rooms.pruned, "Members of dead nodes removed from rooms."),
+            ("kicks_sent", kicks.delivered, "Kicks sent to the node holding a session."),
+            ("kicks_missed", kicks.missed, "Kicks addressed to a node that is gone."),
+            ("kicks_served", kicks.served, "Kicks from other nodes run here."),
         ):
             yield CounterMetricFamily(f"tickwire_cluster_{name}", text, value=value)
-        server = self.server
-        pushes = server.user_push
-        if pushes is not None:
-            for name, value, text in (
-                ("published", pushes.published, "Pushes to users published for other nodes."),
-                ("received", pushes.received, "Pushes to users received from the bus."),
-                ("delivered", pushes.delivered, "Sessions reached by pushes from the bus."),
-                ("inbox", pushes.inbox_fallbacks, "Pushes no node held the user for: inbox."),
-                ("failures", pushes.failures, "Pushes to users that needed the bus and failed."),
-            ):
-                yield CounterMetricFamily(f"tickwire_cluster_user_pushes_{name}", text, value=value)
-        rooms = server.pusher.cluster_rooms
-        if rooms is not None:
-            for name, value, text in (
-                ("published", rooms.published, "Room broadcasts published for other nodes."),
-                ("received", rooms.received, "Room broadcasts received from other nodes."),
-                ("failures", rooms.failures, "Room operations whose cluster part failed."),
-                ("pruned", rooms.pruned, "Members of dead nodes removed from rooms."),
-            ):
-                yield CounterMetricFamily(f"tickwire_cluster_rooms_{name}", text, value=value)
-        kicks = server.kicks
-        if kicks is not None:
-            for name, value, text in (
-                ("sent", kicks.delivered, "Kicks sent to the node holding a session."),
-                ("missed", kicks.missed, "Kicks addressed to a node that is gone."),
-                ("served", kicks.served, "Kicks from other nodes run here."),
-            ):
-                yield CounterMetricFamily(f"tickwire_cluster_kicks_{name}", text, value=value)
 
     def _store_metrics(self) -> Iterator[Metric]:
         server = self.server

@@ -429,13 +429,6 @@ class Pusher:
         self._time_fanouts()
         return count
 
-    def to_sessions_encoded(self, sessions: Iterable[Session], msg_id: int, payload: bytes) -> int:
-        """A reliable push already encoded (one from another node) to each session."""
-        self._starts.append(time.perf_counter())
-        count = self._reliable(sessions, msg_id, payload)
-        self._time_fanouts()
-        return count
-
     def _reliable(self, sessions: Iterable[Session], msg_id: int, payload: bytes) -> int:
         # The fan-out loop: per member, a sequence number, a deque slot pointing at the
         # one shared (msg_id, payload) (the bounded deque drops the oldest by itself), an

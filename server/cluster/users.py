@@ -180,5 +180,5 @@ class UserPush:
             message = self.registry().decode(msg_id, payload)
             count = self.pusher.to_sessions(sessions, message, (msg_id, payload))
         else:
-            count = self.pusher.to_sessions_encoded(sessions, msg_id, payload)
+            count = self.pusher.fan_out(sessions, msg_id, payload)
         self.delivered += count
