@@ -636,13 +636,7 @@ class SessionManager:
         """End a session wherever it is: its keys go, and on this node its connection is
         told why and closed."""
         record = await self.store.hgetall(_session_key(sid))
-        live = self.live.get(sid)
-        waiting = self.waiting.get(sid)
-        if live is not None:
-            self._kick(live, reason, _KICK_TEXT[reason])
-        elif waiting is not None:
-            self._detach(waiting, reason)
-        elif record and self.end_elsewhere is not None:
+        if not self._drop_here(sid, reason) and record and self.end_elsewhere is not None:
             node = record.get("node", b"").decode()
             if node and node != self.node:
                 await self.end_elsewhere(node, sid, reason)
