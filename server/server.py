@@ -30,6 +30,7 @@ from protocol.system import PING_ID
 from server.app import App, Context, Kind, Route, all_routes
 from server.auth import Authenticator, UsersFile
 from server.cluster import Cluster, NodeInfo
+from server.cluster.handover import Handovers
 from server.cluster.kicks import Kicks
 from server.cluster.owned import OwnedKeys
 from server.cluster.rooms import ClusterRooms
@@ -159,6 +160,11 @@ class Server:
             # Rooms span the nodes; its handlers are registered before the cluster
             # connects (it subscribes the "everyone" channel then).
             self.pusher.cluster_rooms = ClusterRooms(self.cluster, self.pusher)
+        #: With a cluster: a Resume here takes the session over from the node that holds
+        #: it, pushes and rooms included (server/cluster/handover.py).
+        self.handovers: Handovers | None = None
+        if self.cluster is not None:
+            self.handovers = Handovers(self.cluster, self.sessions, self.pusher, self.user_push)
         #: Reliable pushes for users with no session here, kept in the store (at start).
         self.inbox: Inbox | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # at start

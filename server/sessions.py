@@ -45,6 +45,7 @@ from server.store.breaker import is_reported
 from server.store.errors import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
+    from server.cluster.handover import Taken
     from server.connection import Connection
     from server.store import Store
 
@@ -283,6 +284,9 @@ class SessionManager:
         #: a session another node holds; False when that node is gone. Without it, only
         #: sessions held here are ended in place (their store keys go either way).
         self.end_elsewhere: Callable[[str, str, EndReason], Awaitable[bool]] | None = None
+        #: Set in a cluster (server/cluster/handover.py): `(node, session id, user id)`
+        #: asks the node that holds a session for its state, for a Resume here.
+        self.take_over: Callable[[str, str, str], Awaitable[Taken | None]] | None = None
 
     @property
     def store(self) -> Store:
@@ -484,9 +488,24 @@ class SessionManager:
             if conn.session is not None:
                 self._detach(conn.session, EndReason.CLOSED)
             held = live or waiting
-            session = held or self._from_store(session_id, user_id, hashed, current, last_push_seq)
+            taken = None
+            if held is None and moved and self.take_over is not None:
+                # The old node may still hold it, with pushes the store does not have.
+                taken = await self.take_over(previous, session_id, user_id)
+            if held is not None:
+                session = held
+            elif taken is not None and taken.state is not None:
+                session = self._from_handover(
+                    session_id, user_id, hashed, current, last_push_seq, taken
+                )
+            else:
+                session = self._from_store(session_id, user_id, hashed, current, last_push_seq)
+                session.pushes_lost |= taken is not None
             # Reachable before the first await (see login).
             self._attach(session, conn)
+            if taken is not None and taken.state is not None:
+                taken.attached(session)
+                session.pushes_lost |= taken.lost
             try:
                 if held is None:
                     for hook in self.on_hold:
@@ -500,7 +519,10 @@ class SessionManager:
             except BaseException:
                 self._detach(session, EndReason.CLOSED)  # back to waiting for a Resume
                 raise
-            if moved:
+            finally:
+                if taken is not None:
+                    taken.finish()
+            if moved and (taken is None or taken.state is None):
                 await self._drop_elsewhere(previous, session_id)
             return session
 
@@ -553,6 +575,62 @@ class SessionManager:
             pushed,
             pushes_lost=lost,
         )
+
+    def _from_handover(
+        self,
+        sid: str,
+        user_id: str,
+        hashed: str,
+        record: dict[str, bytes],
+        seen: int,
+        taken: Taken,
+    ) -> Session:
+        """A session another node handed over: its pushes with their own sequence
+        numbers and its data as that node had them (server/cluster/handover.py)."""
+        state = taken.state
+        assert state is not None
+        lost = seen > state.last_seq  # the client saw past what the node held
+        session = Session(
+            self,
+            user_id,
+            sid,
+            record.get("device", b"").decode(),
+            hashed,
+            int(record.get("created", b"0")),
+            int(record.get("expires", b"0")),
+            state.data,
+            max(state.last_seq, seen) if seen <= MAX_CLAIMED_SEQ else state.last_seq,
+            state.pushes if not lost else [],
+            pushes_lost=lost,
+        )
+        session.restored = []  # none of these is in the inbox
+        return session
+
+    def held_session(self, sid: str) -> Session | None:
+        """The session `sid` if this node holds it, connected or waiting."""
+        return self.live.get(sid) or self.waiting.get(sid)
+
+    async def hand_over(self, session: Session, cut: Callable[[], None]) -> bool:
+        """Let `session` go to another node that is resuming it: out of its connection
+        (GoAway SESSION_REPLACED) or its wait, with no end hooks (it lives on there), and
+        `cut()` called in the same step. False when it is not held here any more."""
+
+        async def work() -> bool:
+            if not self.holds(session):
+                return False
+            sid = session.session_id
+            if self.live.get(sid) is session:
+                self._kick(
+                    session, EndReason.RESUMED_ELSEWHERE, _KICK_TEXT[EndReason.RESUMED_ELSEWHERE]
+                )
+            else:
+                self._unwait(session)
+            cut()
+            self._released(session, handed_over=True)
+            return True
+
+        result: bool = await self._locked(session.user_id, work)
+        return result
 
     def holds(self, session: Session) -> bool:
         """Whether `session` is alive on this node (connected, or waiting for a Resume)."""

@@ -37,6 +37,9 @@ log = logging.getLogger("tickwire.cluster")
 
 #: A channel kind's handler: (the name after ``<kind>:``, the message bytes).
 ChannelHandler = Callable[[str, bytes], None]
+#: A listener of one channel: (the message bytes, whether this node is publishing it now
+#: rather than hearing it).
+Tap = Callable[[bytes, bool], None]
 
 #: Seconds between reconnect attempts: the first, and the most (doubling in between).
 RECONNECT_FIRST = 0.05
@@ -55,6 +58,9 @@ class Bus:
         self.sub: RespConnection | None = None
         #: Handlers by channel kind ("n", "u", "r", "all").
         self.handlers: dict[str, ChannelHandler] = {}
+        #: Listeners of single channels, heard before the kind's handler: a session moving
+        #: between nodes follows its channels this way (server/cluster/handover.py).
+        self.taps: dict[bytes, list[Tap]] = {}
         #: Local users of each subscribed channel, and the confirmation of one not yet
         #: confirmed.
         self._counts: dict[bytes, int] = {}
@@ -147,7 +153,14 @@ class Bus:
             self.failures += 1
             raise ClusterUnavailable(f"the cluster's Redis at {self.address} is unreachable")
         self.published += 1
-        return pub.command("PUBLISH", self.channel(kind, name), data)
+        channel = self.channel(kind, name)
+        future = pub.command("PUBLISH", channel, data)
+        if self.taps:
+            listeners = self.taps.get(channel)
+            if listeners:
+                for listener in tuple(listeners):
+                    listener(data, True)
+        return future
 
     def command(self, *args: bytes | str | int | float) -> asyncio.Future[object]:
         """Any other command on the ordered connection (the directory's)."""
@@ -199,6 +212,19 @@ class Bus:
             (future,) = sub.send("UNSUBSCRIBE", channel, replies=1)
             future.add_done_callback(_ignore)
 
+    def tap(self, kind: str, name: str, listener: Tap) -> None:
+        """Hear every message of ``<kind>:<name>`` as well (it must be subscribed to be
+        heard), and what this node publishes on it, as it publishes it."""
+        self.taps.setdefault(self.channel(kind, name), []).append(listener)
+
+    def untap(self, kind: str, name: str, listener: Tap) -> None:
+        channel = self.channel(kind, name)
+        listeners = self.taps.get(channel)
+        if listeners is not None and listener in listeners:
+            listeners.remove(listener)
+            if not listeners:
+                del self.taps[channel]
+
     def subscribed(self, kind: str, name: str) -> bool:
         return self.channel(kind, name) in self._counts
 
@@ -213,6 +239,14 @@ class Bus:
         kind, _, name = rest.partition(":")
         handler = self.handlers.get(kind)
         self.received += 1
+        if self.taps:
+            listeners = self.taps.get(channel)
+            if listeners:
+                for listener in tuple(listeners):
+                    try:
+                        listener(reply[2], False)
+                    except Exception:
+                        log.exception("cluster bus: a listener of %s failed", channel.decode())
         if handler is None:
             return
         try:

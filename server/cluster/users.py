@@ -47,6 +47,8 @@ _decode = msgspec.msgpack.Decoder().decode
 
 #: The bus channel kind of a user's pushes.
 KIND = "u"
+#: The kind of a handover's markers on a user's channel (server/cluster/handover.py).
+MARK = "handover"
 
 
 class UserPush:
@@ -79,6 +81,9 @@ class UserPush:
         sessions.on_hold.append(self._hold)
         sessions.on_release.append(self._release)
         pusher.remote = self
+        #: A session the next message heard must not be delivered to: a handover has
+        #: (server/cluster/handover.py); reset by every message.
+        self.skip_once: Session | None = None
         # Plain counters for /metrics.
         self.published = 0
         self.received = 0
@@ -161,8 +166,12 @@ class UserPush:
     # -- receiving ---------------------------------------------------------------------------
 
     def _received(self, user_id: str, data: bytes) -> None:
+        skip, self.skip_once = self.skip_once, None
         try:
-            kind, origin, (msg_id, payload, latest, delivered) = _decode(data)
+            kind, origin, body = _decode(data)
+            if kind == MARK:
+                return  # a session moving between nodes (server/cluster/handover.py)
+            msg_id, payload, latest, delivered = body
         except (msgspec.DecodeError, TypeError, ValueError):
             kind = None
         if kind != "push" or not isinstance(msg_id, int) or not isinstance(payload, bytes):
@@ -174,6 +183,8 @@ class UserPush:
         if delivered and origin == self.node_id:
             return  # its own sessions had it from the push itself
         sessions = self.sessions.reachable(user_id)
+        if skip is not None:
+            sessions = [session for session in sessions if session is not skip]
         if not sessions:
             return
         if latest:

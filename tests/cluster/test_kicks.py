@@ -18,6 +18,7 @@ from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import LoginReply, LoginRequest, ResumeReply, ResumeRequest
 from server import Server
 from server.auth import MemoryUsers
+from server.errors import HandlerError
 from server.sessions import Session
 from tests.cluster.conftest import StartNode
 from tests.conftest import wait_for
@@ -51,6 +52,17 @@ async def two_nodes(start_node: StartNode, **config: Any) -> tuple[Server, Serve
         lambda: all(n.cluster is not None and n.cluster.live == ["a", "b"] for n in (a, b))
     )
     return a, b
+
+
+def refuse_handovers(node: Server) -> None:
+    """`node` answers no handover (busy, say): a Resume elsewhere rebuilds the session
+    from the store and kicks it here."""
+
+    async def busy(origin: str, body: Any) -> None:
+        raise HandlerError(ErrorCode.OVERLOADED, "busy")
+
+    assert node.cluster is not None
+    node.cluster.serve("handover.rooms", busy)
 
 
 async def login(client: AsyncClient, user: str = "alice", password: str = "pw-a") -> LoginReply:
@@ -147,19 +159,19 @@ async def test_resume_on_another_node_drops_the_old_connection_and_pushes_go_on(
     resumed = await new.request(ResumeRequest(token=reply.token, last_push_seq=0))
     assert isinstance(resumed, ResumeReply)
     assert resumed.session_id == reply.session_id
-    assert resumed.push_gap  # node a did not save its pushes: rebuilt from the store
+    assert not resumed.push_gap  # node a handed its pushes over
     closed = await asyncio.wait_for(old.wait_closed(), 5)
     assert isinstance(closed.error, SessionReplaced)
     assert old.goaway is not None
     assert old.goaway.message == "session resumed on another connection"
     await wait_for(lambda: not a.sessions.all_sessions())
-    assert [handed_over for _, handed_over in released] == [False]
+    assert [handed_over for _, handed_over in released] == [True]
     info = await b.sessions.by_token(reply.token)
     assert info is not None and info.node == "b" and info.connected
 
     assert b.push("alice", pb.SleepReply(tag=2)) == 1
-    await wait_for(lambda: len(got) == 1)
-    assert got[0].message.tag == 2  # type: ignore[attr-defined]
+    await wait_for(lambda: len(got) == 2)
+    assert [(p.seq, p.message.tag) for p in got] == [(1, 1), (2, 2)]  # type: ignore[attr-defined]
     assert a.push("alice", pb.SleepReply(tag=3)) == 0  # node a holds nothing any more
 
 
@@ -221,6 +233,7 @@ async def test_the_old_node_does_not_overwrite_a_record_resumed_elsewhere(
     assert a.cluster is not None and b.store is not None
     old = await clients(a)
     reply = await login(old)
+    refuse_handovers(a)
     a.cluster.on_node("kick", lambda origin, body: None)  # the kick is late, say
     resumed = await (await clients(b)).request(ResumeRequest(token=reply.token))
     assert isinstance(resumed, ResumeReply)
@@ -281,11 +294,13 @@ async def test_a_resume_back_on_a_node_with_a_stale_copy_rebuilds_it_from_the_st
     start_node: StartNode, clients: Connect
 ) -> None:
     """The session moved a -> b, and a's kick never came: a Resume back on a must not
-    take a's stale copy (its pushes stopped when b took over), and b drops its own."""
+    take a's stale copy (its pushes stopped when b took over) but b's, which b hands
+    over."""
     a, b = await two_nodes(start_node)
     assert a.cluster is not None
     first = await clients(a)
     reply = await login(first)
+    refuse_handovers(a)
     a.cluster.on_node("kick", lambda origin, body: None)  # b's kick is lost
     second = await clients(b)
     assert isinstance(await second.request(ResumeRequest(token=reply.token)), ResumeReply)
@@ -296,7 +311,7 @@ async def test_a_resume_back_on_a_node_with_a_stale_copy_rebuilds_it_from_the_st
     got: list[Push] = []
     third.on_push(pb.SleepReply, got.append)
     back = await third.request(ResumeRequest(token=reply.token, last_push_seq=1))
-    assert isinstance(back, ResumeReply) and back.push_gap
+    assert isinstance(back, ResumeReply) and not back.push_gap
     for old in (first, second):
         closed = await asyncio.wait_for(old.wait_closed(), 5)
         assert isinstance(closed.error, SessionReplaced)
