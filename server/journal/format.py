@@ -87,15 +87,13 @@ class Scan(NamedTuple):
     damage: str | None
 
 
-def _frame_at(data: bytes, offset: int, max_body: int) -> tuple[int, int, int] | str:
+def _frame_at(data: bytes, offset: int) -> tuple[int, int, int] | str:
     """(seq, body start, body end) of the frame at `offset`, or why there is none."""
     if len(data) - offset < RECORD_HEADER_SIZE:
         return f"record header cut at {len(data) - offset} of {RECORD_HEADER_SIZE} bytes"
     magic, length, crc, seq = _RECORD_HEADER.unpack_from(data, offset)
     if magic != RECORD_MAGIC:
         return "no record marker"
-    if length > max_body:
-        return f"record length {length} is over the limit of {max_body}"
     start = offset + RECORD_HEADER_SIZE
     end = start + length
     if end > len(data):
@@ -105,13 +103,13 @@ def _frame_at(data: bytes, offset: int, max_body: int) -> tuple[int, int, int] |
     return seq, start, end
 
 
-def iter_records(data: bytes, first_seq: int, max_body: int) -> Iterator[Record]:
+def iter_records(data: bytes, first_seq: int) -> Iterator[Record]:
     """The whole records of a segment's bytes, in order, stopping at the first one that
     does not verify or does not carry the next sequence number."""
     offset = SEGMENT_HEADER_SIZE
     expected = first_seq
     while offset < len(data):
-        frame = _frame_at(data, offset, max_body)
+        frame = _frame_at(data, offset)
         if isinstance(frame, str) or frame[0] != expected:
             return
         seq, start, end = frame
@@ -120,12 +118,12 @@ def iter_records(data: bytes, first_seq: int, max_body: int) -> Iterator[Record]
         expected += 1
 
 
-def scan(data: bytes, first_seq: int, max_body: int) -> Scan:
+def scan(data: bytes, first_seq: int) -> Scan:
     """Verify a segment's records from the header on (the header is checked apart)."""
     offset = SEGMENT_HEADER_SIZE
     expected = first_seq
     while offset < len(data):
-        frame = _frame_at(data, offset, max_body)
+        frame = _frame_at(data, offset)
         if isinstance(frame, str):
             return Scan(offset, expected - 1, frame)
         seq, _, end = frame
@@ -136,13 +134,13 @@ def scan(data: bytes, first_seq: int, max_body: int) -> Scan:
     return Scan(offset, expected - 1, None)
 
 
-def whole_record_after(data: bytes, offset: int, after_seq: int, max_body: int) -> int | None:
+def whole_record_after(data: bytes, offset: int, after_seq: int) -> int | None:
     """The offset of a whole, verifying record past `offset` whose seq is above
     `after_seq`, or None: what tells damage with acknowledged records behind it from a
     torn tail."""
     position = data.find(RECORD_MAGIC, offset + 1)
     while position != -1:
-        frame = _frame_at(data, position, max_body)
+        frame = _frame_at(data, position)
         if not isinstance(frame, str) and frame[0] > after_seq:
             return position
         position = data.find(RECORD_MAGIC, position + 1)

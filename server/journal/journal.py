@@ -161,7 +161,7 @@ class Journal:
         try:
             lock_fd = await loop.run_in_executor(thread, lock, path)
             try:
-                recovered = await loop.run_in_executor(thread, recover, path, max_record, fsync)
+                recovered = await loop.run_in_executor(thread, recover, path, fsync)
                 writer, segments = await loop.run_in_executor(
                     thread, _open_writer, path, recovered, segment_size, fsync
                 )
@@ -304,7 +304,7 @@ class Journal:
             if due > last:
                 return
             data = segment.path.read_bytes()
-            for record in iter_records(data, segment.first_seq, self.max_record):
+            for record in iter_records(data, segment.first_seq):
                 if record.seq > last:
                     return
                 if record.seq >= due:

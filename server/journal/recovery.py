@@ -51,7 +51,7 @@ class Recovered(NamedTuple):
     truncated: int
 
 
-def recover(directory: Path, max_body: int, durable: bool) -> Recovered:
+def recover(directory: Path, durable: bool) -> Recovered:
     """Verify the journal in `directory` and cut a torn tail; JournalCorrupt for damage
     it may not repair."""
     remove_temporaries(directory)
@@ -83,13 +83,13 @@ def recover(directory: Path, max_body: int, durable: bool) -> Recovered:
             raise JournalCorrupt(
                 segment.path, 0, f"starts at seq {segment.first_seq}, {last_seq + 1} was due"
             )
-        found = scan(data, segment.first_seq, max_body)
+        found = scan(data, segment.first_seq)
         last_seq, last_size = found.last_seq, found.end
         if found.damage is None:
             continue
         if not is_last:
             raise JournalCorrupt(segment.path, found.end, found.damage)
-        later = whole_record_after(data, found.end, found.last_seq, max_body)
+        later = whole_record_after(data, found.end, found.last_seq)
         if later is not None:
             raise JournalCorrupt(
                 segment.path,

@@ -143,3 +143,9 @@ async def test_one_open_journal_per_directory(tmp_path: Path) -> None:
             await Journal.open(tmp_path)
     async with await Journal.open(tmp_path):  # released by close
         pass
+
+
+async def test_a_smaller_max_record_still_reads_larger_records(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path, max_record=1 << 20) as journal:
+        await journal.append(b"b" * 5000)
+    assert await replayed(tmp_path, max_record=100) == [(1, b"b" * 5000)]
