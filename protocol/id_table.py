@@ -40,8 +40,9 @@ def _check_entry(msg_id: int, full_name: str) -> str | None:
     return None
 
 
-def parse_id_table(text: str) -> dict[int, str]:
-    """Parse the table; any malformed or ambiguous line raises ValueError naming its number.
+def parse_id_table(text: str, path: str = ID_TABLE_PATH) -> dict[int, str]:
+    """Parse the table (read from `path`, named in the errors); any malformed or ambiguous
+    line raises ValueError naming its number.
 
     Duplicates are refused rather than letting the last line win, since either reading of
     a twice-listed ID would hide a conflict the table exists to catch.
@@ -55,27 +56,23 @@ def parse_id_table(text: str) -> dict[int, str]:
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(
-                f"{ID_TABLE_PATH} line {lineno}: expected 'ID FULLNAME', got {raw.strip()!r}"
-            )
+            raise ValueError(f"{path} line {lineno}: expected 'ID FULLNAME', got {raw.strip()!r}")
         id_text, full_name = parts
         if not _ID_RE.fullmatch(id_text):
-            raise ValueError(
-                f"{ID_TABLE_PATH} line {lineno}: id {id_text!r} is not a decimal number"
-            )
+            raise ValueError(f"{path} line {lineno}: id {id_text!r} is not a decimal number")
         msg_id = int(id_text)
         problem = _check_entry(msg_id, full_name)
         if problem is not None:
-            raise ValueError(f"{ID_TABLE_PATH} line {lineno}: {problem}")
+            raise ValueError(f"{path} line {lineno}: {problem}")
         if msg_id in table:
             raise ValueError(
-                f"{ID_TABLE_PATH} line {lineno}: id {msg_id} is listed twice: "
+                f"{path} line {lineno}: id {msg_id} is listed twice: "
                 f"{table[msg_id]} (line {id_line[msg_id]}) and {full_name}"
             )
         if full_name in name_line:
             other_id, other_line = name_line[full_name]
             raise ValueError(
-                f"{ID_TABLE_PATH} line {lineno}: {full_name} is listed twice: "
+                f"{path} line {lineno}: {full_name} is listed twice: "
                 f"as id {other_id} (line {other_line}) and as id {msg_id}"
             )
         table[msg_id] = full_name
@@ -105,8 +102,11 @@ def format_id_table(table: dict[int, str], *, header: str = ID_TABLE_HEADER) -> 
     return header + "".join(lines)
 
 
-def check_id_table(committed: dict[int, str], current: dict[int, str]) -> list[str]:
-    """Every way `current` (the registry's table) breaks `committed`; empty when it is safe.
+def check_id_table(
+    committed: dict[int, str], current: dict[int, str], path: str = ID_TABLE_PATH
+) -> list[str]:
+    """Every way `current` (the registry's table) breaks `committed` (the table at `path`);
+    empty when it is safe.
 
     Only additions are allowed, and only once committed: a new ID that is not in the file
     yet is reported too, so that the file stays the complete record of IDs in use.
@@ -123,11 +123,9 @@ def check_id_table(committed: dict[int, str], current: dict[int, str]) -> list[s
                 )
         elif old is not None:
             problems.append(
-                f"id {msg_id} ({old}) is in {ID_TABLE_PATH} but no longer registered; "
+                f"id {msg_id} ({old}) is in {path} but no longer registered; "
                 "an id is never removed or reused"
             )
         elif new is not None:
-            problems.append(
-                f"id {msg_id} ({new}) is not in the committed table: add it to {ID_TABLE_PATH}"
-            )
+            problems.append(f"id {msg_id} ({new}) is not in the committed table: add it to {path}")
     return problems
