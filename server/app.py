@@ -116,6 +116,8 @@ class Route:
         "errors",
         "fused",
         "handler",
+        "idempotent",
+        "idempotent_ttl",
         "kind",
         "limit",
         "msg_id",
@@ -138,8 +140,14 @@ class Route:
         public: bool = False,
         limit: Limit | None = None,
         owner: OwnerKey | None = None,
+        idempotent: Callable[[Any], Any] | None = None,
+        idempotent_ttl: float | None = None,
     ) -> None:
         self.request = request
+        #: The request's idempotency key: a resend with the same key gets the first reply
+        #: (server/idempotency.py); kept `idempotent_ttl` s (None: idempotency_ttl).
+        self.idempotent = idempotent
+        self.idempotent_ttl = idempotent_ttl
         #: The request's owner key: in a cluster the handler runs on the key's owner
         #: node (server/cluster/owned.py).
         self.owner = owner
@@ -210,10 +218,15 @@ class App:
         burst: int | None = None,
         per: Per = "user",
         owner: OwnerKey | None = None,
+        idempotent: Callable[[Any], Any] | None = None,
+        idempotent_ttl: float | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as the handler of `request` messages. With
         `owner` (a function of the request giving its key), a cluster runs it on the
-        key's owner node, forwarding it from whichever node the client is on."""
+        key's owner node, forwarding it from whichever node the client is on. With
+        `idempotent` (a function of the request giving its key, a client order ID say),
+        a resend of the same key by the same user gets the first reply instead of a
+        second run, for `idempotent_ttl` seconds (server/idempotency.py)."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.add_handler(
@@ -226,6 +239,8 @@ class App:
                 burst=burst,
                 per=per,
                 owner=owner,
+                idempotent=idempotent,
+                idempotent_ttl=idempotent_ttl,
             )
             return fn
 
@@ -243,6 +258,8 @@ class App:
         burst: int | None = None,
         per: Per = "user",
         owner: OwnerKey | None = None,
+        idempotent: Callable[[Any], Any] | None = None,
+        idempotent_ttl: float | None = None,
     ) -> Route:
         if declared_id(request.DESCRIPTOR) is None:
             raise ValueError(
@@ -261,8 +278,24 @@ class App:
                 f"{request.DESCRIPTOR.full_name}: an owned handler is ordered (its reply "
                 "comes back in the client's order)"
             )
+        is_public = self.public if public is None else public
+        if idempotent is not None and is_public:
+            raise ValueError(
+                f"{request.DESCRIPTOR.full_name}: an idempotent handler needs a login (its "
+                "keys are the user's)"
+            )
+        if idempotent_ttl is not None and idempotent_ttl <= 0:
+            raise ValueError(f"{request.DESCRIPTOR.full_name}: idempotent_ttl must be > 0")
         route = Route(
-            request, fn, kind, ordered, self.public if public is None else public, limit, owner
+            request,
+            fn,
+            kind,
+            ordered,
+            is_public,
+            limit,
+            owner,
+            idempotent,
+            idempotent_ttl,
         )
         self.routes[request] = route
         return route
@@ -345,6 +378,8 @@ def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
                 route.public,
                 route.limit,
                 route.owner,
+                route.idempotent,
+                route.idempotent_ttl,
             )
             fresh.app_name = app.name
             routes.append((app, fresh))

@@ -185,6 +185,16 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             le=31_536_000,
         ),
     ] = 30.0
+    idempotency_ttl: Annotated[
+        float,
+        _doc(
+            "Seconds the store keeps an idempotent request's reply for resends of its key "
+            "(a handler's idempotent_ttl overrides it); a peer can make the store hold its "
+            "request rate times this many keys.",
+            gt=0,
+            le=31_536_000,
+        ),
+    ] = 3600.0
     login_threads: Annotated[
         int,
         _doc(

@@ -38,6 +38,7 @@ from server.cluster.users import UserPush
 from server.config import ServerConfig
 from server.connection import Budgets, CloseReason, Connection, TLSConnection
 from server.dispatch import Dispatcher
+from server.idempotency import Idempotency, make_awaitable
 from server.inbox import Inbox
 from server.logs import ConnectionLog
 from server.metrics import MetricsEndpoint, Timing
@@ -231,6 +232,8 @@ class Server:
         self._caches: dict[str, Store] = {}
         self.accepting = False
         self._gate = AuthGate()
+        #: Resends of idempotent requests answered from the store (server/idempotency.py).
+        self.idempotency = Idempotency(self)
         #: Failed TLS handshakes, counted and logged at most once per interval.
         self.tls_failures = HandshakeFailures()
         #: TLS handshakes in flight: they count against max_connections with the
@@ -307,10 +310,15 @@ class Server:
                 self._gate,
                 *limits,
                 by_app[id(app)],
+                self.idempotency,
                 *app.middleware,
                 deadline,
             ]
             inner = self._innermost(route)
+            if route.idempotent is not None:
+                # The store is awaited: so is the chain (server/idempotency.py).
+                route.awaited = True
+                inner = make_awaitable(route, inner)
             if route.owner is not None:
                 # Run on the key's owner: awaited, as a forward is (server/cluster/owned.py).
                 route.awaited = True
