@@ -158,7 +158,9 @@ class Server:
             )
             # Rooms span the nodes; its handlers are registered before the cluster
             # connects (it subscribes the "everyone" channel then).
-            self.pusher.cluster_rooms = ClusterRooms(self.cluster, self.pusher)
+            self.pusher.cluster_rooms = ClusterRooms(
+                self.cluster, self.pusher, lambda: self.registry
+            )
         #: Reliable pushes for users with no session here, kept in the store (at start).
         self.inbox: Inbox | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # at start
@@ -496,7 +498,8 @@ class Server:
         encoded = pusher.encode(message)
         count = pusher.to_sessions(pusher.sessions.all_sessions(), message, encoded)
         if pusher.cluster_rooms is not None:
-            pusher.cluster_rooms.publish_everyone(*encoded, pusher.latest_of(message))
+            latest = type(message) in pusher.latest_keys
+            pusher.cluster_rooms.publish_everyone(*encoded, latest)
         return count
 
     def room(self, name: str) -> Room:

@@ -19,8 +19,7 @@ from protocol.proto.system_pb2 import LoginReply, LoginRequest, ResumeReply, Res
 from server import Server
 from server.auth import MemoryUsers
 from server.sessions import Session
-from tests.cluster.conftest import StartNode
-from tests.conftest import wait_for
+from tests.conftest import StartNode, wait_for
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
 from tests.store.redisproc import RedisProcess

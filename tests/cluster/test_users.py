@@ -15,8 +15,7 @@ from protocol.proto.system_pb2 import LoginReply, LoginRequest, LogoutRequest, R
 from server import App, Server
 from server.auth import MemoryUsers
 from server.cluster import ClusterUnavailable
-from tests.cluster.conftest import StartNode
-from tests.conftest import wait_for
+from tests.conftest import StartNode, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
