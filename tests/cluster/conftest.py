@@ -3,10 +3,11 @@ themselves come from `start_node` in tests/conftest.py, which tests/hostile uses
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.clients import Connect, open_clients
 from tests.conftest import need_redis_binary
 from tests.store.redisproc import RedisProcess, start_redis
 
@@ -17,3 +18,10 @@ def own_redis() -> Iterator[RedisProcess]:
     server = start_redis(need_redis_binary())
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Connect]:
+    """Clients of the test app (tests/clients.py), closed after the test."""
+    async with open_clients() as connect:
+        yield connect
