@@ -278,7 +278,8 @@ class Room:
                 if isinstance(exclude, str)
                 else ["s", exclude.session_id]
             )
-            cluster_rooms.publish(self.name, *encoded, wire_exclude, pusher.latest_of(message))
+            latest = type(message) in pusher.latest_keys
+            cluster_rooms.publish(self.name, *encoded, wire_exclude, latest)
         return count
 
 
@@ -404,12 +405,6 @@ class Pusher:
         key_of = self.latest_keys.get(type(message))
         key = None if key_of is None else (msg_id, key_of(message))
         return self.fan_out(sessions, msg_id, payload, key)
-
-    def latest_of(self, message: Message) -> list[Hashable] | None:
-        """A latest-value message's key as another node needs it (``[key]``); None for a
-        reliable one."""
-        key_of = self.latest_keys.get(type(message))
-        return None if key_of is None else [key_of(message)]
 
     def fan_out(
         self,

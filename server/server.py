@@ -160,7 +160,9 @@ class Server:
             )
             # Rooms span the nodes; its handlers are registered before the cluster
             # connects (it subscribes the "everyone" channel then).
-            self.pusher.cluster_rooms = ClusterRooms(self.cluster, self.pusher)
+            self.pusher.cluster_rooms = ClusterRooms(
+                self.cluster, self.pusher, lambda: self.registry
+            )
         #: With a cluster: a Resume here takes the session over from the node that holds
         #: it, pushes and rooms included (server/cluster/handover.py).
         self.handovers: Handovers | None = None
@@ -510,7 +512,8 @@ class Server:
         encoded = pusher.encode(message)
         count = pusher.to_sessions(pusher.sessions.all_sessions(), message, encoded)
         if pusher.cluster_rooms is not None:
-            pusher.cluster_rooms.publish_everyone(*encoded, pusher.latest_of(message))
+            latest = type(message) in pusher.latest_keys
+            pusher.cluster_rooms.publish_everyone(*encoded, latest)
         return count
 
     def room(self, name: str) -> Room:

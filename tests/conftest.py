@@ -24,6 +24,7 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 
 StartServer = Callable[..., Awaitable[Server]]
+StartNode = Callable[..., Awaitable[Server]]
 
 #: The read fast path's builds this checkout can run: interpreted always, compiled where
 #: setup.py could build the extension (tests/test_fastpath_build.py says when it must).
@@ -115,6 +116,37 @@ def redis_url(redis_server: RedisProcess) -> str:
         client.flushdb()
         client.script_flush()
     return redis_server.url
+
+
+@pytest.fixture
+async def start_node(redis_url: str) -> AsyncIterator[StartNode]:
+    """Start a node of the cluster on the session's Redis (or `cluster_url=`): a Server
+    on port 0 with a short heartbeat; stopped after the test."""
+    nodes: list[Server] = []
+
+    async def start(
+        *apps: App,
+        node_id: str,
+        authenticator: Authenticator | None = None,
+        **config: Any,
+    ) -> Server:
+        settings: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "cluster_url": redis_url,
+            "node_id": node_id,
+            "cluster_heartbeat": 0.1,
+            "cluster_node_ttl": 0.5,
+            **config,
+        }
+        server = Server(*apps, config=ServerConfig(**settings), authenticator=authenticator)
+        await server.start()
+        nodes.append(server)
+        return server
+
+    yield start
+    for server in reversed(nodes):
+        await server.stop(timeout=1.0)
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,14 @@ Decisions, each a choice a real service could make differently:
   under ``app:chat:seq:<room>``, both expiring `history_ttl` seconds after the room's
   last line. So it outlives a handler reload (``--reload`` re-imports this module), a
   zero-downtime ``tickwire restart`` and a stop with ``store_snapshot_path`` set, and with
-  ``store = "redis"`` every node shows the same history. Room membership does not: rooms
-  are per node (``server.room``), so after a restart clients join again, and the history
-  catches them up. The price is that join and say are async handlers (a store call each).
+  ``store = "redis"`` every node shows the same history. Room membership is the
+  server's (``server.room``): in a cluster a room spans the nodes, but after a restart
+  clients join again, and the history catches them up. The price is that join and say
+  are async handlers (a store call each).
+- **Members are the cluster's.** `JoinReply.members`, `MemberJoined` and `MemberLeft`
+  go by the users in the room on every node (``await room.all_user_ids()``), so a user
+  whose other session is on another node is neither announced twice nor left twice.
+  While the cluster's Redis is unreachable they go by this node's members.
 - **Lines are rate-limited per user**: `say_rate` (10 a second) with a burst of
   `say_burst` (20), nginx ``limit_req`` style, counted per user over all their
   connections; past it a Say gets RATE_LIMITED with the wait, and nothing is broadcast
@@ -29,6 +34,7 @@ Decisions, each a choice a real service could make differently:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from enum import IntEnum
@@ -47,6 +53,8 @@ from examples.chat.chat_pb2 import (
 )
 from protocol.errors import ErrorCode
 from server import App, Context, HandlerError, Server
+from server.cluster import ClusterUnavailable
+from server.push import Room
 from server.sessions import Session
 from server.store import Store, StoreError, is_reported
 
@@ -147,12 +155,12 @@ def make_app(
         session = _session(ctx)
         name = _room_name(msg.room)
         room = ctx.server.room(name)
-        new_user = session.user_id not in room.user_ids()
+        new_user = session.user_id not in await user_ids(room)
         room.join(session)
         if new_user:
             room.broadcast(MemberJoined(room=name, user=session.user_id), exclude=session)
         lines = await read_history(ctx.cache, name, history)
-        return JoinReply(room=name, history=lines, members=sorted(room.user_ids()))
+        return JoinReply(room=name, history=lines, members=sorted(await user_ids(room)))
 
     @app.handler(SayRequest, rate=say_rate, burst=say_burst)
     async def say(ctx: Context, msg: SayRequest) -> SayReply:
@@ -182,24 +190,49 @@ def make_app(
         return SayReply()
 
     @app.handler(LeaveRequest)
-    def leave(ctx: Context, msg: LeaveRequest) -> LeaveReply:
+    async def leave(ctx: Context, msg: LeaveRequest) -> LeaveReply:
         session = _session(ctx)
         if msg.room not in session.rooms:
             raise _not_in(msg.room)
         room = ctx.server.room(msg.room)
         room.leave(session)
-        if session.user_id not in room.user_ids():
-            room.broadcast(MemberLeft(room=msg.room, user=session.user_id))
+        await announce_left(room, session.user_id)
         return LeaveReply()
 
     @app.on_room_left
     def session_ended(server: Server, name: str, session: Session) -> None:
         # Logout, a newer login, a session never resumed: the others hear it too.
         room = server.room(name)
-        if session.user_id not in room.user_ids():
+        if session.user_id in room.user_ids():
+            return
+        if server.cluster is None:
             room.broadcast(MemberLeft(room=name, user=session.user_id))
+            return
+        # The hook is sync; the cluster's members are an await away.
+        task = asyncio.get_running_loop().create_task(announce_left(room, session.user_id))
+        _announcing.add(task)
+        task.add_done_callback(_announcing.discard)
 
     return app
+
+
+async def user_ids(room: Room) -> set[str]:
+    """The users in `room` on every node; this node's while the cluster is unreachable
+    (a join or leave must not fail for it)."""
+    try:
+        return await room.all_user_ids()
+    except ClusterUnavailable:
+        return room.user_ids()
+
+
+async def announce_left(room: Room, user_id: str) -> None:
+    """MemberLeft, when `user_id` has no session left in `room` on any node."""
+    if user_id not in await user_ids(room):
+        room.broadcast(MemberLeft(room=room.name, user=user_id))
+
+
+#: MemberLeft announcements running: referenced until done, so none is collected.
+_announcing: set[asyncio.Task[None]] = set()
 
 
 #: What `tickwire serve` runs by default (`examples.chat.service:app`).

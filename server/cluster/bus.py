@@ -21,6 +21,11 @@ ClusterUnavailable (`up` is False, `failures` counts them), the node keeps servi
 is local, and the bus reconnects with a back-off and subscribes its channels again.
 Pub/sub delivers at most once: what was published while this node was cut off is not
 replayed to it (docs/scaling.md, "Faults").
+
+Anything that can reach Redis can publish on these channels, so a handler's exception is
+the bus's to contain: the message is dropped and counted in `malformed`, and the log says
+so at most once per `MALFORMED_LOG_EVERY` seconds, since a publisher of garbage must not
+fill the log or stop the subscriber.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
+
+import msgspec
 
 from server.cluster.errors import ClusterUnavailable
 from server.cluster.resp import RedisAddress, RespConnection, close_connection, open_connection
@@ -44,6 +53,16 @@ Tap = Callable[[bytes, bool], None]
 #: Seconds between reconnect attempts: the first, and the most (doubling in between).
 RECONNECT_FIRST = 0.05
 RECONNECT_MAX = 2.0
+
+_decode = msgspec.msgpack.Decoder().decode
+
+#: Seconds between two log lines about dropped messages (each one is counted).
+MALFORMED_LOG_EVERY = 10.0
+
+
+class Malformed(ValueError):
+    """A bus message that is not what its channel carries: a handler raises it, and the
+    bus drops and counts the message without a traceback."""
 
 
 class Bus:
@@ -76,6 +95,9 @@ class Bus:
         self.received = 0
         self.failures = 0
         self.outages = 0
+        #: Messages a handler could not use (garbage, another version's, a bug's).
+        self.malformed = 0
+        self._malformed_logged = -MALFORMED_LOG_EVERY
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -251,8 +273,45 @@ class Bus:
             return
         try:
             handler(name, reply[2])
-        except Exception:  # one bad message must not end the subscriber
-            log.exception("cluster bus: handling a message on %s failed", channel.decode())
+        except Exception as exc:  # one bad message must not end the subscriber
+            self._dropped(channel, exc)
+
+    def _dropped(self, channel: bytes, exc: Exception) -> None:
+        self.malformed += 1
+        now = time.monotonic()
+        if now - self._malformed_logged < MALFORMED_LOG_EVERY:
+            return
+        self._malformed_logged = now
+        expected = isinstance(exc, Malformed | msgspec.DecodeError)
+        log.warning(
+            "cluster bus: dropped a message on %s (%d dropped so far, at most one line "
+            "per %g s): %s",
+            channel.decode(errors="replace"),
+            self.malformed,
+            MALFORMED_LOG_EVERY,
+            exc,
+            exc_info=None if expected else exc,
+        )
+
+
+def envelope(data: bytes) -> tuple[str, str, Any]:
+    """A bus message's ``[kind, origin node, body]``; Malformed when it is not one."""
+    try:
+        decoded = _decode(data)
+    except msgspec.DecodeError as exc:
+        raise Malformed(f"not msgpack: {exc}") from None
+    kind, origin, body = fields(decoded, str, str, object)
+    return kind, origin, body
+
+
+def fields(value: Any, *types: type) -> list[Any]:
+    """`value` as a list of len(types) items of those types; Malformed otherwise."""
+    if not isinstance(value, list) or len(value) != len(types):
+        raise Malformed(f"not a {len(types)}-item array: {value!r:.100}")
+    for item, wanted in zip(value, types, strict=True):
+        if not isinstance(item, wanted) or (wanted is int and isinstance(item, bool)):
+            raise Malformed(f"{item!r:.40} is not {wanted.__name__} in {value!r:.100}")
+    return value
 
 
 def _ignore(future: asyncio.Future[object]) -> None:

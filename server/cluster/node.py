@@ -28,7 +28,7 @@ import msgspec
 
 from protocol.errors import CLOSING_CODES, ErrorCode
 from server.cluster import ring
-from server.cluster.bus import Bus
+from server.cluster.bus import Bus, Malformed, envelope, fields
 from server.cluster.errors import CallTimeout, ClusterError, NodeGone, RemoteError
 from server.cluster.nodes import Directory, NodeInfo
 from server.cluster.resp import RedisAddress
@@ -37,7 +37,6 @@ from server.errors import HandlerError
 log = logging.getLogger("tickwire.cluster")
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
 
 #: A served method: (origin node, body) -> the answer's body.
 Method = Callable[[str, Any], Awaitable[Any]]
@@ -161,9 +160,9 @@ class Cluster:
         return self.bus.publish("all", name, data)
 
     def _on_node_channel(self, name: str, data: bytes) -> None:
-        kind, origin, body = _decode(data)
+        kind, origin, body = envelope(data)
         if kind == "rep":
-            call_id, code, answer = body
+            call_id, code, answer = fields(body, int, int, object)
             entry = self._calls.get(call_id)
             if entry is None or entry[1].done():
                 return  # it timed out
@@ -176,8 +175,7 @@ class Cluster:
         else:
             handler = self._node_handlers.get(kind)
             if handler is None:
-                log.warning("cluster: message of unknown kind %r from %s", kind, origin)
-                return
+                raise Malformed(f"message of unknown kind {kind!r} from {origin}")
             handler(origin, body)
 
     def _on_all_channel(self, name: str, data: bytes) -> None:
@@ -186,7 +184,7 @@ class Cluster:
             handler(data)
 
     def _bye(self, data: bytes) -> None:
-        self.nodes.forget(data.decode())
+        self.nodes.forget(data.decode(errors="replace"))  # a name not in the view: no-op
 
     def _view_changed(self, joined: set[str], left: set[str]) -> None:
         if left:
@@ -236,7 +234,8 @@ class Cluster:
             raise
 
     def _serve_request(self, origin: str, body: Any) -> None:
-        call_id, method, payload = body
+        # Checked here: past this point a bad field would fail in a task, not the bus.
+        call_id, method, payload = fields(body, int, str, object)
         if len(self._inbound) >= self.max_inbound:
             self.shed += 1
             self._answer(origin, call_id, int(ErrorCode.OVERLOADED), f"node {self.node_id} is busy")

@@ -89,10 +89,15 @@ class RemoteContext(Context):
 class OwnedKeys:
     """Forwarding, calls and the owned-key hooks of one node (``server.owned``)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, *, max_keys: int = MAX_OWNED_KEYS) -> None:
         self.server = server
         #: Keys this node owns and has served or declared, in the order acquired.
         self.keys: dict[str, None] = {}
+        #: The most keys remembered; past it the oldest is released to make room.
+        self.max_keys = max_keys
+        #: Keys released to make room (each still owned here: the next request for it
+        #: acquires it again).
+        self.evicted = 0
         self.forwarded = 0
         self.served_here = 0
         cluster = server.cluster
@@ -211,9 +216,10 @@ class OwnedKeys:
         if key in keys:
             return
         keys[key] = None
-        if len(keys) > MAX_OWNED_KEYS:
+        while len(keys) > self.max_keys:
             oldest = next(iter(keys))
             del keys[oldest]
+            self.evicted += 1
             self._fire_released(oldest, self.server.node_id)
         for app in self.server.apps:
             for hook in app.key_acquired:

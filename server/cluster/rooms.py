@@ -13,8 +13,10 @@ with no Redis at all. What crosses nodes:
   hands once to each such node; the origin skips its own (its members had it already).
 - **Everyone**: ``all:everyone`` carries ``["everyone", origin, [msg_id, payload, latest]]``.
 
-`exclude` is None, ``["s", session id]`` or ``["u", user id]``; `latest` is None for a
-reliable push, ``[key]`` for a latest-value one (its key may be None).
+`exclude` is None, ``["s", session id]`` or ``["u", user id]``; `latest` says the push
+is latest-value, whose key each receiving node computes from the decoded message, as for
+pushes to users (server/cluster/users.py). A message on these channels that is not such
+an envelope is dropped and counted by the bus (``bus.malformed``).
 
 The hash has no TTL: the fields of a node that died without leaving are dropped from the
 answers of :meth:`ClusterRooms.members` (their node is not in the directory's view) and
@@ -28,21 +30,21 @@ writes this node's memberships again when it is back.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Hashable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from server.cluster.bus import Malformed, envelope, fields
 from server.cluster.errors import ClusterError
 from server.cluster.nodes import NODE_KEY
+from server.cluster.users import deliver
 
 if TYPE_CHECKING:
+    from protocol.registry import MessageRegistry
     from server.cluster.node import Cluster
     from server.push import Pusher
     from server.sessions import Session
-
-log = logging.getLogger("tickwire.cluster")
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -59,36 +61,22 @@ return 0
 
 #: An exclusion on the wire: ["s", session id], ["u", user id] or None.
 Exclude = list[str] | None
-#: A latest-value push's key on the wire, [key]; None for a reliable push.
-Latest = list[Hashable] | None
 
 
 def room_key(name: str) -> str:
     return f"tw:room:{{{name}}}"
 
 
-def _hashable(key: Any) -> Hashable:
-    """A latest-value key as msgpack gave it back (a tuple comes back a list)."""
-    if isinstance(key, list):
-        return tuple(_hashable(part) for part in key)
-    return key  # type: ignore[no-any-return]
-
-
-def _fan_out(
-    pusher: Pusher, members: Iterable[Session], msg_id: int, payload: bytes, latest: Any
-) -> None:
-    if latest is None:
-        pusher.fan_out(members, msg_id, payload)
-    else:
-        pusher.fan_out(members, msg_id, payload, (msg_id, _hashable(latest[0])))
-
-
 class ClusterRooms:
     """The cross-node part of this node's rooms."""
 
-    def __init__(self, cluster: Cluster, pusher: Pusher) -> None:
+    def __init__(
+        self, cluster: Cluster, pusher: Pusher, registry: Callable[[], MessageRegistry]
+    ) -> None:
         self.cluster = cluster
         self.pusher = pusher
+        #: The registry in use (it follows a handler reload): decodes latest values.
+        self.registry = registry
         self.node_id = cluster.node_id
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -204,51 +192,56 @@ class ClusterRooms:
     # -- broadcasts ------------------------------------------------------------------------
 
     def publish(
-        self, name: str, msg_id: int, payload: bytes, exclude: Exclude, latest: Latest
+        self, name: str, msg_id: int, payload: bytes, exclude: Exclude, latest: bool
     ) -> None:
         """One PUBLISH of a broadcast for the other nodes' members of `name`."""
         try:
             data = _encode(["room", self.node_id, [msg_id, payload, exclude, latest]])
             self.cluster.bus.publish("r", name, data).add_done_callback(self._done)
-        except (ClusterError, TypeError) as exc:  # TypeError: a key msgpack cannot carry
+        except ClusterError:
             self.failures += 1
-            if isinstance(exc, TypeError):
-                log.error("room %r: broadcast not sent to other nodes: %s", name, exc)
             return
         self.published += 1
 
-    def publish_everyone(self, msg_id: int, payload: bytes, latest: Latest) -> None:
+    def publish_everyone(self, msg_id: int, payload: bytes, latest: bool) -> None:
         try:
             data = _encode(["everyone", self.node_id, [msg_id, payload, latest]])
             self.cluster.publish_all("everyone", data).add_done_callback(self._done)
-        except (ClusterError, TypeError) as exc:
+        except ClusterError:
             self.failures += 1
-            if isinstance(exc, TypeError):
-                log.error("broadcast not sent to other nodes: %s", exc)
             return
         self.published += 1
 
     def _on_room(self, name: str, data: bytes) -> None:
-        kind, origin, body = _decode(data)
-        if kind != "room" or origin == self.node_id:
+        kind, origin, body = envelope(data)
+        msg_id, payload, exclude, latest = fields(body, int, bytes, object, bool)
+        if kind != "room":
+            raise Malformed(f"a {kind!r} message on a room channel")
+        if exclude is not None:
+            what, value = fields(exclude, str, str)
+            if what not in ("s", "u"):
+                raise Malformed(f"exclusion {exclude!r:.100}")
+        if origin == self.node_id:
             return
         self.received += 1
         found = self.pusher.room_members.get(name)
         if not found:
             return
-        msg_id, payload, exclude, latest = body
         members: Iterable[Session] = found.values()
         if exclude is not None:
-            what, value = exclude
             if what == "u":
                 members = [s for s in members if s.user_id != value]
             else:
                 members = [s for s in members if s.session_id != value]
-        _fan_out(self.pusher, members, msg_id, payload, latest)
+        deliver(self.pusher, self.registry(), members, msg_id, payload, latest)
 
     def _on_everyone(self, data: bytes) -> None:
-        _, origin, (msg_id, payload, latest) = _decode(data)
+        kind, origin, body = envelope(data)
+        msg_id, payload, latest = fields(body, int, bytes, bool)
+        if kind != "everyone":
+            raise Malformed(f"a {kind!r} message on all:everyone")
         if origin == self.node_id:
             return
         self.received += 1
-        _fan_out(self.pusher, self.pusher.sessions.all_sessions(), msg_id, payload, latest)
+        sessions = self.pusher.sessions.all_sessions()
+        deliver(self.pusher, self.registry(), sessions, msg_id, payload, latest)

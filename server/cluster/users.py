@@ -18,20 +18,23 @@ PUBLISHes (one connection), so one node's pushes to one user reach the inbox in 
 as they reach the user's sessions on other nodes in order.
 
 The key of a latest-value push is not sent: keys are any hashable (msgpack does not
-carry them all), so a receiver decodes the message and computes the key itself.
+carry them all), so a receiver decodes the message and computes the key itself
+(:func:`deliver`, which room broadcasts from other nodes go through too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
 import msgspec
 from google.protobuf.message import Message
 
+from protocol.errors import RemoteProtocolError
+from server.cluster.bus import Malformed, envelope, fields
 from server.cluster.errors import ClusterUnavailable
 
 if TYPE_CHECKING:
@@ -43,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tickwire.cluster")
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
 
 #: The bus channel kind of a user's pushes.
 KIND = "u"
@@ -168,17 +170,19 @@ class UserPush:
     def _received(self, user_id: str, data: bytes) -> None:
         skip, self.skip_once = self.skip_once, None
         try:
-            kind, origin, body = _decode(data)
-            if kind == MARK:
-                return  # a session moving between nodes (server/cluster/handover.py)
-            msg_id, payload, latest, delivered = body
-        except (msgspec.DecodeError, TypeError, ValueError):
-            kind = None
-        if kind != "push" or not isinstance(msg_id, int) or not isinstance(payload, bytes):
-            # A node of another version, or not a node at all: the channel goes on.
+            self._deliver(user_id, data, skip)
+        except Malformed:
+            # A node of another version, or not a node at all: the bus counts and logs it.
             self.failures += 1
-            log.warning("cluster: ignored a malformed message on u:%s", user_id)
-            return
+            raise
+
+    def _deliver(self, user_id: str, data: bytes, skip: Session | None) -> None:
+        kind, origin, body = envelope(data)
+        if kind == MARK:
+            return  # a session moving between nodes (server/cluster/handover.py)
+        msg_id, payload, latest, delivered = fields(body, int, bytes, bool, bool)
+        if kind != "push":
+            raise Malformed(f"a {kind!r} message on a user channel")
         self.received += 1
         if delivered and origin == self.node_id:
             return  # its own sessions had it from the push itself
@@ -187,9 +191,25 @@ class UserPush:
             sessions = [session for session in sessions if session is not skip]
         if not sessions:
             return
-        if latest:
-            message = self.registry().decode(msg_id, payload)
-            count = self.pusher.to_sessions(sessions, message, (msg_id, payload))
-        else:
-            count = self.pusher.fan_out(sessions, msg_id, payload)
-        self.delivered += count
+        self.delivered += deliver(self.pusher, self.registry(), sessions, msg_id, payload, latest)
+
+
+def deliver(
+    pusher: Pusher,
+    registry: MessageRegistry,
+    sessions: Iterable[Session],
+    msg_id: int,
+    payload: bytes,
+    latest: bool,
+) -> int:
+    """Push what another node published to `sessions` here: a latest-value message under
+    the key this node's declaration gives its decoded message (keys do not cross the
+    wire), any other as the encoded bytes it came as. Malformed, before any delivery,
+    when a latest value does not decode."""
+    if not latest:
+        return pusher.fan_out(sessions, msg_id, payload)
+    try:
+        message = registry.decode(msg_id, payload)
+    except RemoteProtocolError as exc:
+        raise Malformed(f"latest value {msg_id}: {exc}") from None
+    return pusher.to_sessions(sessions, message, (msg_id, payload))

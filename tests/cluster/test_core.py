@@ -16,8 +16,7 @@ from server.cluster.ring import owner
 from server.config import ConfigError, load_config
 from server.errors import HandlerError
 from server.server import Server
-from tests.cluster.conftest import StartNode
-from tests.conftest import wait_for
+from tests.conftest import StartNode, wait_for
 from tests.store.redisproc import RedisProcess
 
 

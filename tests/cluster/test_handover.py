@@ -6,41 +6,24 @@ on in-process nodes sharing one real redis-server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import pytest
 
-from client_sdk import AsyncClient, SessionReplaced
+from client_sdk import SessionReplaced
 from client_sdk.client import Push
-from protocol.proto.system_pb2 import LoginReply, LoginRequest, ResumeReply, ResumeRequest
+from protocol.proto.system_pb2 import ResumeReply, ResumeRequest
 from server import Server
 from server.auth import MemoryUsers
 from server.cluster.rooms import room_key
 from server.sessions import Session
-from tests.cluster.conftest import StartNode
-from tests.conftest import wait_for
-from tests.integration.testapp import app_registry, make_app
+from tests.clients import Connect, login
+from tests.conftest import StartNode, wait_for
+from tests.integration.testapp import make_app
 from tests.proto import testapp_pb2 as pb
 
-USERS = MemoryUsers({"alice": "pw-a", "bob": "pw-b"})
-
-Connect = Callable[..., Awaitable[AsyncClient]]
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[Connect]:
-    opened: list[AsyncClient] = []
-
-    async def connect(server: Server, **options: Any) -> AsyncClient:
-        client = await AsyncClient.connect(*server.address, registry=app_registry(), **options)
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        await client.close()
+USERS = MemoryUsers({"alice": "pw-a"})
 
 
 async def nodes(start_node: StartNode, *names: str) -> list[Server]:
@@ -49,12 +32,6 @@ async def nodes(start_node: StartNode, *names: str) -> list[Server]:
         lambda: all(n.cluster is not None and n.cluster.live == sorted(names) for n in started)
     )
     return started
-
-
-async def login(client: AsyncClient) -> LoginReply:
-    reply = await client.request(LoginRequest(user="alice", password="pw-a", device="t"))
-    assert isinstance(reply, LoginReply)
-    return reply
 
 
 def held(node: Server) -> Session:

@@ -7,42 +7,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from client_sdk import AsyncClient, Overloaded, SessionReplaced, Unauthenticated
+from client_sdk import Overloaded, SessionReplaced, Unauthenticated
 from client_sdk.client import Push
 from protocol.errors import ErrorCode
-from protocol.proto.system_pb2 import LoginReply, LoginRequest, ResumeReply, ResumeRequest
+from protocol.proto.system_pb2 import ResumeReply, ResumeRequest
 from server import Server
 from server.auth import MemoryUsers
 from server.errors import HandlerError
 from server.sessions import Session
-from tests.cluster.conftest import StartNode
-from tests.conftest import wait_for
-from tests.integration.testapp import app_registry, make_app
+from tests.clients import Connect, login
+from tests.conftest import StartNode, wait_for
+from tests.integration.testapp import make_app
 from tests.proto import testapp_pb2 as pb
 from tests.store.redisproc import RedisProcess
 
 USERS = MemoryUsers({"alice": "pw-a", "bob": "pw-b"})
-
-Connect = Callable[[Server], Awaitable[AsyncClient]]
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[Connect]:
-    opened: list[AsyncClient] = []
-
-    async def connect(server: Server) -> AsyncClient:
-        client = await AsyncClient.connect(*server.address, registry=app_registry())
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        await client.close()
 
 
 async def two_nodes(start_node: StartNode, **config: Any) -> tuple[Server, Server]:
@@ -63,12 +46,6 @@ def refuse_handovers(node: Server) -> None:
 
     assert node.cluster is not None
     node.cluster.serve("handover.rooms", busy)
-
-
-async def login(client: AsyncClient, user: str = "alice", password: str = "pw-a") -> LoginReply:
-    reply = await client.request(LoginRequest(user=user, password=password, device="test"))
-    assert isinstance(reply, LoginReply)
-    return reply
 
 
 async def test_a_login_on_one_node_replaces_the_session_on_another(

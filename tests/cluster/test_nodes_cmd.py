@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 from server.cluster import read_nodes
-from tests.cluster.conftest import StartNode
+from tests.conftest import StartNode
 from tests.serveproc import ROOT, server_log, spawn_serve
 
 

@@ -16,8 +16,7 @@ from server import App, Context
 from server.cluster.errors import RemoteError
 from server.errors import HandlerError
 from server.server import Server
-from tests.cluster.conftest import StartNode
-from tests.conftest import StartServer, wait_for
+from tests.conftest import StartNode, StartServer, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import app_registry
 from tests.proto import testapp_pb2 as pb

@@ -20,8 +20,7 @@ from protocol.registry import system_registry
 from server.auth import MemoryUsers
 from server.cluster.rooms import room_key
 from server.server import Server
-from tests.cluster.conftest import StartNode
-from tests.conftest import wait_for
+from tests.conftest import StartNode, wait_for
 from tests.store.redisproc import RedisProcess
 
 USERS = MemoryUsers({name: "pw" for name in ("alice", "bob", "carol", "dave")})

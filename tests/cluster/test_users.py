@@ -6,7 +6,6 @@ remote ones with ClusterUnavailable."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -15,39 +14,20 @@ from protocol.proto.system_pb2 import LoginReply, LoginRequest, LogoutRequest, R
 from server import App, Server
 from server.auth import MemoryUsers
 from server.cluster import ClusterUnavailable
-from tests.cluster.conftest import StartNode
-from tests.conftest import wait_for
+from tests.clients import PASSWORDS, Connect
+from tests.conftest import StartNode, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import app_registry, make_app
 from tests.proto import testapp_pb2 as pb
 from tests.store.redisproc import RedisProcess
 
-PASSWORDS = {"alice": "a", "bob": "b", "carol": "c"}
 USERS = MemoryUsers(PASSWORDS)
-
-Connect = Callable[[Server, str], Awaitable[AsyncClient]]
 
 
 def push_app() -> App:
     app = make_app()
     app.latest_value(pb.UnorderedSleepRequest, key=lambda m: m.tag)
     return app
-
-
-@pytest.fixture
-async def login() -> AsyncIterator[Connect]:
-    opened: list[AsyncClient] = []
-
-    async def connect(server: Server, user: str) -> AsyncClient:
-        client = await AsyncClient.connect(*server.address, registry=app_registry())
-        opened.append(client)
-        reply = await client.request(LoginRequest(user=user, password=PASSWORDS[user]))
-        assert isinstance(reply, LoginReply)
-        return client
-
-    yield connect
-    for client in opened:
-        await client.close()
 
 
 def collect(client: AsyncClient) -> list[Push]:
@@ -69,10 +49,10 @@ async def nodes(start_node: StartNode, *ids: str, **config: object) -> list[Serv
 
 
 async def test_a_push_from_another_node_arrives_in_order(
-    start_node: StartNode, login: Connect
+    start_node: StartNode, clients: Connect
 ) -> None:
     a, b = await nodes(start_node, "a", "b")
-    got = collect(await login(a, "alice"))
+    got = collect(await clients(a, "alice"))
     assert b.push("alice", pb.SleepReply(tag=1)) == 0  # none of alice's sessions is on b
     await wait_for(lambda: tags(got) == [1])
     for tag in range(2, 202):
@@ -85,26 +65,28 @@ async def test_a_push_from_another_node_arrives_in_order(
     assert a.user_push.delivered == 201
 
 
-async def test_a_latest_value_push_crosses_nodes(start_node: StartNode, login: Connect) -> None:
+async def test_a_latest_value_push_crosses_nodes(start_node: StartNode, clients: Connect) -> None:
     a, b = await nodes(start_node, "a", "b")
-    got = collect(await login(a, "alice"))
+    got = collect(await clients(a, "alice"))
     b.push("alice", pb.UnorderedSleepRequest(tag=7))
     await wait_for(lambda: tags(got) == [7])
     assert got[0].seq == 0
 
 
-async def test_multicast_reaches_users_on_every_node(start_node: StartNode, login: Connect) -> None:
+async def test_multicast_reaches_users_on_every_node(
+    start_node: StartNode, clients: Connect
+) -> None:
     a, b, c = await nodes(start_node, "a", "b", "c")
-    got_alice = collect(await login(a, "alice"))
-    got_bob = collect(await login(b, "bob"))
-    got_carol = collect(await login(c, "carol"))
+    got_alice = collect(await clients(a, "alice"))
+    got_bob = collect(await clients(b, "bob"))
+    got_carol = collect(await clients(c, "carol"))
     assert c.multicast(["alice", "bob", "carol"], pb.SleepReply(tag=5)) == 1
     await wait_for(lambda: tags(got_alice) == [5] and tags(got_bob) == [5])
     assert tags(got_carol) == [5]
 
 
 async def test_a_user_offline_everywhere_gets_the_push_at_the_next_login(
-    start_node: StartNode, login: Connect
+    start_node: StartNode, clients: Connect
 ) -> None:
     a, b = await nodes(start_node, "a", "b")
     assert b.push("carol", pb.SleepReply(tag=3)) == 0
@@ -122,10 +104,10 @@ async def test_a_user_offline_everywhere_gets_the_push_at_the_next_login(
 
 
 async def test_a_node_does_not_deliver_its_own_publication_twice(
-    start_node: StartNode, login: Connect
+    start_node: StartNode, clients: Connect
 ) -> None:
     a, b = await nodes(start_node, "a", "b", duplicate_login="allow")
-    on_a, on_b = collect(await login(a, "alice")), collect(await login(b, "alice"))
+    on_a, on_b = collect(await clients(a, "alice")), collect(await clients(b, "alice"))
     # Under "allow", a publishes even though alice has a session here: b may hold another.
     for tag in (1, 2, 3):
         assert a.push("alice", pb.SleepReply(tag=tag)) == 1
@@ -139,21 +121,21 @@ async def test_a_node_does_not_deliver_its_own_publication_twice(
 
 
 async def test_without_allow_a_user_held_here_is_not_published(
-    start_node: StartNode, login: Connect
+    start_node: StartNode, clients: Connect
 ) -> None:
     (a,) = await nodes(start_node, "a")
-    got = collect(await login(a, "alice"))
+    got = collect(await clients(a, "alice"))
     assert a.push("alice", pb.SleepReply(tag=1)) == 1
     await wait_for(lambda: tags(got) == [1])
     assert a.user_push is not None and a.user_push.published == 0
 
 
 async def test_redis_down_local_pushes_arrive_remote_ones_raise(
-    start_node: StartNode, login: Connect, own_redis: RedisProcess
+    start_node: StartNode, clients: Connect, own_redis: RedisProcess
 ) -> None:
     a, b = await nodes(start_node, "a", "b", cluster_url=own_redis.url)
-    got_alice = collect(await login(a, "alice"))
-    await login(b, "bob")
+    got_alice = collect(await clients(a, "alice"))
+    await clients(b, "bob")
     own_redis.halt()
     await wait_for(lambda: a.cluster is not None and not a.cluster.up)
     assert a.push("alice", pb.SleepReply(tag=1)) == 1
@@ -170,12 +152,12 @@ async def test_redis_down_local_pushes_arrive_remote_ones_raise(
 
 
 async def test_the_channel_is_unsubscribed_after_logout(
-    start_node: StartNode, login: Connect
+    start_node: StartNode, clients: Connect
 ) -> None:
     (a,) = await nodes(start_node, "a", duplicate_login="allow")
     assert a.cluster is not None
     bus = a.cluster.bus
-    phone, laptop = await login(a, "alice"), await login(a, "alice")
+    phone, laptop = await clients(a, "alice"), await clients(a, "alice")
     assert bus.subscribed("u", "alice")
     await phone.request(LogoutRequest())
     await asyncio.sleep(0)
@@ -185,10 +167,10 @@ async def test_the_channel_is_unsubscribed_after_logout(
 
 
 async def test_a_malformed_message_on_a_user_channel_is_counted_and_skipped(
-    start_node: StartNode, login: Connect
+    start_node: StartNode, clients: Connect
 ) -> None:
     a, b = await nodes(start_node, "a", "b")
-    got = collect(await login(a, "alice"))
+    got = collect(await clients(a, "alice"))
     assert b.cluster is not None and a.user_push is not None
     for junk in (b"\xc1", b"\x93\xa4push\xa1b\x01", b"\x91\x01"):
         assert await b.cluster.bus.publish("u", "alice", junk) == 1

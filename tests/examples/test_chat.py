@@ -36,7 +36,7 @@ from protocol.errors import ErrorCode
 from protocol.registry import MessageRegistry, system_registry
 from server import Server, ServerConfig
 from server.auth import MemoryUsers
-from tests.conftest import StartServer, wait_for
+from tests.conftest import StartNode, StartServer, wait_for
 from tests.serveproc import ROOT, server_log, spawn_serve
 
 PASSWORDS = {"alice": "a", "bob": "b", "carol": "c"}
@@ -351,6 +351,36 @@ async def test_two_nodes_share_the_history_through_redis(redis_url: str, clients
     finally:
         for node in nodes:
             await node.stop(timeout=1)
+
+
+async def test_members_are_listed_and_announced_across_the_nodes_of_a_cluster(
+    start_node: StartNode, clients: Connect
+) -> None:
+    a = await start_node(make_app(history=0), node_id="a", authenticator=USERS)
+    b = await start_node(make_app(history=0), node_id="b", authenticator=USERS)
+    await wait_for(lambda: all(n.cluster is not None and len(n.cluster.live) == 2 for n in (a, b)))
+    alice, carol = await clients(a, "alice"), await clients(a, "carol")
+    bob = await clients(b, "bob")
+    got_alice = Inbox(alice)
+    assert list((await join(alice, "lobby")).members) == ["alice"]
+    assert a.pusher.cluster_rooms is not None
+    await a.pusher.cluster_rooms.settled()
+
+    # bob, on the other node, sees alice listed; alice hears that bob joined.
+    assert list((await join(bob, "lobby")).members) == ["alice", "bob"]
+    await wait_for(
+        lambda: [(m.room, m.user) for m in got_alice.of(MemberJoined)] == [("lobby", "bob")]
+    )
+    assert list((await join(carol, "lobby")).members) == ["alice", "bob", "carol"]
+
+    # A leave on b, then a session ending on b: alice on a hears both.
+    await client_leaves(bob, "lobby")
+    await wait_for(lambda: len(got_alice.of(MemberLeft)) == 1)
+    assert list((await join(bob, "lobby")).members) == ["alice", "bob", "carol"]
+    await bob.logout()
+    await wait_for(lambda: len(got_alice.of(MemberLeft)) == 2)
+    assert [(m.room, m.user) for m in got_alice.of(MemberLeft)] == [("lobby", "bob")] * 2
+    assert list((await join(alice, "lobby")).members) == ["alice", "carol"]
 
 
 def test_make_app_refuses_nonsense_limits() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
+from tests.clients import Connect, open_clients
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -14,3 +17,10 @@ def store_config(request: pytest.FixtureRequest) -> dict[str, Any]:
         url: str = request.getfixturevalue("redis_url")
         return {"store": "redis", "redis_url": url}
     return {}
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Connect]:
+    """Clients of the test app (tests/clients.py), closed after the test."""
+    async with open_clients() as connect:
+        yield connect

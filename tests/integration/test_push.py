@@ -8,7 +8,6 @@ must come after the LoginReply, a replay before anything new).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,13 @@ from protocol.proto.system_pb2 import (
 )
 from server import App, Context, Server, ServerConfig
 from server.auth import MemoryUsers
+from tests.clients import PASSWORDS, Connect
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
 from tests.integration.testapp import app_registry
 from tests.proto import testapp_pb2 as pb
 
-USERS = MemoryUsers({"alice": "a", "bob": "b", "carol": "c"})
-PASSWORDS = {"alice": "a", "bob": "b", "carol": "c"}
+USERS = MemoryUsers(PASSWORDS)
 PUSH = int(Flags.PUSH)
 
 
@@ -54,26 +53,6 @@ def push_app() -> App:
 
     app.latest_value(pb.UnorderedSleepRequest, key=lambda m: m.tag)
     return app
-
-
-Connect = Callable[..., Awaitable[AsyncClient]]
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[Connect]:
-    opened: list[AsyncClient] = []
-
-    async def connect(server: Server, user: str | None = None) -> AsyncClient:
-        client = await AsyncClient.connect(*server.address, registry=app_registry())
-        opened.append(client)
-        if user is not None:
-            reply = await client.request(LoginRequest(user=user, password=PASSWORDS[user]))
-            assert isinstance(reply, LoginReply)
-        return client
-
-    yield connect
-    for client in opened:
-        await client.close()
 
 
 def collect(client: AsyncClient) -> list[Push]:

@@ -8,7 +8,6 @@ SDK's session helpers, so these tests pin the server's side of the wire contract
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,9 @@ from server.auth import MemoryUsers
 from server.connection import CloseReason
 from server.errors import HandlerError
 from server.sessions import EndReason, Session
+from tests.clients import Connect, login
 from tests.conftest import StartServer, wait_for
 from tests.integration.rawclient import RawPeer
-from tests.integration.testapp import app_registry
 from tests.proto import testapp_pb2 as pb
 
 USERS = MemoryUsers({"alice": "pw-a", "bob": "pw-b"})
@@ -65,33 +64,10 @@ def notes_app() -> App:
     return app
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[Callable[[Server], Awaitable[AsyncClient]]]:
-    opened: list[AsyncClient] = []
-
-    async def connect(server: Server) -> AsyncClient:
-        client = await AsyncClient.connect(*server.address, registry=app_registry())
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        await client.close()
-
-
-async def login(client: AsyncClient, user: str = "alice", password: str = "pw-a") -> LoginReply:
-    reply = await client.request(LoginRequest(user=user, password=password, device="test"))
-    assert isinstance(reply, LoginReply)
-    return reply
-
-
 async def note(client: AsyncClient, text: str = "x") -> int:
     reply = await client.request(pb.NoteRequest(text=text))
     assert isinstance(reply, pb.SleepReply)
     return reply.tag
-
-
-Connect = Callable[[Server], Awaitable[AsyncClient]]
 
 
 async def test_login_opens_private_handlers_and_logout_closes_them(
