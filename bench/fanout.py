@@ -736,9 +736,9 @@ def _redis_cost(driven: _Driven, end: RedisCounters | None) -> _RedisCost:
     last broadcast (every PUBLISH of the run was handled by then): the bench's own
     INFOs in between (the first reading and the window's two) are taken out."""
     start, window_from, window_until = driven.redis_start, driven.redis_from, driven.redis_until
-    cost = _RedisCost(broadcasts=driven.broadcasts_total - driven.broadcasts_start)
     if start is None or end is None:
-        return cost
+        return _RedisCost()
+    cost = _RedisCost(broadcasts=driven.broadcasts_total - driven.broadcasts_start)
     own = [r for r in (start, window_from, window_until) if r is not None]
     cost.commands = end.commands - start.commands - len(own)
     cost.publishes = end.publishes - start.publishes

@@ -165,7 +165,12 @@ def test_compare_nodes_runs_both_layouts_side_by_side(
     assert comparison.kind == "fanout-compare"
     one, two = comparison.runs
     # One node is a plain server: no cluster, no Redis read.
-    assert (one.nodes, one.cluster, one.redis_publishes) == (1, False, None)
+    assert (one.nodes, one.cluster, one.redis_broadcasts, one.redis_publishes) == (
+        1,
+        False,
+        0,
+        None,
+    )
     assert one.lossless and one.delivered_total == one.broadcasts_total * 10 > 0
     assert_cluster_run(two, 2)
     assert comparison.ratios == [1.0, two.deliveries_per_s / one.deliveries_per_s]
