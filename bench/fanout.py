@@ -36,6 +36,15 @@ reading costs the server no more memory than its pending limit.
 The server's RSS is read after the joins (before), every 100 ms during the run (peak)
 and at the end of the window (after); its CPU, the receivers' and the rest of the
 machine's over the window, as in the other benches (`bench.proc`).
+
+With `--nodes N` the server is N nodes of a cluster (`--cluster URL`, or a private
+redis-server, bench/fanout_redis.py): member i joins on node i % N, the driver triggers
+node 0, and the window starts only once every node with a member subscribes the room's
+channel. Redis's INFO is read before the first Trigger and once every member read the
+last broadcast (the receivers report "drained" and wait before closing, whose session
+writes would count), and at the window's edges for its CPU: commands, PUBLISHes and
+bytes per broadcast. `--compare-nodes 1,3` runs the layouts in turn with one set of
+users.
 """
 
 from __future__ import annotations
