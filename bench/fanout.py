@@ -36,6 +36,15 @@ reading costs the server no more memory than its pending limit.
 The server's RSS is read after the joins (before), every 100 ms during the run (peak)
 and at the end of the window (after); its CPU, the receivers' and the rest of the
 machine's over the window, as in the other benches (`bench.proc`).
+
+With `--nodes N` the server is N nodes of a cluster (`--cluster URL`, or a private
+redis-server, bench/fanout_redis.py): member i joins on node i % N, the driver triggers
+node 0, and the window starts only once every node with a member subscribes the room's
+channel. Redis's INFO is read before the first Trigger and once every member read the
+last broadcast (the receivers report "drained" and wait before closing, whose session
+writes would count), and at the window's edges for its CPU: commands, PUBLISHes and
+bytes per broadcast. `--compare-nodes 1,3` runs the layouts in turn with one set of
+users.
 """
 
 from __future__ import annotations
@@ -56,7 +65,16 @@ import uvloop
 from google.protobuf.message import DecodeError, Message
 from hdrh.histogram import HdrHistogram
 
-from bench.fanout_report import fanout_notes, fanout_table
+from bench.fanout_redis import (
+    PrivateRedis,
+    RedisCounters,
+    counters_client,
+    database,
+    read_counters,
+    redis_server_binary,
+    subscribers,
+)
+from bench.fanout_report import compare_table, fanout_notes, fanout_table
 from bench.load import apportion, sleep_until, wait_for_start
 from bench.login import LoginUser, first_conn
 from bench.proc import (
@@ -77,7 +95,7 @@ from bench.proto.bench_pb2 import (
     FanoutTrigger,
     FanoutTriggerReply,
 )
-from bench.results import FanoutReport
+from bench.results import FanoutComparison, FanoutReport
 from bench.wire import FrameClient, WireError, code_name
 from bench.workers import (
     ERROR_SAMPLES,
@@ -142,6 +160,9 @@ class FanoutParams(LoadParams, frozen=True, kw_only=True):
     size: int = 64
     ack_every: int = 256
     stalled: int = 0
+    #: The nodes' ports on the share's host, member i on ``ports[i % len(ports)]``;
+    #: empty: every member on the share's port (one server).
+    ports: list[int] = []
 
 
 class WorkerFanoutResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -377,10 +398,13 @@ async def _fanout_worker(
         if len(connect_samples) < ERROR_SAMPLES:
             connect_samples.append(what)
 
-    opened = cast(
-        list[Member], await open_connections(share, lambda: Member(totals), connect_error)
-    )
     first = first_conn(params.conns, params.procs, share.index)
+    opened: list[Member] = []
+    for port, count in _per_node(params.ports or [share.port], first, share.conns):
+        if count:
+            part = msgspec.structs.replace(share, port=port, conns=count)
+            made = await open_connections(part, lambda: Member(totals), connect_error)
+            opened.extend(cast(list[Member], made))
     gate = asyncio.Semaphore(max(1, share.connect_concurrency))
     join_errors = 0
 
@@ -434,6 +458,13 @@ async def _fanout_worker(
     lost = [m for m in reading if not m.open]
     for member in behind[:ERROR_SAMPLES]:
         totals.error(f"{member.name}: read up to push {member.last_seq} of {broadcasts}")
+    # The parent reads Redis's counters now, before the stalled members' cut-offs and
+    # the closes below make the nodes write sessions to it.
+    pipe.send(("drained",))
+    if (await _recv(pipe))[0] != "close":
+        for member in members:
+            member.close()
+        raise BenchError("parent aborted the run")
 
     # The stalled members read again: what did the server do with them?
     for member in stalled:
@@ -467,6 +498,16 @@ async def _fanout_worker(
     )
 
 
+def _per_node(ports: list[int], first: int, count: int) -> list[tuple[int, int]]:
+    """How many of the members `first` .. `first + count - 1` go to each port: member i
+    to ``ports[i % len(ports)]``, so every node gets an even share of the room."""
+    nodes = len(ports)
+    return [
+        (port, sum(1 for i in range(first, first + count) if i % nodes == node))
+        for node, port in enumerate(ports)
+    ]
+
+
 def fanout_worker(pipe: Connection, share: Share, params: FanoutParams) -> None:
     """Entry point of one receiver process."""
     run_worker(pipe, share.cpus, lambda: _fanout_worker(pipe, share, params))
@@ -489,11 +530,15 @@ def _user_sys_seconds(pid: int) -> tuple[float, float] | None:
 class _Driven(msgspec.Struct, kw_only=True):
     elapsed_s: float = 0.0
     triggers: int = 0
+    #: Node 0's broadcasts before the first Trigger of the run, in the window, in all.
+    broadcasts_start: int = 0
     broadcasts_window: int = 0
     broadcasts_total: int = 0
     fanout_histogram: bytes = b""
     server_cpu_pct: float | None = None
     server_sys_pct: float | None = None
+    node_members: list[int] = []
+    node_cpu_pct: list[float | None] = []
     receiver_cpu_pct: float = 0.0
     driver_cpu_pct: float | None = None
     machine_cpu_pct: float | None = None
@@ -505,30 +550,89 @@ class _Driven(msgspec.Struct, kw_only=True):
     pending_bytes: int = 0
     pending_bytes_max: int = 0
     closing: int = 0
+    #: The cluster's Redis before the first Trigger and at the window's two edges.
+    redis_start: RedisCounters | None = None
+    redis_from: RedisCounters | None = None
+    redis_until: RedisCounters | None = None
     error: str | None = None
+
+
+#: The room of the bench app (bench/serverside/fanout_app.py ROOM), whose channel
+#: ``tw:<db>:r:<room>`` each node with a member subscribes (docs/scaling.md).
+_ROOM = "fanout"
+#: How long the nodes may take to subscribe the room's channel after the joins.
+_SUBSCRIBE_S = 30.0
+
+
+class ClusterRedis:
+    """The cluster's Redis as the bench reads it: its counters, and who listens to the
+    room. `pid` is that of the Redis the bench started (None for --cluster): its CPU is
+    then taken out of "other"."""
+
+    def __init__(self, url: str, pid: int | None) -> None:
+        self.client = counters_client(url)
+        self.channel = f"tw:{database(url)}:r:{_ROOM}"
+        self.pid = pid
+
+    async def settled(self, nodes: int) -> None:
+        """Return once `nodes` nodes subscribe the room's channel: a node hears the
+        broadcasts of the others only from then on, and a member that missed one would
+        read every later seq one short."""
+        deadline = time.monotonic() + _SUBSCRIBE_S
+        while (found := subscribers(self.client, self.channel)) < nodes:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{found} of {nodes} nodes subscribed {self.channel} within "
+                    f"{_SUBSCRIBE_S:g} s of the joins"
+                )
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _sum(values: list[float | None]) -> float | None:
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
 
 
 async def _drive(
     params: FanoutParams,
-    server: Endpoint,
+    servers: list[Endpoint],
     workers: Workers,
     members: int,
     log: Callable[[str], None],
+    redis_watch: ClusterRedis | None,
 ) -> _Driven:
-    """The driver connection: Triggers in a closed loop, Stats at the window's edges, CPU
-    and RSS readings around them."""
+    """The driver connections, one per node: Triggers to node 0 in a closed loop, Stats
+    at the window's edges, CPU, RSS and Redis readings around them."""
     driven = _Driven()
-    client = await FrameClient.connect(server.host, server.port, registry=REGISTRY)
+    clients: list[FrameClient] = []
     try:
-        probe = await client.call(FanoutTrigger(count=0, size=params.size), FanoutTriggerReply)
-        if probe.members != members:
+        for server in servers:
+            clients.append(await FrameClient.connect(server.host, server.port, registry=REGISTRY))
+        client = clients[0]
+        probe = FanoutTrigger(count=0, size=params.size)
+        probes = [await c.call(probe, FanoutTriggerReply) for c in clients]
+        here = driven.node_members = [p.members for p in probes]
+        if sum(here) != members:
             raise BenchError(
-                f"the room has {probe.members} members, the receivers joined {members}"
+                f"the room has {' + '.join(map(str, here))} members on the nodes, the "
+                f"receivers joined {members}"
             )
-        broadcasts = probe.broadcasts
+        broadcasts = driven.broadcasts_start = probes[0].broadcasts
+        if redis_watch is not None:
+            await redis_watch.settled(sum(1 for count in here if count))
+            driven.redis_start = read_counters(redis_watch.client)
+        pids = [server.pid for server in servers if server.pid]
 
         def rss() -> int | None:
-            return rss_kib(server.pid) if server.pid else None
+            """All nodes' RSS together."""
+            readings = [rss_kib(pid) for pid in pids]
+            if not readings or any(r is None for r in readings):
+                return None
+            return sum(r for r in readings if r is not None)
 
         driven.rss_before_kib = driven.rss_peak_kib = rss()
         peak_stop = asyncio.Event()
@@ -545,7 +649,7 @@ async def _drive(
         measure_from_ns = start_ns + int(params.warmup * 1e9)
         measure_until_ns = measure_from_ns + int(params.duration * 1e9)
         workers.send_all(("start", start_ns, measure_from_ns, measure_until_ns))
-        server_cpu = CpuSampler([server.pid], tree=True) if server.pid else None
+        node_cpu = [CpuSampler([s.pid], tree=True) if s.pid else None for s in servers]
         receiver_cpu = CpuSampler(workers.pids, tree=False)
         driver_cpu = CpuSampler([os.getpid()], tree=False)
         machine_cpu = MachineSampler()
@@ -556,16 +660,18 @@ async def _drive(
         measuring = False
         t0 = 0.0
         b0 = 0
-        user_sys0: tuple[float, float] | None = None
+        user_sys0: list[tuple[float, float] | None] = []
         while True:
             now = time.monotonic_ns()
             if not measuring and now >= measure_from_ns:
                 await client.call(FanoutStats(reset=True), FanoutStatsReply)
-                for sampler in (server_cpu, receiver_cpu, driver_cpu, machine_cpu):
+                if redis_watch is not None:
+                    driven.redis_from = read_counters(redis_watch.client)
+                for sampler in (*node_cpu, receiver_cpu, driver_cpu, machine_cpu):
                     if sampler is not None:
                         sampler.start()
                 t0 = time.monotonic()
-                user_sys0 = _user_sys_seconds(server.pid) if server.pid else None
+                user_sys0 = [_user_sys_seconds(pid) for pid in pids]
                 b0 = broadcasts
                 measuring = True
             if now >= measure_until_ns:
@@ -576,52 +682,104 @@ async def _drive(
                 driven.triggers += 1
         stats = await client.call(FanoutStats(reset=False), FanoutStatsReply)
         driven.elapsed_s = time.monotonic() - t0
-        user_sys1 = _user_sys_seconds(server.pid) if server.pid else None
-        if user_sys0 is not None and user_sys1 is not None and driven.elapsed_s > 0:
-            driven.server_sys_pct = 100.0 * (user_sys1[1] - user_sys0[1]) / driven.elapsed_s
-        driven.server_cpu_pct = server_cpu.stop() if server_cpu else None
+        if redis_watch is not None:
+            driven.redis_until = read_counters(redis_watch.client)
+        user_sys1 = [_user_sys_seconds(pid) for pid in pids]
+        if driven.elapsed_s > 0 and user_sys0 and all(user_sys0) and all(user_sys1):
+            system = sum(
+                after[1] - before[1]
+                for before, after in zip(user_sys0, user_sys1, strict=True)
+                if before is not None and after is not None
+            )
+            driven.server_sys_pct = 100.0 * system / driven.elapsed_s
+        driven.node_cpu_pct = [s.stop() if s is not None else None for s in node_cpu]
+        driven.server_cpu_pct = _sum(driven.node_cpu_pct)
         driven.receiver_cpu_pct = receiver_cpu.stop() or 0.0
         driven.driver_cpu_pct = driver_cpu.stop()
         driven.machine_cpu_pct = machine_cpu.stop()
         driven.rss_after_kib = rss()
         peak_stop.set()
         await watcher
+        every = [stats] + [
+            await c.call(FanoutStats(reset=False), FanoutStatsReply) for c in clients[1:]
+        ]
         driven.broadcasts_window = stats.broadcasts - b0
         driven.broadcasts_total = stats.broadcasts
         driven.fanout_histogram = stats.fanout_us
-        driven.pending_bytes = stats.pending_bytes
-        driven.pending_bytes_max = stats.pending_bytes_max
-        driven.closing = stats.closing
+        driven.pending_bytes = sum(s.pending_bytes for s in every)
+        driven.pending_bytes_max = max(s.pending_bytes_max for s in every)
+        driven.closing = sum(s.closing for s in every)
         workers.send_all(("final", stats.broadcasts))
         return driven
     finally:
-        await client.close()
+        for c in clients:
+            await c.close()
 
 
-def _final_stats(server: Endpoint) -> FanoutStatsReply:
-    async def ask() -> FanoutStatsReply:
+def _final_stats(servers: list[Endpoint]) -> list[FanoutStatsReply]:
+    async def ask(server: Endpoint) -> FanoutStatsReply:
         client = await FrameClient.connect(server.host, server.port, registry=REGISTRY)
         try:
             return await client.call(FanoutStats(reset=False), FanoutStatsReply)
         finally:
             await client.close()
 
-    return uvloop.run(ask())
+    async def ask_all() -> list[FanoutStatsReply]:
+        return [await ask(server) for server in servers]
+
+    return uvloop.run(ask_all())
+
+
+class _RedisCost(msgspec.Struct, kw_only=True):
+    """What the cluster's Redis did for the run's broadcasts (see FanoutReport)."""
+
+    broadcasts: int = 0
+    commands: int | None = None
+    publishes: int | None = None
+    out_bytes: int | None = None
+    cpu_pct: float | None = None
+
+
+def _redis_cost(driven: _Driven, end: RedisCounters | None) -> _RedisCost:
+    """From the readings before the first Trigger and after the last member read the
+    last broadcast (every PUBLISH of the run was handled by then): the bench's own
+    INFOs in between (the first reading and the window's two) are taken out."""
+    start, window_from, window_until = driven.redis_start, driven.redis_from, driven.redis_until
+    if start is None or end is None:
+        return _RedisCost()
+    cost = _RedisCost(broadcasts=driven.broadcasts_total - driven.broadcasts_start)
+    own = [r for r in (start, window_from, window_until) if r is not None]
+    cost.commands = end.commands - start.commands - len(own)
+    cost.publishes = end.publishes - start.publishes
+    cost.out_bytes = end.out_bytes - start.out_bytes - sum(r.reply_bytes for r in own)
+    if window_from is not None and window_until is not None and driven.elapsed_s > 0:
+        cost.cpu_pct = 100.0 * (window_until.cpu_s - window_from.cpu_s) / driven.elapsed_s
+    return cost
+
+
+def _per(value: int | None, broadcasts: int) -> float | None:
+    return None if value is None or not broadcasts else value / broadcasts
 
 
 def run_fanout(
     params: FanoutParams,
-    server: Endpoint,
+    servers: list[Endpoint],
     *,
     slow_consumer_bytes: int,
     log: Callable[[str], None],
+    redis_watch: ClusterRedis | None = None,
 ) -> FanoutReport:
-    """One run against a server that serves the bench app and knows `params.users`."""
+    """One run against servers (one, or the nodes of a cluster on one host) that serve
+    the bench app and know `params.users`; member i goes to ``servers[i % len]``, the
+    Triggers to servers[0]. `redis_watch`: the cluster's Redis, to read what it did."""
     from bench.proc import available_cpus
 
     if len(params.users) < params.conns:
         raise BenchError(f"{params.conns} members need {params.conns} users")
-    workers = Workers(fanout_worker, params, server, cpus=None)
+    if len(servers) > 1:
+        params = msgspec.structs.replace(params, ports=[s.port for s in servers])
+    workers = Workers(fanout_worker, params, servers[0], cpus=None)
+    redis_end: RedisCounters | None = None
     try:
         log(f"{params.conns:,} members logging in and joining from {len(workers.pids)} processes")
         ready = workers.recv_all("ready", timeout=60.0 + params.conns / 200)
@@ -629,18 +787,22 @@ def run_fanout(
         stalled = sum(r[2] for r in ready)
         if joined == 0:
             workers.send_all(("abort",))
-            raise BenchError(f"no member could join at {server.host}:{server.port}")
+            raise BenchError(f"no member could join at {servers[0].host}:{servers[0].port}")
         try:
-            driven = uvloop.run(_drive(params, server, workers, joined, log))
+            driven = uvloop.run(_drive(params, servers, workers, joined, log, redis_watch))
         except (WireError, OSError, TimeoutError) as exc:
             workers.send_all(("abort",))
             raise BenchError(f"the driver connection failed: {exc}") from None
+        workers.recv_all("drained", timeout=_DRAIN_S + 30.0)
+        if redis_watch is not None:
+            redis_end = read_counters(redis_watch.client)
+        workers.send_all(("close",))
         results: list[WorkerFanoutResult] = []
-        for message in workers.recv_all("result", timeout=_DRAIN_S + _STALLED_READ_S + 30.0):
+        for message in workers.recv_all("result", timeout=_STALLED_READ_S + 30.0):
             results.append(msgspec.msgpack.decode(message[1], type=WorkerFanoutResult))
     finally:
         workers.close()
-    stats = _final_stats(server)  # after the stalled members read again
+    finals = _final_stats(servers)  # after the stalled members read again
     histogram = HdrHistogram(1, 60_000_000, 2)
     if driven.fanout_histogram:
         histogram = HdrHistogram.decode(driven.fanout_histogram)
@@ -655,18 +817,21 @@ def run_fanout(
     for result in results:
         for i, value in enumerate(result.throughput):
             bins[i] += value
+    cost = _redis_cost(driven, redis_end)
     other = None
     if driven.machine_cpu_pct is not None and driven.server_cpu_pct is not None:
+        own_redis = (cost.cpu_pct or 0.0) if redis_watch is not None and redis_watch.pid else 0.0
         other = max(
             0.0,
             driven.machine_cpu_pct
             - driven.server_cpu_pct
             - driven.receiver_cpu_pct
-            - (driven.driver_cpu_pct or 0.0),
+            - (driven.driver_cpu_pct or 0.0)
+            - own_redis,
         )
     elapsed = driven.elapsed_s or params.duration
     return FanoutReport(
-        host=server.host,
+        host=servers[0].host,
         members=params.conns,
         procs=len(results),
         burst=params.burst,
@@ -707,14 +872,26 @@ def run_fanout(
         rss_peak_kib=driven.rss_peak_kib,
         rss_after_kib=driven.rss_after_kib,
         slow_consumer_bytes=slow_consumer_bytes,
-        slow_consumer_closes=stats.slow_consumer_closes,
-        writes_paused=stats.writes_paused,
+        slow_consumer_closes=sum(s.slow_consumer_closes for s in finals),
+        writes_paused=sum(s.writes_paused for s in finals),
         pending_bytes=driven.pending_bytes,
         pending_bytes_max=driven.pending_bytes_max,
         closing=driven.closing,
         stalled_cut=sum(r.stalled_cut for r in results),
         stalled_saw_slow_consumer=sum(r.stalled_saw_slow_consumer for r in results),
         stalled_pushes=sum(r.stalled_pushes for r in results),
+        nodes=len(servers),
+        cluster=redis_watch is not None,
+        node_members=driven.node_members,
+        node_cpu_pct=driven.node_cpu_pct,
+        redis_broadcasts=cost.broadcasts,
+        redis_commands=cost.commands,
+        redis_publishes=cost.publishes,
+        redis_out_bytes=cost.out_bytes,
+        redis_commands_per_broadcast=_per(cost.commands, cost.broadcasts),
+        redis_publishes_per_broadcast=_per(cost.publishes, cost.broadcasts),
+        redis_out_bytes_per_broadcast=_per(cost.out_bytes, cost.broadcasts),
+        redis_cpu_pct=cost.cpu_pct,
         error_samples=[s for r in results for s in r.error_samples][:ERROR_SAMPLES],
     )
 
@@ -724,8 +901,13 @@ class FanoutOptions(msgspec.Struct, frozen=True, kw_only=True):
 
     params: FanoutParams
     host: str = "127.0.0.1"
-    #: More config for the spawned server, as ``KEY=VALUE`` for its ``--set``.
+    #: More config for the spawned servers, as ``KEY=VALUE`` for their ``--set``.
     settings: list[str] = []
+    #: `tickwire serve` processes the members are spread over; more than one are the
+    #: nodes of a cluster.
+    nodes: int = 1
+    #: The cluster's Redis; None: with more than one node, a private redis-server.
+    cluster_url: str | None = None
 
 
 #: The server's config for the run: members stay however long logging 10,000 in takes,
@@ -733,23 +915,71 @@ class FanoutOptions(msgspec.Struct, frozen=True, kw_only=True):
 FANOUT_SETTINGS = ["auth_timeout=0", "idle_timeout=0", "ping_interval=0"]
 
 
-def fanout_command(host: str, users_file: Path, settings: list[str]) -> list[str]:
+def fanout_command(
+    host: str, users_file: Path, settings: list[str], cluster: tuple[str, str] | None = None
+) -> list[str]:
+    """`tickwire serve` with the bench app; `cluster`: (Redis URL, node id)."""
     import sys
 
     cmd = [sys.executable, "-m", "tools.cli", "serve", "--no-chat", "--app", APP]
     cmd += ["--host", host, "--port", "0"]
+    if cluster is not None:
+        cmd += ["--cluster", cluster[0], "--node-id", cluster[1]]
     for setting in [f"users_file={users_file}", *FANOUT_SETTINGS, *settings]:
         cmd += ["--set", setting]
     return cmd
 
 
-def bench_fanout(opts: FanoutOptions, console: Console, log: Callable[[str], None]) -> FanoutReport:
-    """Write the users, spawn the server with the bench app, run, print the table."""
-    # Here, not at the top: the receiver processes import this module, and load
-    # generators do not load the server.
+def _run_on_nodes(
+    opts: FanoutOptions,
+    params: FanoutParams,
+    users_file: Path,
+    nodes: int,
+    log: Callable[[str], None],
+) -> FanoutReport:
+    """One run on `nodes` spawned servers: one without a cluster (unless --cluster),
+    else nodes `fanout-0` .. of a cluster on --cluster or a private Redis."""
     from bench.serverside.config import slow_consumer_limit
+
+    with contextlib.ExitStack() as stack:
+        url = opts.cluster_url
+        redis_pid = None
+        if url is None and nodes > 1:
+            private = stack.enter_context(PrivateRedis())
+            url, redis_pid = private.url, private.pid
+            log(f"redis-server on port {private.port} (private, no persistence)")
+        processes: list[ServerProcess] = []
+        for i in range(nodes):
+            cluster = (url, f"fanout-{i}") if url is not None else None
+            cmd = fanout_command(opts.host, users_file, opts.settings, cluster)
+            log(f"tickwire ({' '.join(cmd[1:])})")
+            processes.append(stack.enter_context(ServerProcess(cmd, start_timeout=60.0)))
+        redis_watch = None
+        if url is not None:
+            redis_watch = ClusterRedis(url, redis_pid)
+            stack.callback(redis_watch.close)
+        report = run_fanout(
+            params,
+            [p.endpoint for p in processes],
+            slow_consumer_bytes=slow_consumer_limit(opts.settings),
+            log=log,
+            redis_watch=redis_watch,
+        )
+        for i, process in enumerate(processes):
+            if not process.alive():
+                raise BenchError(f"node {i} died during the run; its stderr:\n{process.tail()}")
+        return report
+
+
+def _runs(
+    opts: FanoutOptions, layouts: list[int], log: Callable[[str], None]
+) -> list[FanoutReport]:
+    """The same workload on each number of nodes of `layouts`, one after the other, with
+    one set of users."""
     from bench.serverside.users import make_users
 
+    if opts.cluster_url is None and any(n > 1 for n in layouts):
+        redis_server_binary()  # before the users, which take a while to make
     params = opts.params
     raise_nofile_limit()
     with tempfile.TemporaryDirectory(prefix="tickwire-bench-fanout-") as tmp:
@@ -757,18 +987,33 @@ def bench_fanout(opts: FanoutOptions, console: Console, log: Callable[[str], Non
         log(f"making {params.conns:,} users (scrypt n={SCRYPT_N})")
         users = make_users(params.conns, SCRYPT_N, users_file)
         params = msgspec.structs.replace(params, users=users)
-        cmd = fanout_command(opts.host, users_file, opts.settings)
-        log(f"tickwire ({' '.join(cmd[1:])})")
-        with ServerProcess(cmd, start_timeout=60.0) as process:
-            report = run_fanout(
-                params,
-                process.endpoint,
-                slow_consumer_bytes=slow_consumer_limit(opts.settings),
-                log=log,
-            )
-            if not process.alive():
-                raise BenchError(f"the server died during the run; its stderr:\n{process.tail()}")
+        return [_run_on_nodes(opts, params, users_file, nodes, log) for nodes in layouts]
+
+
+def bench_fanout(opts: FanoutOptions, console: Console, log: Callable[[str], None]) -> FanoutReport:
+    """Write the users, spawn the server (or the nodes) with the bench app, run, print
+    the table."""
+    [report] = _runs(opts, [opts.nodes], log)
     console.print(fanout_table(report))
     for note in fanout_notes(report):
         console.print(note, highlight=False)
     return report
+
+
+def bench_fanout_compare(
+    opts: FanoutOptions, layouts: list[int], console: Console, log: Callable[[str], None]
+) -> FanoutComparison:
+    """The same workload on each number of nodes in turn, in one invocation (a noisy
+    machine drifts between invocations): both tables, then the side-by-side one."""
+    reports = _runs(opts, layouts, log)
+    first = reports[0].deliveries_per_s
+    comparison = FanoutComparison(
+        runs=reports,
+        ratios=[r.deliveries_per_s / first if first else 0.0 for r in reports],
+    )
+    for report in reports:
+        console.print(fanout_table(report))
+        for note in fanout_notes(report):
+            console.print(note, highlight=False)
+    console.print(compare_table(comparison))
+    return comparison

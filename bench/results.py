@@ -284,6 +284,26 @@ class FanoutReport(msgspec.Struct, frozen=True, kw_only=True):
     stalled_cut: int
     stalled_saw_slow_consumer: int
     stalled_pushes: int
+    #: `tickwire serve` processes the members were spread over (member i on node
+    #: i % nodes; Triggers to node 0), and whether they were nodes of a cluster. With
+    #: several, the fan-out histogram and `broadcasts_*` are node 0's, the CPU, RSS and
+    #: pending figures all nodes' together; `node_members` and `node_cpu_pct` per node.
+    nodes: int = 1
+    cluster: bool = False
+    node_members: list[int] = []
+    node_cpu_pct: list[float | None] = []
+    #: The cluster's Redis (INFO), from before the first Trigger to every member having
+    #: read the last broadcast, the bench's own INFOs taken out: broadcasts made then,
+    #: commands it processed (heartbeats included), PUBLISHes, bytes it sent, and those
+    #: per broadcast; its CPU over the window. None without a cluster.
+    redis_broadcasts: int = 0
+    redis_commands: int | None = None
+    redis_publishes: int | None = None
+    redis_out_bytes: int | None = None
+    redis_commands_per_broadcast: float | None = None
+    redis_publishes_per_broadcast: float | None = None
+    redis_out_bytes_per_broadcast: float | None = None
+    redis_cpu_pct: float | None = None
     error_samples: list[str] = []
 
     @property
@@ -301,3 +321,17 @@ class FanoutReport(msgspec.Struct, frozen=True, kw_only=True):
             and self.joined == self.members
             and self.deliveries_window > 0
         )
+
+
+class FanoutComparison(msgspec.Struct, frozen=True, kw_only=True):
+    """`tickwire bench fanout --compare-nodes 1,3`: the same workload on each number of
+    nodes, one invocation; the JSON of --json."""
+
+    kind: str = "fanout-compare"
+    runs: list[FanoutReport]
+    #: Each run's deliveries/s over the first run's.
+    ratios: list[float]
+
+    @property
+    def clean(self) -> bool:
+        return all(run.clean for run in self.runs)

@@ -7,7 +7,13 @@
   `size` data bytes to the room, one `Room.broadcast` each, all in this one sync handler
   call: the server then writes them to each member in one write (one per connection per
   loop iteration, server/push.py), as it would several broadcasts made in one iteration.
-  Answered after the broadcasts, with the room's size and the broadcasts made so far.
+  Answered after the broadcasts, with the room's members on this node and the
+  broadcasts made here so far.
+
+Served by the nodes of a cluster (`--cluster`), the room spans them (server/cluster/
+rooms.py): a Trigger on one node reaches the members of every node, through one PUBLISH
+per broadcast, as long as it has a member of its own (the bench triggers node 0, which
+holds member 0); Stats and the histogram are the answering node's own.
 - `FanoutStats{reset}` (public) answers `server.pusher.fanout_us` (the HDR histogram of
   microseconds from a push call to the write of its last member, encoded) and counters;
   with `reset` the histogram starts again after the answer, so a bench reads the

@@ -19,7 +19,14 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from bench.progress import ProgressSink
-    from bench.results import EchoReport, EchoRun, FanoutReport, IdleReport, RestoreReport
+    from bench.results import (
+        EchoReport,
+        EchoRun,
+        FanoutComparison,
+        FanoutReport,
+        IdleReport,
+        RestoreReport,
+    )
     from bench.runner import (
         EchoOptions,
         IdleOptions,
@@ -240,7 +247,10 @@ def check_server_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def write_json(path: str, report: EchoReport | IdleReport | RestoreReport | FanoutReport) -> None:
+def write_json(
+    path: str,
+    report: EchoReport | IdleReport | RestoreReport | FanoutReport | FanoutComparison,
+) -> None:
     import msgspec
 
     data = msgspec.json.format(msgspec.json.encode(report), indent=2)

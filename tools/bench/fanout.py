@@ -4,9 +4,12 @@ processes (bench/fanout.py)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.bench import common
+
+if TYPE_CHECKING:
+    from bench.results import FanoutComparison, FanoutReport
 
 
 def register(kinds: Any) -> None:
@@ -67,6 +70,27 @@ def register(kinds: Any) -> None:
         default=2,
         help="receiver processes holding the members (default: %(default)s)",
     )
+    fanout.add_argument(
+        "--nodes",
+        type=common.positive_int,
+        default=1,
+        metavar="N",
+        help="tickwire serve processes to spread the members over (member i on node i %% N; "
+        "the driver triggers node 0); N > 1: nodes of a cluster (default: %(default)s)",
+    )
+    fanout.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="the cluster's Redis (redis://HOST:PORT/DB), read for its cost per broadcast; "
+        "default with --nodes > 1: a private redis-server from PATH, stopped after",
+    )
+    fanout.add_argument(
+        "--compare-nodes",
+        type=_layouts,
+        metavar="N,M",
+        help="run the same workload on N nodes, then on M (e.g. 1,3), in one invocation, "
+        "and print them side by side with the ratio of deliveries/s",
+    )
     fanout.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     fanout.add_argument(
         "--connect-concurrency",
@@ -79,10 +103,22 @@ def register(kinds: Any) -> None:
     fanout.set_defaults(func=run)
 
 
+def _layouts(text: str) -> list[int]:
+    try:
+        layouts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of node counts: {text!r}") from None
+    if len(layouts) < 2 or min(layouts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"give two or more node counts of at least 1, e.g. 1,3 (not {text!r})"
+        )
+    return layouts
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from bench.fanout import FanoutOptions, FanoutParams, bench_fanout
+    from bench.fanout import FanoutOptions, FanoutParams, bench_fanout, bench_fanout_compare
     from bench.proc import ServerStartError
     from bench.workers import BenchError
 
@@ -94,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
         return common.refuse(err, "fanout", "--stalled must leave at least one member reading")
     if args.procs > args.members:
         return common.refuse(err, "fanout", "--procs must not exceed --members")
+    layouts = args.compare_nodes or [args.nodes]
+    if args.compare_nodes and args.nodes != 1:
+        return common.refuse(err, "fanout", "--compare-nodes and --nodes exclude each other")
+    if max(layouts) > args.members:
+        return common.refuse(err, "fanout", "more nodes than --members leaves a node empty")
     options = FanoutOptions(
         params=FanoutParams(
             conns=args.members,
@@ -109,23 +150,34 @@ def run(args: argparse.Namespace) -> int:
         ),
         host=args.host,
         settings=list(args.set),
+        nodes=args.nodes,
+        cluster_url=args.cluster,
     )
     out = common.console(stderr=args.json == "-")
     try:
-        report = bench_fanout(options, out, common.logger(err))
+        if args.compare_nodes:
+            comparison = bench_fanout_compare(options, layouts, out, common.logger(err))
+            result: FanoutReport | FanoutComparison = comparison
+            reports = comparison.runs
+        else:
+            result = bench_fanout(options, out, common.logger(err))
+            reports = [result]
     except (BenchError, ServerStartError) as exc:
         err.print(f"[red]tickwire bench fanout: {escape(str(exc))}[/red]", highlight=False)
         return 2
     if args.json:
-        common.write_json(args.json, report)
-    if report.other_cpu_pct is not None and report.other_cpu_pct > common.BUSY_MACHINE_PCT:
-        err.print(
-            f"[yellow]other processes used {report.other_cpu_pct:.0f}% CPU during the run; "
-            "its numbers are not those of a quiet machine[/yellow]",
-            highlight=False,
-        )
-    if not report.clean:
-        for sample in report.error_samples:
-            err.print(f"  {escape(sample)}", highlight=False)
-        return 1
-    return 0
+        common.write_json(args.json, result)
+    clean = True
+    for report in reports:
+        if report.other_cpu_pct is not None and report.other_cpu_pct > common.BUSY_MACHINE_PCT:
+            err.print(
+                f"[yellow]other processes used {report.other_cpu_pct:.0f}% CPU during the "
+                f"run on {report.nodes} node(s); its numbers are not those of a quiet "
+                "machine[/yellow]",
+                highlight=False,
+            )
+        if not report.clean:
+            clean = False
+            for sample in report.error_samples:
+                err.print(f"  {escape(sample)}", highlight=False)
+    return 0 if clean else 1
