@@ -750,6 +750,32 @@ class SessionManager:
         result: bool = await self._locked(held.user_id, work)
         return result
 
+    async def recheck(self, session: Session) -> bool:
+        """End `session` here if the store says another node ended or took it meanwhile
+        (a kick this node could not hear: server/cluster/kicks.py). Its record names
+        another node: resumed there. Its record is gone while its user's set lists other
+        sessions but not this one: replaced. Both gone (a Redis that restarted empty, a
+        logout or removal with nothing after it) proves nothing, so it stays. Returns
+        whether it ended."""
+
+        async def work() -> bool:
+            if not self.holds(session):
+                return False
+            sid = session.session_id
+            store = self.store
+            record = await store.hgetall(_session_key(sid))
+            if record:
+                if record.get("node", b"").decode() in ("", self.node):
+                    return False
+                return self._drop_here(sid, EndReason.RESUMED_ELSEWHERE)
+            members = await store.smembers(_user_key(session.user_id))
+            if not members or sid.encode() in members:
+                return False
+            return self._drop_here(sid, EndReason.REPLACED)
+
+        result: bool = await self._locked(session.user_id, work)
+        return result
+
     def _drop_here(self, sid: str, reason: EndReason) -> bool:
         """`end_here` without the lock and the store: the caller holds the user's lock
         and knows the session is not this node's any more."""

@@ -8,7 +8,9 @@ needs no answer: the holder ends its connected session (GoAway SESSION_REPLACED,
 a kick on one node gives) or its waiting one, with the usual hooks.
 
 A kick to a node that is gone (not in the view, or its PUBLISH reached nobody) is no
-error: a node that is gone holds nothing, and its records go with the keys anyway.
+error: a node that is gone holds nothing, and its records go with the keys anyway. A
+node that was cut off from Redis hears no kick meanwhile, so when its bus is back it
+re-checks every session it holds against the store (SessionManager.recheck).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from server.store.errors import StoreError
 
 log = logging.getLogger("tickwire.cluster")
 
+#: Sessions re-checked against the store at once after an outage.
+RECHECK_BATCH = 256
+
 #: The reasons another node may end a session here for.
 REMOTE_REASONS = frozenset({EndReason.REPLACED, EndReason.REMOVED, EndReason.RESUMED_ELSEWHERE})
 
@@ -35,12 +40,15 @@ class Kicks:
         self.cluster = cluster
         self.sessions = sessions
         cluster.on_node("kick", self._on_kick)
+        cluster.bus.on_up.append(self._recheck_soon)
         sessions.end_elsewhere = self.kick
         # Plain counters: kicks sent that reached their node, that reached none, and
         # kicks served here.
         self.delivered = 0
         self.missed = 0
         self.served = 0
+        #: Sessions ended by the re-check after an outage (kicks this node missed).
+        self.rechecked = 0
 
     async def kick(self, node: str, session_id: str, reason: EndReason) -> bool:
         """Tell `node` to end `session_id` for `reason`; False when the node is gone.
@@ -77,3 +85,28 @@ class Kicks:
         except StoreError as exc:
             if not is_reported(exc):
                 log.error("cluster: kick of a session from %s failed: %s", origin, exc)
+
+    # -- after an outage -------------------------------------------------------------------
+
+    def _recheck_soon(self) -> None:
+        """The bus is back (its channels subscribed again): kicks sent meanwhile reached
+        nobody, so each session held here is checked against the store."""
+        task = asyncio.get_running_loop().create_task(self._recheck())
+        self.sessions.track(task)
+
+    async def _recheck(self) -> None:
+        held = self.sessions.all_sessions()
+        for start in range(0, len(held), RECHECK_BATCH):
+            results = await asyncio.gather(
+                *(self.sessions.recheck(s) for s in held[start : start + RECHECK_BATCH]),
+                return_exceptions=True,
+            )
+            for result in results:
+                if result is True:
+                    self.rechecked += 1
+                elif isinstance(result, StoreError):
+                    if not is_reported(result):
+                        log.error("cluster: re-checking sessions after an outage: %s", result)
+                    return  # the store is down: the next outage's end checks again
+                elif isinstance(result, BaseException):
+                    log.error("cluster: re-checking a session failed", exc_info=result)

@@ -25,7 +25,7 @@ from tests.integration.testapp import make_app
 from tests.proto import testapp_pb2 as pb
 from tests.store.redisproc import RedisProcess
 
-USERS = MemoryUsers({"alice": "pw-a", "bob": "pw-b"})
+USERS = MemoryUsers({"alice": "pw-a", "bob": "pw-b", "carol": "pw-c"})
 
 
 async def two_nodes(start_node: StartNode, **config: Any) -> tuple[Server, Server]:
@@ -298,3 +298,39 @@ async def test_a_resume_back_on_a_node_with_a_stale_copy_rebuilds_it_from_the_st
     assert a.push("alice", pb.SleepReply(tag=2)) == 1
     await wait_for(lambda: len(got) == 1)
     assert got[0].seq == 2  # on from what the client saw on b, not from a's stale copy
+
+
+async def test_a_node_back_from_an_outage_ends_the_sessions_taken_meanwhile(
+    start_node: StartNode,
+    clients: Connect,
+    own_redis: RedisProcess,
+    redis_url: str,
+) -> None:
+    """A kick sent while a node re-subscribes reaches nobody (here: node a drops it).
+    When a's bus is back from an outage it re-checks what it holds against the store and
+    ends the session its record says b took, and the one a newer login replaced."""
+    a, b = await two_nodes(
+        start_node, cluster_url=own_redis.url, store="redis", redis_url=redis_url
+    )
+    assert a.kicks is not None and a.cluster is not None
+    moved, replaced = await clients(a), await clients(a)
+    moved_reply = await login(moved)
+    await login(replaced, "bob", "pw-b")
+    refuse_handovers(a)
+    a.cluster.on_node("kick", lambda origin, body: None)  # every kick to a is missed
+    resumed = await (await clients(b)).request(ResumeRequest(token=moved_reply.token))
+    assert isinstance(resumed, ResumeReply)
+    await login(await clients(b), "bob", "pw-b")  # replaces bob's session on a
+    kept = await clients(a)
+    await login(kept, "carol", "pw-c")  # its record is a's: it stays
+    assert len(a.sessions.live) == 3
+
+    own_redis.halt()
+    await wait_for(lambda: a.cluster is not None and not a.cluster.up)
+    own_redis.restart()
+    for old in (moved, replaced):
+        closed = await asyncio.wait_for(old.wait_closed(), 10)
+        assert isinstance(closed.error, SessionReplaced)
+    assert a.kicks.rechecked == 2
+    assert [s.user_id for s in a.sessions.all_sessions()] == ["carol"]
+    assert not kept.closed
