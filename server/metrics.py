@@ -265,7 +265,9 @@ class ServerCollector:
         )
         # Made with the cluster, so present whenever it is.
         pushes, rooms, kicks = server.user_push, server.pusher.cluster_rooms, server.kicks
+        handovers = server.handovers
         assert pushes is not None and rooms is not None and kicks is not None
+        assert handovers is not None
         for name, value, text in (
             ("published", bus.published, "Messages this node published on the bus."),
             ("received", bus.received, "Bus messages this node received."),
@@ -286,6 +288,15 @@ class ServerCollector:
             ("kicks_sent", kicks.delivered, "Kicks sent to the node holding a session."),
             ("kicks_missed", kicks.missed, "Kicks addressed to a node that is gone."),
             ("kicks_served", kicks.served, "Kicks from other nodes run here."),
+            ("kicks_rechecked", kicks.rechecked, "Sessions ended by the re-check after an outage."),
+            ("bus_malformed", bus.malformed, "Bus messages dropped as malformed."),
+            ("handovers_given", handovers.given, "Sessions handed to the node they resumed on."),
+            ("handovers_taken", handovers.taken, "Sessions taken over from another node."),
+            (
+                "handovers_fallbacks",
+                handovers.fallbacks,
+                "Resumes of another node's session served from the store instead.",
+            ),
         ):
             yield CounterMetricFamily(f"tickwire_cluster_{name}", text, value=value)
 

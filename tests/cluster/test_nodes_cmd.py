@@ -88,5 +88,6 @@ async def test_a_cluster_node_exports_its_bus_on_metrics(start_node: StartNode) 
     text = body.decode()
     assert "tickwire_cluster_up 1.0" in text
     assert "tickwire_cluster_nodes 1.0" in text
-    for family in ("user_pushes_published", "rooms_published", "kicks_sent"):
+    families = ("user_pushes_published", "rooms_published", "kicks_sent", "kicks_rechecked")
+    for family in (*families, "handovers_given", "handovers_taken", "bus_malformed"):
         assert f"tickwire_cluster_{family}_total 0.0" in text
