@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from server.middleware import Middleware
     from server.server import Server
     from server.sessions import Session
+    from server.stateful_rooms import StatefulRoom
     from server.store import Store
 
 M = TypeVar("M", bound=Message)
@@ -206,6 +207,8 @@ class App:
         self.key_acquired: list[Callable[..., Any]] = []
         self.key_released: list[Callable[..., Any]] = []
         self.declared_keys: list[Callable[[], Iterable[Hashable]]] = []
+        #: Authoritative room types by name (server/stateful_rooms.py).
+        self.room_types: dict[str, type[StatefulRoom]] = {}
 
     def handler(
         self,
@@ -300,6 +303,39 @@ class App:
         self.routes[request] = route
         return route
 
+    def room_type(
+        self,
+        name: str,
+        cls: type[StatefulRoom],
+        *,
+        room_of: Callable[[Any], str] | None = None,
+        rate: str | None = None,
+        burst: int | None = None,
+    ) -> None:
+        """Declare an authoritative room type (server/stateful_rooms.py): each message
+        type its class marks with ``@room_message`` gets a handler here that runs the
+        method in the sender's room. `room_of` (a function of the message giving the
+        room id) lets a user sit in several rooms of the type, and makes each room an
+        owned key in a cluster; without it a user's messages go to their one room of the
+        type."""
+        from server.stateful_rooms import StatefulRooms
+
+        if name in self.room_types:
+            raise ValueError(f"room type {name!r} is declared twice in {self.name}")
+        methods = StatefulRooms.messages_of(cls)
+        if not methods:
+            raise ValueError(f"{cls.__qualname__} marks no method with @room_message")
+        self.room_types[name] = cls
+        owner = None if room_of is None else _room_key(room_of)
+        for message_type, method_name in methods.items():
+            self.add_handler(
+                message_type,
+                _room_handler(name, method_name, room_of),
+                owner=owner,
+                rate=rate,
+                burst=burst,
+            )
+
     def add_module(self, module: ModuleType) -> None:
         """Declare a generated ``_pb2`` module whose messages (replies, pushes) this app sends."""
         self.modules.append(module)
@@ -384,3 +420,18 @@ def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
             fresh.app_name = app.name
             routes.append((app, fresh))
     return routes
+
+
+def _room_handler(
+    type_name: str, method_name: str, room_of: Callable[[Any], str] | None
+) -> Callable[..., Any]:
+    async def room_message(ctx: Context, msg: Any) -> Message | None:
+        rooms = ctx.server.stateful_rooms
+        return await rooms.dispatch(type_name, method_name, room_of, ctx, msg)
+
+    room_message.__qualname__ = f"{type_name}.{method_name}"
+    return room_message
+
+
+def _room_key(room_of: Callable[[Any], str]) -> Callable[[Any], str]:
+    return lambda msg: f"room:{room_of(msg)}"

@@ -185,6 +185,15 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             le=31_536_000,
         ),
     ] = 30.0
+    max_stateful_rooms: Annotated[
+        int,
+        _doc(
+            "Authoritative rooms one server runs at once (server/stateful_rooms.py); "
+            "creating one more is refused with OVERLOADED.",
+            ge=1,
+            le=10_000_000,
+        ),
+    ] = 10_000
     idempotency_ttl: Annotated[
         float,
         _doc(

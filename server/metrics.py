@@ -198,12 +198,37 @@ class ServerCollector:
         yield from self._store_metrics()
         yield from self._cluster_metrics()
         yield from self._budget_metrics()
+        yield from self._room_metrics()
         latency = HistogramMetricFamily(
             "tickwire_handler_seconds", "Handler time, by message type.", labels=["message"]
         )
         for name, histogram in sorted(self.timing.histograms.items()):
             latency.add_metric([name], histogram.buckets(), sum_value=histogram.sum)
         yield latency
+
+    def _room_metrics(self) -> Iterator[Metric]:
+        """Authoritative rooms and their tick loops (server/stateful_rooms.py)."""
+        rooms = self.server.stateful_rooms
+        stats = rooms.stats
+        yield GaugeMetricFamily(
+            "tickwire_stateful_rooms", "Authoritative rooms running now.", value=len(rooms.rooms)
+        )
+        for name, value, text in (
+            ("room_ticks", stats.ticks, "Room ticks run."),
+            ("room_ticks_late", stats.late, "Ticks that started a quarter period late or more."),
+            (
+                "room_ticks_skipped",
+                stats.skipped,
+                "Ticks skipped by a loop more than a period late.",
+            ),
+            ("room_tick_failures", stats.failures, "Ticks whose on_tick raised."),
+        ):
+            yield CounterMetricFamily(f"tickwire_{name}", text, value=value)
+        yield GaugeMetricFamily(
+            "tickwire_room_tick_lateness_p99_seconds",
+            "The 99th percentile of how late ticks started, since the server started.",
+            value=stats.lateness_us.get_value_at_percentile(99) / 1e6,
+        )
 
     def _budget_metrics(self) -> Iterator[Metric]:
         """The byte budgets and the TLS handshakes (docs/internet.md): what peers make

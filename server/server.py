@@ -60,6 +60,7 @@ from server.sessions import (
     SessionManager,
     default_node_id,
 )
+from server.stateful_rooms import StatefulRoom, StatefulRooms
 from server.stats import Stats
 from server.store import BreakerStore, MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
@@ -139,6 +140,8 @@ class Server:
             push_buffer=self.config.push_buffer,
         )
         self.sessions.on_end = self._session_ended
+        #: Authoritative rooms: state, seats, ticks (server/stateful_rooms.py).
+        self.stateful_rooms = StatefulRooms(self)
         #: With a cluster: sessions held by other nodes end there (server/cluster/kicks.py).
         self.kicks: Kicks | None = None
         if self.cluster is not None:
@@ -264,6 +267,14 @@ class Server:
         if chains:
             self._build_chains(app_routes)
         describe_reply = registry.describe()
+        room_types: dict[str, type[StatefulRoom]] = {}
+        for app in all_apps:
+            for name, cls in app.room_types.items():
+                if name in room_types:
+                    raise ValueError(f"room type {name!r} is declared by two apps")
+                room_types[name] = cls
+        # The last check: live rooms move to the new classes only if nothing failed.
+        self.stateful_rooms.use_types(room_types)
         latest = {t: key for app in all_apps for t, key in app.latest.items()}
         self.pusher.latest_keys = latest
         self._room_left = [hook for app in all_apps for hook in app.room_left]
@@ -608,6 +619,13 @@ class Server:
         deadline = loop.time() + timeout
         while self._work_can_progress() and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        # Rooms end while their players are still connected: what on_dispose pushes (a
+        # final score) goes out before the GoAway.
+        try:
+            async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                await self.stateful_rooms.stop()
+        except TimeoutError:
+            log.error("rooms not disposed within the stop's timeout")
         for conn in list(self.connections):
             conn.close_with(
                 ErrorCode.SERVER_SHUTDOWN,
