@@ -195,7 +195,11 @@ def run(
             return 2
         try:
             await server.start(sock=inherited_socket())
-        except (StoreError, ClusterError, HookError) as exc:
+        except (StoreError, ClusterError) as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        except HookError as exc:
+            # The app's own error: its traceback is what the operator needs.
             log.error("cannot start: %s", exc, exc_info=exc.__cause__)
             return 2
         stop = asyncio.Event()
