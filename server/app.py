@@ -19,6 +19,10 @@ Ping, Echo, Describe, Hello, Login and Resume are public.
 ``rate="20/s", burst=40`` (per handler, or for every handler of an ``App(rate=...)``) puts
 a token bucket in front of a handler, counted per user by default (``per="connection"``
 or ``"message"``); past it, requests get RATE_LIMITED with the wait (server/ratelimit.py).
+
+Lifecycle: ``@app.on_start`` / ``@app.on_stop`` hooks, ``@app.every`` timers, and
+``@app.on_reload`` with ``app.state`` for a handler reload; the server runs them
+(server/timers.py, docs/server.md "Lifecycle and timers").
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Awaitable, Callable, Hashable, Iterable
+from dataclasses import dataclass
 from enum import Enum
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 
 from protocol.registry import MessageRegistry, declared_id
 from server.ratelimit import Limit, Per
+from server.timers import check_every
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -178,6 +184,21 @@ class Route:
         self.errors = 0
 
 
+#: A lifecycle hook or a timer body: fn(server), sync or async.
+ServerHook = Callable[["Server"], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    """An `@app.every` declaration; the server makes the timer at start and at a reload."""
+
+    interval: float
+    fn: ServerHook
+    jitter: float
+    align: bool
+    name: str | None
+
+
 class App:
     """A set of handlers and the message types they speak."""
 
@@ -189,8 +210,20 @@ class App:
         rate: str | None = None,
         burst: int | None = None,
         per: Per = "user",
+        reloadable: bool = True,
     ) -> None:
         self.name = name
+        #: False: a handler reload is refused while this app is served (its state cannot
+        #: be handed to new code); a restart is the way to new code.
+        self.reloadable = reloadable
+        #: The app's state: a reload hands the old app's `state` to the new app of the
+        #: same name (module globals are made afresh by the re-import; this is not).
+        self.state: Any = SimpleNamespace()
+        self.start_hooks: list[ServerHook] = []
+        self.stop_hooks: list[ServerHook] = []
+        #: Called as (server, old app) on the new app at a handler reload.
+        self.reload_hooks: list[Callable[[Server, App], Awaitable[None] | None]] = []
+        self.timers: list[TimerSpec] = []
         #: The default of `handler(public=...)` for this app's handlers.
         self.public = public
         #: The rate limit of every handler that declares none (each its own buckets).
@@ -381,6 +414,53 @@ class App:
         """Keys to own from the start (an order book's symbols): each is acquired by
         its owner when the node starts and whenever the live nodes change."""
         self.declared_keys.append(keys)
+
+    def on_start(self, hook: ServerHook) -> ServerHook:
+        """Call `hook(server)` (sync or async) when the server starts: its store and
+        cluster are up, it accepts no connection yet, so handlers may rely on what the
+        hook loads. Apps in order, each app's hooks in the order added; one that raises
+        or outlasts `hook_timeout` fails the start."""
+        self.start_hooks.append(hook)
+        return hook
+
+    def on_stop(self, hook: ServerHook) -> ServerHook:
+        """Call `hook(server)` when the server stops: after its timers ended and its
+        in-flight handlers finished, before connections get GoAway and the store and
+        cluster close (so it can still push and save). Apps in reverse order, hooks in
+        reverse order; what one raises is logged and the stop goes on."""
+        self.stop_hooks.append(hook)
+        return hook
+
+    def on_reload(
+        self, hook: Callable[[Server, App], Awaitable[None] | None]
+    ) -> Callable[[Server, App], Awaitable[None] | None]:
+        """Call `hook(server, old_app)` on the new app at a handler reload, after every
+        timer of the old code ended and `app.state` was handed over: restart the
+        timers the old code made with `server.every`/`call_later` from the state. A
+        reload with such timers running is refused unless an app declares this hook."""
+        self.reload_hooks.append(hook)
+        return hook
+
+    def every(
+        self,
+        interval: float,
+        *,
+        jitter: float = 0.0,
+        align: bool = False,
+        name: str | None = None,
+    ) -> Callable[[ServerHook], ServerHook]:
+        """Run the decorated `fn(server)` (sync or async) every `interval` seconds while
+        the server runs, from after the on_start hooks to before the on_stop ones. A run
+        due while the previous one is still awaited is skipped (an overrun); `jitter`
+        delays each run by up to that many seconds; `align` puts runs on multiples of
+        `interval` of the wall clock."""
+        check_every(interval, jitter)
+
+        def declare(fn: ServerHook) -> ServerHook:
+            self.timers.append(TimerSpec(interval, fn, jitter, align, name))
+            return fn
+
+        return declare
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add a layer inside the server's default ones; layers run in the order added."""

@@ -308,6 +308,24 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             le=86_400,
         ),
     ] = 10.0
+    hook_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds each async app lifecycle hook (on_start, on_stop, on_reload) may take, "
+            "and that a stop or a reload waits for timer bodies still running; an on_start "
+            "past it fails the start.",
+            gt=0,
+            le=3600,
+        ),
+    ] = 10.0
+    max_timers: Annotated[
+        int,
+        _doc(
+            "Timers (server.every, server.call_later, @app.every) the server holds at "
+            "once; one more raises server.timers.TooManyTimers.",
+            ge=1,
+        ),
+    ] = 100_000
     users_file: Annotated[
         str,
         _doc(

@@ -35,6 +35,7 @@ from server.config import ServerConfig
 from server.reload import AppLoader, reload_into, watch
 from server.server import Server
 from server.store import StoreError
+from server.timers import HookError
 
 log = logging.getLogger("tickwire.lifecycle")
 
@@ -197,6 +198,10 @@ def run(
         except (StoreError, ClusterError) as exc:
             log.error("cannot start: %s", exc)
             return 2
+        except HookError as exc:
+            # The app's own error: its traceback is what the operator needs.
+            log.error("cannot start: %s", exc, exc_info=exc.__cause__)
+            return 2
         stop = asyncio.Event()
         reconnect_after_ms = 0
         restarter = Restarter(server, argv) if argv is not None else None
@@ -229,8 +234,17 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+        async def reload() -> None:
+            assert loader is not None
+            await reload_into(server, loader)
+
+        def on_usr1() -> None:
+            tasks.add(task := loop.create_task(reload()))
+            task.add_done_callback(tasks.discard)
+
         if loader is not None:
-            loop.add_signal_handler(signal.SIGUSR1, reload_into, server, loader)
+            loop.add_signal_handler(signal.SIGUSR1, on_usr1)
             if autoreload:
                 tasks.add(loop.create_task(watch(server, loader)))
         # Only now that every signal has its handler: a SIGHUP or SIGTERM sent the moment

@@ -196,6 +196,7 @@ class ServerCollector:
             value=self.loop_lag.take_max(),
         )
         yield from self._store_metrics()
+        yield from self._timer_metrics()
         yield from self._cluster_metrics()
         yield from self._budget_metrics()
         yield from self._room_metrics()
@@ -270,6 +271,27 @@ class ServerCollector:
             for reason, count in sorted(server.tls_failures.total.items()):
                 failed.add_metric([reason], count)
             yield failed
+
+    def _timer_metrics(self) -> Iterator[Metric]:
+        """The apps' timers (server/timers.py), per timer name."""
+        timers = self.server.timers
+        yield GaugeMetricFamily(
+            "tickwire_timers", "Timers scheduled or running now.", value=len(timers.live)
+        )
+        for name, counts, text in (
+            ("runs", timers.runs, "Timer bodies run, by timer name."),
+            (
+                "overruns",
+                timers.overruns,
+                "Timer runs skipped: the previous body was still running, or the loop was "
+                "held past them.",
+            ),
+            ("errors", timers.errors, "Timer bodies that raised, by timer name."),
+        ):
+            family = CounterMetricFamily(f"tickwire_timer_{name}", text, labels=["timer"])
+            for label, count in sorted(counts.items()):
+                family.add_metric([label], count)
+            yield family
 
     def _cluster_metrics(self) -> Iterator[Metric]:
         server = self.server

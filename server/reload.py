@@ -2,12 +2,16 @@
 
 Apps are named on the command line as ``module:attr`` (an App, or a function returning
 one). A reload re-imports every module that holds one of their handlers, then the app
-modules themselves, and hands the new apps to `Server.swap_apps`; connections stay open.
-Generated ``_pb2`` modules are never re-imported (protobuf refuses to define a message
-twice), so a reload changes behaviour, not the schema; a schema change needs a restart.
+modules themselves, and hands the new apps to `Server.reload_apps`, which ends the old
+code's timers before the new code's hooks run (never two generations of timers) and
+hands each app's `state` over; connections stay open. Generated ``_pb2`` modules are
+never re-imported (protobuf refuses to define a message twice), so a reload changes
+behaviour, not the schema; a schema change needs a restart.
 
-If anything fails (a syntax error, an import error, a duplicate handler), the server
-keeps its old handlers and the error is logged with its traceback.
+An app declared ``App(reloadable=False)`` refuses the reload before anything is
+re-imported. If anything else fails (a syntax error, an import error, a duplicate
+handler, timers no `@app.on_reload` would make again), the server keeps its old handlers
+and timers, and the error is logged (with its traceback when it is one).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from types import ModuleType
 
 from server.app import App
 from server.server import Server
+from server.timers import ReloadRefused
 
 log = logging.getLogger("tickwire.reload")
 
@@ -84,16 +89,25 @@ class AppLoader:
         return self.load()
 
 
-def reload_into(server: Server, loader: AppLoader) -> bool:
-    """Re-import and swap; on failure keep the old handlers and say why."""
-    previous = loader.apps
-    try:
-        apps = loader.reload()
-        server.swap_apps(*apps)
-    except Exception:
-        loader.apps = previous
-        log.exception("reload failed; the previous handlers stay in place")
-        return False
+async def reload_into(server: Server, loader: AppLoader) -> bool:
+    """Re-import and swap; on failure keep the old handlers and say why. One at a time:
+    a reload asked for while one runs waits for it."""
+    async with server.reload_lock:
+        refusal = server.reload_refusal()
+        if refusal is not None:
+            log.error("reload refused: %s", refusal)
+            return False
+        previous = loader.apps
+        try:
+            await server.replace_apps(*loader.reload())
+        except ReloadRefused as exc:
+            loader.apps = previous
+            log.error("reload refused: %s; the previous handlers stay in place", exc)
+            return False
+        except Exception:
+            loader.apps = previous
+            log.exception("reload failed; the previous handlers stay in place")
+            return False
     log.info("reloaded handlers", extra={"routes": len(server.routes)})
     return True
 
@@ -117,5 +131,5 @@ async def watch(server: Server, loader: AppLoader, interval: float = 0.5) -> Non
         if now != seen:
             changed = sorted(str(p) for p in now.keys() | seen.keys() if now.get(p) != seen.get(p))
             log.info("changed: %s", ", ".join(changed))
-            reload_into(server, loader)
+            await reload_into(server, loader)
             seen = stamp()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
 
@@ -64,6 +64,7 @@ from server.stateful_rooms import StatefulRoom, StatefulRooms
 from server.stats import Stats
 from server.store import BreakerStore, MemoryStore, Store, StoreError, open_store
 from server.system_handlers import system_app
+from server.timers import HookError, ReloadRefused, Timer, Timers, describe, run_hook
 from server.tls import HandshakeFailures, HandshakeGate, quiet_handshake_errors, server_context
 
 log = logging.getLogger("tickwire.server")
@@ -84,6 +85,19 @@ FILES_BACKOFF = 10
 #: The cap when neither the config (max_connections = 0) nor the open-file limit (none)
 #: names one.
 DERIVED_CAP = 1_000_000
+
+
+class PreparedApps(NamedTuple):
+    """What serving a set of apps takes, built before any of it replaces the server's."""
+
+    apps: list[App]
+    registry: Any
+    app_routes: list[tuple[App, Route]]
+    routes: dict[int, Route]
+    describe_reply: Any
+    latest: dict[Any, Any]
+    room_left: list[Callable[[Server, str, Session], None]]
+    room_types: dict[str, type[StatefulRoom]]
 
 
 class Server:
@@ -173,6 +187,10 @@ class Server:
             self.handovers = Handovers(self.cluster, self.sessions, self.pusher, self.user_push)
         #: Reliable pushes for users with no session here, kept in the store (at start).
         self.inbox: Inbox | None = None
+        #: Every timer of the apps (server/timers.py): a stop and a reload end them.
+        self.timers = Timers(self.config.max_timers)
+        #: Held by a handler reload from its first import to its last hook.
+        self.reload_lock = asyncio.Lock()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # at start
         self.apps: list[App] = []
         self.registry = system_registry()
@@ -252,8 +270,13 @@ class Server:
     # -- building chains --------------------------------------------------------------
 
     def _set_apps(self, apps: tuple[App, ...] | list[App], *, chains: bool = False) -> None:
+        self._commit_apps(self._prepare_apps(apps, chains=chains))
+
+    def _prepare_apps(
+        self, apps: tuple[App, ...] | list[App], *, chains: bool = False
+    ) -> PreparedApps:
         """Build the registry, routes (and with `chains`, their middleware chains) of `apps`
-        plus the system app, all on locals first: if anything raises (duplicate IDs, two
+        plus the system app, all on locals: if anything raises (duplicate IDs, two
         handlers for a type, a layer's wrap), nothing of the server has changed."""
         all_apps = [system_app(), *apps]
         registry = system_registry()
@@ -266,35 +289,50 @@ class Server:
             routes[route.msg_id] = route
         if chains:
             self._build_chains(app_routes)
-        describe_reply = registry.describe()
         room_types: dict[str, type[StatefulRoom]] = {}
         for app in all_apps:
             for name, cls in app.room_types.items():
                 if name in room_types:
                     raise ValueError(f"room type {name!r} is declared by two apps")
                 room_types[name] = cls
-        # The last check: live rooms move to the new classes only if nothing failed.
-        self.stateful_rooms.use_types(room_types)
-        latest = {t: key for app in all_apps for t, key in app.latest.items()}
-        self.pusher.latest_keys = latest
-        self._room_left = [hook for app in all_apps for hook in app.room_left]
-        self.apps, self.registry, self._app_routes, self.routes = (
+        self.stateful_rooms.check_types(room_types)
+        return PreparedApps(
             all_apps,
             registry,
             app_routes,
             routes,
+            registry.describe(),
+            {t: key for app in all_apps for t, key in app.latest.items()},
+            [hook for app in all_apps for hook in app.room_left],
+            room_types,
         )
-        self.describe_reply = describe_reply
+
+    def _commit_apps(self, prepared: PreparedApps) -> None:
+        # Live rooms move to the new classes of their types (checked when prepared).
+        self.stateful_rooms.use_types(prepared.room_types)
+        self.pusher.latest_keys = prepared.latest
+        self._room_left = prepared.room_left
+        self.apps, self.registry, self._app_routes, self.routes = (
+            prepared.apps,
+            prepared.registry,
+            prepared.app_routes,
+            prepared.routes,
+        )
+        self.describe_reply = prepared.describe_reply
 
     def swap_apps(self, *apps: App) -> None:
-        """Serve `apps` from now on, without touching a connection (handler reload).
+        """Serve `apps`' handlers from now on, without touching a connection. Routes only:
+        `reload_apps` is the handler reload (timers, hooks and app state too).
 
         Frames already being awaited finish on their old handlers; the next frame of every
         connection meets the new ones. Counters carry over per message type. On any error
         the old apps stay in place and the error propagates.
         """
+        self._swap(self._prepare_apps(apps, chains=True))
+
+    def _swap(self, prepared: PreparedApps) -> None:
         old = {route.name: route for route in self.routes.values()}
-        self._set_apps(apps, chains=True)
+        self._commit_apps(prepared)
         for route in self.routes.values():
             before = old.get(route.name)
             if before is not None:
@@ -408,6 +446,13 @@ class Server:
         )
         self._build_chains(self._app_routes)
         self.dispatcher.start(loop)
+        self.timers.start(loop)
+        try:
+            # Before the listener: handlers may rely on what the hooks load.
+            await self._start_apps()
+        except BaseException:
+            await self._unwind_start()
+            raise
         # A plaintext listener gets no TLS argument at all, and so the very code it ran
         # before TLS existed; TLSConnection differs only where uvloop's TLS transport
         # does. A closing TLS connection waits for the peer's close_notify no longer
@@ -463,6 +508,176 @@ class Server:
                 self.cluster.address,
                 len(self.cluster.live),
             )
+
+    # -- app lifecycle and timers -----------------------------------------------------
+
+    def call_later(
+        self, delay: float, fn: Callable[..., Any], *args: Any, name: str | None = None
+    ) -> Timer:
+        """Run `fn(*args)` (sync or async) once, `delay` seconds from now, as a timer the
+        server owns: a stop or a handler reload ends it cleanly (server/timers.py).
+        TooManyTimers past `max_timers`; `name` labels its metrics (default: fn's name)."""
+        return self.timers.call_later(delay, fn, *args, name=name)
+
+    def every(
+        self,
+        interval: float,
+        fn: Callable[..., Any],
+        *args: Any,
+        jitter: float = 0.0,
+        align: bool = False,
+        name: str | None = None,
+    ) -> Timer:
+        """Run `fn(*args)` every `interval` seconds until its handle's `cancel()`, the
+        stop, or a handler reload (which `@app.on_reload` restarts it after). A run due
+        while the previous one is still awaited is skipped and counted as an overrun."""
+        return self.timers.every(interval, fn, *args, jitter=jitter, align=align, name=name)
+
+    async def _start_apps(self) -> None:
+        """Every app's on_start hooks, apps in order, then the apps' `@app.every` timers.
+        A hook that fails ends the timers made so far and runs the on_stop hooks of the
+        apps whose on_start hooks all ran, then raises HookError."""
+        started: list[App] = []
+        for app in self.apps:
+            try:
+                for hook in app.start_hooks:
+                    await run_hook(
+                        hook,
+                        (self,),
+                        app=app.name,
+                        kind="on_start",
+                        timeout=self.config.hook_timeout,
+                    )
+            except HookError:
+                await self.timers.stop(self.config.hook_timeout)
+                await self._run_stop_hooks(started)
+                raise
+            started.append(app)
+        for app in self.apps:
+            self._start_declared(app)
+
+    def _start_declared(self, app: App) -> None:
+        for spec in app.timers:
+            self.timers.every(
+                spec.interval,
+                spec.fn,
+                self,
+                jitter=spec.jitter,
+                align=spec.align,
+                name=spec.name or describe(spec.fn),
+                declared=True,
+            )
+
+    async def _stop_apps(self) -> None:
+        """End every timer (bodies in progress finish, up to hook_timeout), then the
+        authoritative rooms (their on_dispose, players still connected), then the on_stop
+        hooks, apps in reverse order."""
+        await self.timers.stop(self.config.hook_timeout)
+        try:
+            async with asyncio.timeout(self.config.hook_timeout):
+                await self.stateful_rooms.stop()
+        except TimeoutError:
+            log.error("rooms not disposed within hook_timeout (%g s)", self.config.hook_timeout)
+        await self._run_stop_hooks(self.apps)
+
+    async def _run_stop_hooks(self, apps: list[App]) -> None:
+        for app in reversed(apps):
+            for hook in reversed(app.stop_hooks):
+                try:
+                    await run_hook(
+                        hook,
+                        (self,),
+                        app=app.name,
+                        kind="on_stop",
+                        timeout=self.config.hook_timeout,
+                    )
+                except HookError as exc:
+                    log.error("%s; the stop goes on", exc, exc_info=exc.__cause__)
+
+    async def _unwind_start(self) -> None:
+        """Close what a start opened before one of its steps failed."""
+        await self.timers.stop(self.config.hook_timeout)
+        await self.dispatcher.stop()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.store is not None:
+            try:
+                await self.store.close()
+            except StoreError as exc:
+                log.error("store did not close cleanly: %s", exc)
+        self._stopped.set()
+
+    def reload_refusal(self) -> str | None:
+        """Why a handler reload cannot replace the apps served now, or None."""
+        for app in self.apps:
+            if not app.reloadable:
+                return (
+                    f"app {app.name!r} is declared App(reloadable=False): its state cannot "
+                    "be handed to new code; restart the server instead (SIGHUP)"
+                )
+        return None
+
+    async def reload_apps(self, *apps: App) -> None:
+        """`replace_apps` under `reload_lock`: one reload at a time."""
+        async with self.reload_lock:
+            await self.replace_apps(*apps)
+
+    async def replace_apps(self, *apps: App) -> None:
+        """Serve `apps`, new code of the apps served now, with never two generations of
+        timers. In order: build the new routes (an error here changes nothing); end
+        every timer of the old generation (bodies in progress finish, up to
+        hook_timeout); hand each old app's `state` to the new app of its name; swap the
+        routes; run the new apps' on_reload hooks (on_start for an app new by name,
+        on_stop for an old one gone); start the new apps' `@app.every` timers.
+
+        ReloadRefused, with nothing changed, when an old app is not reloadable, or when
+        timers made by `server.every`/`call_later` run and no new app has an on_reload
+        hook to make them again. A hook that fails at this point is logged: the new code
+        serves anyway. The caller holds `reload_lock` (a reload that imports the new
+        code holds it from before the import: server/reload.py)."""
+        refusal = self.reload_refusal()
+        if refusal is not None:
+            raise ReloadRefused(refusal)
+        prepared = self._prepare_apps(apps, chains=True)
+        timers = self.timers
+        made = [t for t in timers.live if not t.declared]
+        if made and not any(app.reload_hooks for app in apps):
+            names = ", ".join(sorted({t.name for t in made})[:5])
+            raise ReloadRefused(
+                f"{len(made)} timers made with server.every/call_later are running "
+                f"({names}) and no app declares @app.on_reload to make them again "
+                "in the new code; they would stop. Declare one, or restart instead"
+            )
+        timeout = self.config.hook_timeout
+        await timers.stop(timeout, generation=timers.generation)
+        timers.generation += 1
+        old_apps = {app.name: app for app in self.apps}
+        for app in apps:
+            old = old_apps.get(app.name)
+            if old is not None:
+                app.state = old.state
+        self._swap(prepared)
+        new_names = {app.name for app in apps}
+        gone = [old for name, old in old_apps.items() if name not in new_names and name != "system"]
+        await self._run_stop_hooks(gone)
+        for app in apps:
+            old = old_apps.get(app.name)
+            hooks: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = (
+                [("on_start", hook, (self,)) for hook in app.start_hooks]
+                if old is None
+                else [("on_reload", hook, (self, old)) for hook in app.reload_hooks]
+            )
+            for kind, hook, args in hooks:
+                try:
+                    await run_hook(hook, args, app=app.name, kind=kind, timeout=timeout)
+                except HookError as exc:
+                    log.error(
+                        "reload: %s; the new handlers serve anyway", exc, exc_info=exc.__cause__
+                    )
+        for app in apps:
+            self._start_declared(app)
 
     def _describe_node(self) -> NodeInfo:
         """This node's record in the cluster's directory."""
@@ -619,13 +834,11 @@ class Server:
         deadline = loop.time() + timeout
         while self._work_can_progress() and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        # Rooms end while their players are still connected: what on_dispose pushes (a
-        # final score) goes out before the GoAway.
-        try:
-            async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                await self.stateful_rooms.stop()
-        except TimeoutError:
-            log.error("rooms not disposed within the stop's timeout")
+        # Timers end and on_stop hooks run while the connections are still open and the
+        # store and cluster up (they may push and save); their time is not the drain's.
+        began = loop.time()
+        await self._stop_apps()
+        deadline += loop.time() - began
         for conn in list(self.connections):
             conn.close_with(
                 ErrorCode.SERVER_SHUTDOWN,

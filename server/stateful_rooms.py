@@ -472,16 +472,20 @@ class StatefulRooms:
             result: Message | None = await _call(method(seat, msg))
             return result
 
-    def use_types(self, types: dict[str, type[StatefulRoom]]) -> None:
-        """The room types of the apps now in use (at start, and at a reload): live rooms
-        take the new class of their type's name, keeping their state and their one tick
-        loop. ValueError, changing nothing, when a live room's type is missing."""
+    def check_types(self, types: dict[str, type[StatefulRoom]]) -> None:
+        """ValueError when apps with these room types cannot replace the ones in use: a
+        live room's type is missing."""
         missing = sorted({r.type_name for r in self.rooms.values()} - types.keys())
         if missing:
             raise ValueError(
                 f"the new apps have no room type {', '.join(map(repr, missing))}, and rooms "
                 "of it are live: stop them, or keep the type"
             )
+
+    def use_types(self, types: dict[str, type[StatefulRoom]]) -> None:
+        """The room types of the apps now in use (at start, and at a reload, once
+        `check_types` passed): live rooms take the new class of their type's name,
+        keeping their state and their one tick loop."""
         self.types = dict(types)
         for room in self.rooms.values():
             room.__class__ = types[room.type_name]
