@@ -13,10 +13,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-#: Folders whose .proto files are compiled: the protocol's own, the example chat service's
-#: (served by `tickwire serve` by default), the test application's, and the fan-out bench
-#: app's (bench/serverside/fanout_app.py).
-PROTO_DIRS = ("protocol/proto", "examples/chat", "tests/proto", "bench/proto")
+#: Folders whose .proto files are compiled: the protocol's own, the example services'
+#: (chat, served by `tickwire serve` by default; game; trade), the test application's,
+#: and the fan-out bench app's (bench/serverside/fanout_app.py).
+PROTO_DIRS = (
+    "protocol/proto",
+    "examples/chat",
+    "examples/game",
+    "examples/trade",
+    "tests/proto",
+    "bench/proto",
+)
 
 
 def proto_sources(root: Path = ROOT) -> list[Path]:

@@ -17,16 +17,23 @@ TESTAPP = "tests.integration.testapp:make_app"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_chat_example_matches_its_committed_table() -> None:
+@pytest.mark.parametrize(
+    ("spec", "folder", "sample"),
+    [
+        ("examples.chat.service:app", "chat", "chat.JoinRequest"),
+        ("examples.game:app", "game", "game.MatchState"),
+    ],
+)
+def test_the_examples_match_their_committed_tables(spec: str, folder: str, sample: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "ids", "--app", "examples.chat.service:app", "--check"],
+        [sys.executable, "-m", "tools.cli", "ids", "--app", spec, "--check"],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    table = parse_id_table((ROOT / "examples/chat/message_ids.txt").read_text())
-    assert "chat.JoinRequest" in table.values()
+    table = parse_id_table((ROOT / f"examples/{folder}/message_ids.txt").read_text())
+    assert sample in table.values()
     assert not any(name.startswith("system.") for name in table.values())
 
 
