@@ -103,8 +103,10 @@ async def test_a_killed_nodes_client_resumes_its_session_on_another_node(
     await wait_for(lambda: len(pushes) == 1)
 
     await kill(nodes["a"])
-    # Nothing but the fallbacks brings it to b: a refuses, b answers the Resume.
-    reply = await client.call(pb.BlockingRequest(), pb.BlockingReply, timeout=20)
+    # Nothing but the fallbacks brings it to b: a refuses, b answers the Resume. (A
+    # request sent before the client saw the connection drop would fail with it.)
+    await wait_for(lambda: client.reconnects == 1 and client.connected, timeout=20)
+    reply = await client.call(pb.BlockingRequest(), pb.BlockingReply)
     assert reply.thread_name == f"b/{PUSHED_USER}/{session.session_id}"
     assert client.address == b and client.reconnects == 1
     assert client.session is not None and client.session.session_id == session.session_id
