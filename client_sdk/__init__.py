@@ -1,7 +1,7 @@
 """tickwire's Python client SDK. It imports `protocol`, never `server`."""
 
 from client_sdk.blocking import Client
-from client_sdk.client import AsyncClient, ConnState, Push, Reconnect, Session
+from client_sdk.client import Address, AsyncClient, ConnState, Push, Reconnect, Session
 from client_sdk.errors import (
     AuthTimeout,
     BadFlags,
@@ -30,6 +30,7 @@ from client_sdk.ledger import PushGap
 from client_sdk.tls import tls_context
 
 __all__ = [
+    "Address",
     "AsyncClient",
     "AuthTimeout",
     "BadFlags",

@@ -12,12 +12,13 @@ import os
 import queue
 import ssl
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
 from client_sdk.client import (
+    Address,
     AsyncClient,
     Push,
     PushCallback,
@@ -50,6 +51,7 @@ class Client:
         tls: bool | ssl.SSLContext = False,
         tls_ca: str | os.PathLike[str] | None = None,
         server_hostname: str | None = None,
+        fallbacks: Iterable[Address] = (),
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -72,6 +74,7 @@ class Client:
                     tls=tls,
                     tls_ca=tls_ca,
                     server_hostname=server_hostname,
+                    fallbacks=fallbacks,
                 ),
                 timeout,
             )
@@ -197,6 +200,11 @@ class Client:
     @property
     def reconnects(self) -> int:
         return self._client.reconnects
+
+    @property
+    def address(self) -> Address:
+        """The (host, port) the client is on (with fallbacks, maybe not the first)."""
+        return self._client.address
 
     def wait_closed(self, timeout: float | None = None) -> ConnectionClosed:
         """Block until the connection has ended for good; why (TimeoutError after

@@ -17,7 +17,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
@@ -105,6 +105,8 @@ class Push(NamedTuple):
 
 
 PushCallback = Callable[[Push], Any]
+#: A server's (host, port).
+Address = tuple[str, int]
 
 
 PushGapCallback = Callable[[PushGap], Awaitable[None] | None]
@@ -272,7 +274,10 @@ class AsyncClient:
         self._writable = asyncio.Event()
         self._closed_event = asyncio.Event()
         self._sync_events()
-        self._address: tuple[str, int] = ("", 0)
+        #: Every address of the server (one cluster's nodes), the connect() one first,
+        #: and the index of the one the client is on (or trying).
+        self._addresses: list[Address] = [("", 0)]
+        self._at = 0
         #: TLS for every connection of this client, reconnects included (None: plaintext).
         self._tls: ssl.SSLContext | None = None
         self._server_hostname: str | None = None
@@ -326,30 +331,73 @@ class AsyncClient:
         tls: bool | ssl.SSLContext = False,
         tls_ca: str | os.PathLike[str] | None = None,
         server_hostname: str | None = None,
+        fallbacks: Iterable[Address] = (),
     ) -> AsyncClient:
         """Connect once (failing here if the server is not there); with `reconnect`, the
         client then gets its connection back by itself whenever it drops. `ack_delay` and
         `ack_every` batch the automatic push acknowledgements (see on_push).
 
+        `fallbacks` are other (host, port) addresses of the same server, the other nodes
+        of its cluster: the first connect tries them in turn when `host`:`port` does not
+        answer, and a reconnect that fails on the current address tries the next one, so
+        that a node killed outright costs its clients a Resume on another node, not their
+        session. An address given twice (the cluster's whole list, say) counts once.
+
         `tls=True` speaks TLS, trusting the system's CAs, or only those in the PEM file
         `tls_ca` (given alone, it implies TLS); `tls=` an SSLContext uses that one (a
         client certificate, say: client_sdk.tls_context). The certificate must name
-        `server_hostname`, by default `host`. A failed handshake raises TLSError."""
+        `server_hostname`, by default the host of the address connected to. A failed
+        handshake raises TLSError."""
         client = cls(registry, max_frame=max_frame, ack_delay=ack_delay, ack_every=ack_every)
-        client._address = (host, port)
+        client._addresses = list(dict.fromkeys([(host, port), *_addresses(fallbacks)]))
         client._tls = resolve(tls, tls_ca)
         client._server_hostname = server_hostname
         client._connect_timeout = timeout
         client._reconnect = reconnect
-        await client._open()
+        await client._open_any()
         if client._state is ConnState.CONNECTING:  # not dropped already
             client._set_state(ConnState.OPEN)
         return client
 
+    async def _open_any(self) -> None:
+        """The first connection: each address in turn until one answers; when none does,
+        the first address's error, with every address and its error in its notes (the
+        error alone need not name its address)."""
+        failures: list[OSError] = []
+        for _ in self._addresses:
+            try:
+                await self._open()
+                return
+            except OSError as exc:  # TimeoutError and TLSError included
+                if len(self._addresses) == 1:
+                    raise
+                failures.append(exc)
+                log.info("connect to %s:%d failed: %s", *self.address, exc or type(exc).__name__)
+                self._next_address()
+        first = failures[0]
+        for (host, port), error in zip(self._addresses, failures, strict=True):
+            first.add_note(f"tried {host}:{port}: {error or type(error).__name__}")
+        raise first
+
+    @property
+    def address(self) -> Address:
+        """The (host, port) this client is connected to, or is trying while reconnecting:
+        with fallbacks, the node it moved to."""
+        return self._addresses[self._at]
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """Every address the client may connect to, connect()'s first, then the fallbacks."""
+        return tuple(self._addresses)
+
+    def _next_address(self) -> None:
+        """Move on to the next address (after the last, the first again)."""
+        self._at = (self._at + 1) % len(self._addresses)
+
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder(self._decoder.max_frame)
-        host, port = self._address
+        host, port = self.address
         if self._tls is None:
             async with asyncio.timeout(self._connect_timeout):
                 await loop.create_connection(lambda: _Wire(self), host, port)
@@ -1167,8 +1215,16 @@ class AsyncClient:
                 tries += 1
                 try:
                     await self._open()
-                except (OSError, TimeoutError) as exc:
-                    log.info("reconnect attempt %d to %s:%d failed: %s", tries, *self._address, exc)
+                except OSError as exc:  # TimeoutError and TLSError included
+                    log.info(
+                        "reconnect attempt %d to %s:%d failed: %s",
+                        tries,
+                        *self.address,
+                        exc or type(exc).__name__,
+                    )
+                    # The same address first each time the connection is lost (a GoAway's
+                    # server may come back at once), then the others in turn.
+                    self._next_address()
                     delay = min(max(delay, policy.initial) * 2, policy.maximum)
                     continue
                 if self.closed:
@@ -1183,6 +1239,9 @@ class AsyncClient:
                 if not await self._restore_session():
                     if self.closed:
                         return
+                    # A node that accepts but does not answer (hung, overloaded) is no
+                    # better than one that refuses: the next try goes elsewhere.
+                    self._next_address()
                     delay = min(max(delay, policy.initial) * 2, policy.maximum)
                     continue
                 for callback in self._reconnect_callbacks:
@@ -1199,10 +1258,10 @@ class AsyncClient:
                     return  # closed for good meanwhile (SessionReplaced, say)
                 # It dropped again while the callbacks ran: start over from the short wait.
                 delay = policy.initial
+            where = ", ".join(f"{host}:{port}" for host, port in self._addresses)
             self._finish(
                 ConnectionClosed(
-                    f"gave up reconnecting to {self._address[0]}:{self._address[1]} after "
-                    f"{tries} attempts (last: {self._reason})"
+                    f"gave up reconnecting to {where} after {tries} attempts (last: {self._reason})"
                 )
             )
         finally:
@@ -1217,7 +1276,21 @@ class AsyncClient:
         self.goaway = None
         self._reason = None
         self._set_state(ConnState.RESTORING)
-        log.info("reconnected to %s:%d (%d)", *self._address, self.reconnects)
+        log.info("reconnected to %s:%d (%d)", *self.address, self.reconnects)
+
+
+def _addresses(given: Iterable[Address]) -> list[Address]:
+    """`fallbacks` checked, as (host, port) tuples: a bare "host:port" string or a
+    mistyped port would otherwise fail only at the reconnect that needs it."""
+    found: list[Address] = []
+    for item in given:
+        if isinstance(item, str) or len(item) != 2:
+            raise ValueError(f"fallbacks take (host, port) pairs, not {item!r}")
+        host, port = item
+        if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"fallbacks take (host, port) pairs, not {item!r}")
+        found.append((host, port))
+    return found
 
 
 def _toggle(event: asyncio.Event, on: bool) -> None:
