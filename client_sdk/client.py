@@ -288,6 +288,8 @@ class AsyncClient:
         self._reconnect_callbacks: list[ReconnectCallback] = []
         #: Connections re-established so far.
         self.reconnects = 0
+        #: Requests sent again after a reconnect (request(..., resend=True)).
+        self.resent = 0
         #: The GoAway the server sent before closing, if it did.
         self.goaway: GoAway | None = None
         #: Unsolicited Error frames (seq 0), newest last: failed notifications, closes.
@@ -477,14 +479,40 @@ class AsyncClient:
 
     # -- requests -------------------------------------------------------------------
 
-    async def request(self, message: Message, *, timeout: float | None = 30.0) -> Message:
-        """Send `message` and return the typed reply; an Error reply raises ServerError."""
+    async def request(
+        self, message: Message, *, timeout: float | None = 30.0, resend: bool = False
+    ) -> Message:
+        """Send `message` and return the typed reply; an Error reply raises ServerError.
+
+        `resend`: the server handles this request idempotently (a handler declared with
+        ``idempotent=``, keyed by something in the message), so when the connection drops
+        before the reply, the request is sent again once the Reconnect policy has resumed
+        the session, instead of failing with ConnectionClosed; a resend answers with the
+        first run's reply. `timeout` covers every attempt. Without a Reconnect policy, or
+        once the client has closed for good, the ConnectionClosed is raised."""
         msg_id = self.registry.id_of(message)
-        frame = await self.roundtrip(msg_id, message.SerializeToString(), timeout=timeout)
+        payload = message.SerializeToString()
+        if not resend:
+            frame = await self.roundtrip(msg_id, payload, timeout=timeout)
+        else:
+            frame = await self._resending(msg_id, payload, timeout)
         try:
             return self.registry.decode(frame.msg_id, frame.payload)
         except RemoteProtocolError as exc:
             raise UnexpectedReply(f"reply to seq {frame.seq}: {exc.message}") from None
+
+    async def _resending(self, msg_id: int, payload: bytes, timeout: float | None) -> Frame:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                return await self.roundtrip(msg_id, payload, timeout=left)
+            except ConnectionClosed:
+                if self._reconnect is None or self.closed:
+                    raise
+                # The reconnect loop resumes the session; roundtrip waits for it.
+                self.resent += 1
 
     async def roundtrip(
         self,

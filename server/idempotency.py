@@ -112,6 +112,7 @@ class Idempotency:
             assert store is not None
             running = self._running.get(key)
             if running is not None:
+                self.repeated += 1
                 return self._answer(await asyncio.shield(running), route)
             deadline = server.config.handler_timeout or 60.0
             claim = _encode((_RUNNING, 0, b""))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from client_sdk import AsyncClient, Overloaded, ServerError
+from client_sdk import AsyncClient, ConnectionClosed, Overloaded, Reconnect, ServerError
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import LoginRequest
 from server import App, Context, Server
@@ -173,3 +173,32 @@ def test_an_idempotent_handler_must_need_a_login() -> None:
     app = App("anon", public=True)
     with pytest.raises(ValueError, match="needs a login"):
         app.add_handler(pb.SleepRequest, lambda ctx, msg: None, idempotent=lambda m: m.tag)
+
+
+async def test_the_sdk_resends_an_idempotent_request_after_it_resumes(start_server: Any) -> None:
+    """The connection drops while the order runs: with resend=True the SDK sends it again
+    once it has resumed, and gets the first run's reply; the handler ran once."""
+    app = venue()
+    server = await start_server(app, authenticator=USERS)
+    client = await AsyncClient.connect(
+        *server.address, registry=app_registry(), reconnect=Reconnect(initial=0.05)
+    )
+    try:
+        await client.login("alice", "a")
+        app.gate.clear()  # type: ignore[attr-defined]
+        order = asyncio.ensure_future(client.request(pb.SleepRequest(tag=21), resend=True))
+        plain = asyncio.ensure_future(client.request(pb.SleepRequest(tag=22)))
+        await wait_for(lambda: app.runs == [21])  # type: ignore[attr-defined]  # 22 waits
+        [session] = server.sessions.local_sessions("alice")
+        assert session.conn is not None
+        session.conn.transport.abort()
+        with pytest.raises(ConnectionClosed):
+            await plain  # not marked for resending: it fails as before
+        await wait_for(lambda: client.reconnects == 1 and client.resent == 1)
+        app.gate.set()  # type: ignore[attr-defined]
+        reply = await order
+        assert reply.tag == 21 * 1000 + 1  # type: ignore[attr-defined]  # the first run's
+        assert app.runs == [21]  # type: ignore[attr-defined]
+        assert server.idempotency.repeated == 1
+    finally:
+        await client.close()
