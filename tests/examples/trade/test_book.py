@@ -15,6 +15,7 @@ from examples.trade.book import (
     ExecType,
     ExecutionReport,
     Ids,
+    Order,
     OrderCancelReject,
     OrdStatus,
     OrdType,
@@ -63,6 +64,12 @@ class Desk:
         [report] = self.limit(side, price, qty, account)
         assert isinstance(report, ExecutionReport) and report.exec_type is ExecType.NEW
         return report.order_id
+
+
+def resting(desk: Desk, order_id: int) -> Order:
+    order = desk.book.order(order_id)
+    assert order is not None
+    return order
 
 
 def reports(events: list[Event]) -> list[ExecutionReport]:
@@ -125,7 +132,7 @@ def test_a_partly_filled_taker_rests_its_remainder(desk: Desk) -> None:
         (maker, ExecType.TRADE, OrdStatus.FILLED, 3, 0),
     ]
     assert desk.book.top() == TopOfBook(100, 7, None, 0)
-    assert desk.book.order(2) is not None and desk.book.order(2).cum_qty == 3  # type: ignore[union-attr]
+    assert resting(desk, 2).cum_qty == 3
 
 
 def test_a_partly_filled_maker_keeps_its_place(desk: Desk) -> None:
@@ -318,7 +325,7 @@ def test_replace_of_a_partly_filled_order_counts_the_filled_part(desk: Desk) -> 
         OrdStatus.PARTIALLY_FILLED,
         "r",
     )
-    assert desk.book.order(bid).leaves_qty == 2  # type: ignore[union-attr]
+    assert resting(desk, bid).leaves_qty == 2
 
 
 @pytest.mark.parametrize(
@@ -342,7 +349,7 @@ def test_bad_replaces_are_refused(
     assert isinstance(reject, OrderCancelReject)
     assert reject.cxl_rej_reason is reason
     assert reject.cxl_rej_response_to is CxlRejResponseTo.REPLACE
-    assert desk.book.order(1) is not None and desk.book.order(1).order_qty == 5  # type: ignore[union-attr]
+    assert resting(desk, 1).order_qty == 5
 
 
 @pytest.mark.parametrize(
@@ -400,9 +407,12 @@ def test_self_trade_prevention_empties_a_level(desk: Desk) -> None:
 def test_ids_are_shared_and_increase_across_books() -> None:
     ids = Ids()
     one, two = Book("A", ids), Book("B", ids)
-    kwargs = {"account": "a", "side": BUY, "ord_type": OrdType.LIMIT, "price": 1, "order_qty": 1}
-    [a] = one.new_order(cl_ord_id="1", **kwargs)  # type: ignore[arg-type]
-    [b] = two.new_order(cl_ord_id="2", **kwargs)  # type: ignore[arg-type]
+    [a], [b] = (
+        book.new_order(
+            cl_ord_id="c", account="a", side=BUY, ord_type=OrdType.LIMIT, price=1, order_qty=1
+        )
+        for book in (one, two)
+    )
     assert isinstance(a, ExecutionReport) and isinstance(b, ExecutionReport)
     assert (a.order_id, a.exec_id, b.order_id, b.exec_id) == (1, 1, 2, 2)
     assert ids == Ids(order_id=2, exec_id=2, trd_match_id=0)
@@ -433,7 +443,7 @@ def test_snapshot_restores_levels_queues_and_fills(desk: Desk) -> None:
     assert restored.levels(SELL) == [(103, [4])]
     assert restored.depth(5) == desk.book.depth(5)
     assert restored.order(1) == desk.book.order(1)
-    assert restored.order(1).cum_qty == 2  # type: ignore[union-attr]
+    assert resting(desk, 1).cum_qty == 2
     after = Desk()
     after.book, after.ids, after.n = restored, ids, desk.n
     assert after.limit(SELL, 99, 10, "c") == desk.limit(SELL, 99, 10, "c")
