@@ -3,13 +3,14 @@ aggressive, market, cancel and replace requests on one symbol whose book holds `
 resting orders, through `Book` alone and through `Venue` (with the accounts' pre-trade
 check, holds and settlement).
 
-    .venv/bin/python -m bench.serverside.book_bench [--orders 200000] [--depth 10000]
+    .venv/bin/python -m bench.serverside.book_bench [--orders 200000] [--depth 10000] [--repeat 3]
 
 The stream is made first, by running it on a book built the same way (so cancels and
 replaces name orders that are live when they arrive), then timed on a fresh book: the
 book is deterministic, so the second run sees the same ids and the same states. One
-process, one core, no I/O. Nothing asserts a time: tests/examples/trade/test_book_bench.py
-only checks that it runs.
+process, one core, no I/O; each target runs `repeat` times on a fresh book and the
+fastest run is shown (a slower one measures the neighbours on a shared machine too).
+Nothing asserts a time: tests/examples/trade/test_book_bench.py only checks that it runs.
 """
 
 from __future__ import annotations
@@ -189,35 +190,43 @@ def time_stream(
     }
 
 
-def run(orders: int = 200_000, depth: int = 10_000, seed: int = 1) -> dict[str, Any]:
+def run(
+    orders: int = 200_000, depth: int = 10_000, seed: int = 1, repeat: int = 3
+) -> dict[str, Any]:
     seeding, stream = make_stream(depth, orders, seed)
     kinds: dict[str, int] = {}
     for method, kwargs in stream:
         kind = method if method != "new_order" else str(kwargs["ord_type"])
         kinds[kind] = kinds.get(kind, 0) + 1
-    book = Book(SYMBOL, Ids())
-    book_row = time_stream(book, seeding, stream)
-    book_row["resting_after"] = len(book)
-    venue = _venue()
-    venue_row = time_stream(
-        venue, [_for_venue(c) for c in seeding], [_for_venue(c) for c in stream]
-    )
-    venue_row["resting_after"] = len(venue.books[SYMBOL])
+    rows: dict[str, dict[str, float]] = {}
+    for _ in range(repeat):
+        book = Book(SYMBOL, Ids())
+        book_row = time_stream(book, seeding, stream)
+        book_row["resting_after"] = len(book)
+        venue = _venue()
+        venue_row = time_stream(
+            venue, [_for_venue(c) for c in seeding], [_for_venue(c) for c in stream]
+        )
+        venue_row["resting_after"] = len(venue.books[SYMBOL])
+        for label, row in (("book", book_row), ("venue", venue_row)):
+            if label not in rows or row["seconds"] < rows[label]["seconds"]:
+                rows[label] = row
     return {
         "orders": orders,
         "depth": depth,
         "seed": seed,
         "python": sys.version.split()[0],
+        "repeat": repeat,
         "requests": kinds,
-        "book": book_row,
-        "venue": venue_row,
+        "book": rows["book"],
+        "venue": rows["venue"],
     }
 
 
 def _print(result: dict[str, Any]) -> None:
     print(
         f"{result['orders']} requests on one symbol, {result['depth']} resting orders "
-        f"to start, Python {result['python']}: {result['requests']}"
+        f"to start, Python {result['python']}, best of {result['repeat']}: {result['requests']}"
     )
     for label in ("book", "venue"):
         row = result[label]
@@ -233,9 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--orders", type=int, default=200_000, help="requests timed")
     parser.add_argument("--depth", type=int, default=10_000, help="resting orders to start")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="runs; the fastest is shown")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args.orders, args.depth, args.seed)
+    result = run(args.orders, args.depth, args.seed, args.repeat)
     if args.json:
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
     else:

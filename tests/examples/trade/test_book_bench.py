@@ -8,7 +8,7 @@ from bench.serverside.book_bench import _print, main, make_stream, run
 
 
 def test_bench_runs_every_kind_of_request(capsys: pytest.CaptureFixture[str]) -> None:
-    result = run(orders=600, depth=200, seed=3)
+    result = run(orders=600, depth=200, seed=3, repeat=2)
     assert set(result["requests"]) == {"limit", "market", "cancel", "replace"}
     assert sum(result["requests"].values()) == 600
     for label in ("book", "venue"):
@@ -20,7 +20,7 @@ def test_bench_runs_every_kind_of_request(capsys: pytest.CaptureFixture[str]) ->
     assert result["venue"]["events_per_order"] == result["book"]["events_per_order"]
     _print(result)
     assert "orders/s" in capsys.readouterr().out
-    main(["--orders", "50", "--depth", "20", "--json"])
+    main(["--orders", "50", "--depth", "20", "--repeat", "1", "--json"])
     assert '"orders":50' in capsys.readouterr().out
 
 
