@@ -76,12 +76,6 @@ class Accounts:
 
     # -- reading --------------------------------------------------------------------------
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._accounts
-
-    def names(self) -> list[str]:
-        return list(self._accounts)
-
     def account(self, name: str) -> Account:
         """The account; read it, never change it from outside."""
         return self._accounts[name]

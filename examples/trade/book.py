@@ -656,18 +656,18 @@ class Book:
         reason: Reason,
     ) -> OrderCancelReject:
         order = self._orders.get(order_id)
-        known = order is not None and order.account == account
+        if order is None or order.account != account:
+            orig, status = "", OrdStatus.REJECTED
+        else:
+            orig = order.cl_ord_id
+            status = OrdStatus.PARTIALLY_FILLED if order.cum_qty else OrdStatus.NEW
         return OrderCancelReject(
             order_id=order_id,
             cl_ord_id=cl_ord_id,
-            orig_cl_ord_id=order.cl_ord_id if known and order is not None else "",
+            orig_cl_ord_id=orig,
             account=account,
             symbol=self.symbol,
-            ord_status=(
-                (OrdStatus.PARTIALLY_FILLED if order.cum_qty else OrdStatus.NEW)
-                if known and order is not None
-                else OrdStatus.REJECTED
-            ),
+            ord_status=status,
             cxl_rej_response_to=response_to,
             cxl_rej_reason=reason,
         )

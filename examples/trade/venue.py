@@ -68,7 +68,7 @@ class Venue:
             else:
                 amount = book.sweep(side, order_qty, account)[1]
             reason = self.accounts.check(account, symbol, side, amount)
-        if reason is not None or book is None:
+        if reason is not None:
             return [
                 rejected_order(
                     self.ids,
@@ -79,9 +79,10 @@ class Venue:
                     ord_type=ord_type,
                     price=price,
                     order_qty=order_qty,
-                    reason=reason or Reason.UNKNOWN_SYMBOL,
+                    reason=reason,
                 )
             ]
+        assert book is not None
         events = book.new_order(
             cl_ord_id=cl_ord_id,
             account=account,
