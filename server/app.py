@@ -98,7 +98,7 @@ class Context:
 
     def push(self, message: Message) -> None:
         """Push `message` to this connection's session. It goes out in this connection's
-        next write, ahead of this handler's own reply."""
+        next write, ahead of this handler's own reply (after it for a reply_first one)."""
         session = self.conn.session
         if session is None:
             raise RuntimeError("ctx.push needs a logged-in session: pushes are per session")
@@ -124,6 +124,7 @@ class Route:
         "owner",
         "parse",
         "public",
+        "reply_first",
         "reply_id",
         "reply_type",
         "request",
@@ -138,8 +139,12 @@ class Route:
         public: bool = False,
         limit: Limit | None = None,
         owner: OwnerKey | None = None,
+        reply_first: bool = False,
     ) -> None:
         self.request = request
+        #: The reply goes out ahead of the pushes the handler made to its connection
+        #: (the Dispatcher holds them until the reply is queued).
+        self.reply_first = reply_first
         #: The request's owner key: in a cluster the handler runs on the key's owner
         #: node (server/cluster/owned.py).
         self.owner = owner
@@ -180,8 +185,11 @@ class App:
         rate: str | None = None,
         burst: int | None = None,
         per: Per = "user",
+        reply_first: bool = False,
     ) -> None:
         self.name = name
+        #: The default of `handler(reply_first=...)` for this app's handlers.
+        self.reply_first = reply_first
         #: The default of `handler(public=...)` for this app's handlers.
         self.public = public
         #: The rate limit of every handler that declares none (each its own buckets).
@@ -210,10 +218,13 @@ class App:
         burst: int | None = None,
         per: Per = "user",
         owner: OwnerKey | None = None,
+        reply_first: bool | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as the handler of `request` messages. With
         `owner` (a function of the request giving its key), a cluster runs it on the
-        key's owner node, forwarding it from whichever node the client is on."""
+        key's owner node, forwarding it from whichever node the client is on. With
+        `reply_first` (default: the app's), its reply reaches the client ahead of the
+        pushes it made to its own connection (an order's ack before its fill)."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.add_handler(
@@ -226,6 +237,7 @@ class App:
                 burst=burst,
                 per=per,
                 owner=owner,
+                reply_first=reply_first,
             )
             return fn
 
@@ -243,6 +255,7 @@ class App:
         burst: int | None = None,
         per: Per = "user",
         owner: OwnerKey | None = None,
+        reply_first: bool | None = None,
     ) -> Route:
         if declared_id(request.DESCRIPTOR) is None:
             raise ValueError(
@@ -261,8 +274,22 @@ class App:
                 f"{request.DESCRIPTOR.full_name}: an owned handler is ordered (its reply "
                 "comes back in the client's order)"
             )
+        # The app's default leaves unordered handlers alone; asked for one, it is refused.
+        first = self.reply_first and ordered if reply_first is None else reply_first
+        if first and not ordered:
+            raise ValueError(
+                f"{request.DESCRIPTOR.full_name}: a reply_first handler is ordered (the "
+                "connection's output waits for its reply, so nothing may run beside it)"
+            )
         route = Route(
-            request, fn, kind, ordered, self.public if public is None else public, limit, owner
+            request,
+            fn,
+            kind,
+            ordered,
+            self.public if public is None else public,
+            limit,
+            owner,
+            first,
         )
         self.routes[request] = route
         return route
@@ -345,6 +372,7 @@ def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
                 route.public,
                 route.limit,
                 route.owner,
+                route.reply_first,
             )
             fresh.app_name = app.name
             routes.append((app, fresh))

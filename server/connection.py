@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,8 @@ class Budgets:
         "frame",
         "high_water",
         "input",
+        "latest_parked",
+        "latest_queue",
         "output",
         "prelogin_frame",
         "prelogin_high_water",
@@ -88,6 +91,10 @@ class Budgets:
         #: below the output budget that a write slice (FLUSH_BYTES) after it still fits.
         self.high_water = min(1 << 20, self.output // 2)
         self.prelogin_high_water = min(self.high_water, self.prelogin_output // 8)
+        #: Queued bytes above which latest-value pushes wait (0: only once writes
+        #: pause), and the bytes of them one connection may have waiting (server/push.py).
+        self.latest_queue = config.latest_queue_bytes
+        self.latest_parked = config.latest_parked_bytes
 
 
 class Connection(asyncio.Protocol):
@@ -109,6 +116,8 @@ class Connection(asyncio.Protocol):
         "id",
         "input_budget",
         "latest",
+        "latest_bytes",
+        "latest_gate",
         "lingered",
         "mailbox",
         "opened_tick",
@@ -123,6 +132,7 @@ class Connection(asyncio.Protocol):
         "queued_bytes",
         "reading_paused",
         "refused",
+        "reply_hold",
         "rx_tick",
         "scheduled",
         "server",
@@ -185,8 +195,18 @@ class Connection(asyncio.Protocol):
         #: refusals means a public handler ran, which stops the auth timeout.
         self.frames = 0
         self.refused = 0
-        #: Latest-value pushes parked while writes are paused, by key (server/push.py).
+        #: Latest-value pushes waiting, by key, while too much is queued for the peer
+        #: (writes paused, or over latest_queue_bytes), and their bytes; None while
+        #: latest values go straight to `out` (server/push.py).
         self.latest: dict[Any, bytes] | None = None
+        self.latest_bytes = 0
+        #: This connection's kernel holds at most latest_queue_bytes unsent
+        #: (TCP_NOTSENT_LOWAT), so any byte left in the transport's buffer after a write
+        #: means the queue is over that bound: latest values then wait (flush).
+        self.latest_gate = False
+        #: Where in `out` a reply_first handler's reply goes (-1: none running): what
+        #: is queued behind it (the handler's pushes) is not written until the reply is.
+        self.reply_hold = -1
         #: Sequence number of this connection in the server's life: ties open and close lines.
         self.id = 0
         self.write_paused_tick = 0
@@ -276,13 +296,17 @@ class Connection(asyncio.Protocol):
         self.write_paused = True
         self.write_paused_tick = self.server.tick
         self.stats.writes_paused += 1
+        self.server.pusher.hold_latest(self)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self._uncount_output()
         if self.out:
             self.flush()  # what was held while paused goes first, in its order
-        if self.latest:
+        if self.latest is not None and not self.latest_gate:
+            # A gated connection's latest values wait for its queue to drain below
+            # latest_queue_bytes, which the Pusher watches; the transport's low-water
+            # mark is far above that.
             self.server.pusher.release_latest(self)
         self.dispatcher.reschedule(self)
 
@@ -307,7 +331,9 @@ class Connection(asyncio.Protocol):
         self.out.clear()
         self.held = self.held_bytes = 0
         self.ctx = None
-        self.latest = None
+        if self.latest is not None:
+            self.server.pusher.forget_latest(self)
+        self.reply_hold = -1
         self.decoder = _CLOSED_DECODER
 
     # -- called by the dispatcher ------------------------------------------------------
@@ -326,8 +352,18 @@ class Connection(asyncio.Protocol):
         if self.write_paused and hold:
             self._count_output()
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        before = self.reply_hold
+        if before < 0:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+        else:
+            # A reply_first handler is running: what was queued before it goes, what it
+            # (or anyone) queued since waits for its reply (Dispatcher).
+            if not before:
+                return
+            data = b"".join(out[:before])
+            del out[:before]
+            self.reply_hold = 0
         self.held = self.held_bytes = 0
         self.stats.bytes_out += len(data)
         transport = self.transport
@@ -336,6 +372,10 @@ class Connection(asyncio.Protocol):
         # high-water mark, so only then can it also be past the output budget.
         if self.write_paused:
             self._count_output()
+        elif self.latest_gate and self.latest is None and transport.get_write_buffer_size():
+            # The kernel refused part of the write: it holds latest_queue_bytes unsent
+            # already, so latest values wait from now on (server/push.py).
+            self.server.pusher.hold_latest(self)
 
     def _count_output(self) -> None:
         """Count this paused connection's output (what its transport has yet to send,
@@ -389,6 +429,28 @@ class Connection(asyncio.Protocol):
         # A partial frame already announced keeps the limit it was judged by.
         self.decoder.max_frame = frame
         self.transport.set_write_buffer_limits(high=high)
+        if session is not None and not self.latest_gate:
+            self._gate_latest(budgets.latest_queue)
+
+    def _gate_latest(self, bound: int) -> None:
+        """Bound the kernel's unsent bytes on this socket to `bound` (TCP_NOTSENT_LOWAT:
+        past it a write leaves the rest in the transport's buffer), so that the cheap
+        buffer-size test after each write (flush) tells when the peer has `bound` bytes
+        or more waiting, without a syscall per write. Only where the app pushes
+        latest-value types: the cap makes a slow reader's writes pause sooner. Where the
+        option is missing (not Linux or macOS, not TCP), latest values wait only once
+        writes pause."""
+        if not bound or not self.server.pusher.latest_keys:
+            return
+        option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+        sock = self.transport.get_extra_info("socket")
+        if option is None or sock is None:
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, bound)
+        except (OSError, AttributeError):
+            return
+        self.latest_gate = True
 
     def mailbox_drained(self) -> None:
         """Called when the mailbox empties while a framing error or a half-close waits:

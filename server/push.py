@@ -60,6 +60,11 @@ Pushed = tuple[int, bytes]
 Buffered = tuple[int, int, bytes]
 LatestKey = Callable[[Any], Hashable]
 
+#: Seconds between looks at the connections whose latest values wait for their queue
+#: to drain (only while there are some): how late, at most, a waiting value goes out
+#: once its connection's queue is back under latest_queue_bytes.
+LATEST_POLL = 0.005
+
 
 class Delivery(StrEnum):
     #: Sequenced, buffered until acknowledged, replayed after a Resume, stored in the
@@ -315,9 +320,16 @@ class Pusher:
         self._timing = False
         #: Microseconds from a fan-out's call to the write of its last member.
         self.fanout_us = HdrHistogram(1, 60_000_000, 2)
+        #: Gated connections whose latest values wait for their queue to drain (a dict
+        #: for its order), and the timer that looks at them.
+        self._lagging: dict[Connection, None] = {}
+        self._poll_handle: asyncio.TimerHandle | None = None
         self.reliable = 0
         self.latest = 0
+        #: Latest values replaced by a newer one of their key before being written.
         self.conflated = 0
+        #: Latest values not kept: their connection had latest_parked_bytes waiting.
+        self.latest_dropped = 0
         self.offline = 0
 
     # -- declaring ----------------------------------------------------------------------
@@ -456,24 +468,33 @@ class Pusher:
     def _latest(
         self, sessions: Iterable[Session], msg_id: int, payload: bytes, key: Hashable
     ) -> int:
+        # Per member, as for a reliable push, one test decides: `conn.latest` is None
+        # while the connection's queue is under latest_queue_bytes (the value goes in
+        # `out`), a dict while it waits (the value replaces its key's older one there).
         frame = _pack(MIN_LENGTH + len(payload), msg_id, _PUSH, 0) + payload
+        size = len(frame)
         mark = self.outbox.mark
         count = 0
         for session in sessions:
             conn = session.conn
             if conn is None or session.held or conn.closing:
                 continue  # a latest value is not kept for later: the next one will do
-            if conn.write_paused:
-                parked = conn.latest
-                if parked is None:
-                    parked = conn.latest = {}
-                elif key in parked:
-                    self.conflated += 1
-                parked[key] = frame
-            else:
+            parked = conn.latest
+            if parked is None:
                 conn.out.append(frame)
                 if not conn.flush_pending:
                     mark(conn)
+            else:
+                older = parked.get(key)
+                if older is not None:
+                    self.conflated += 1
+                    conn.latest_bytes += size - len(older)
+                elif conn.latest_bytes + size > conn.server.budgets.latest_parked:
+                    self.latest_dropped += 1
+                    continue
+                else:
+                    conn.latest_bytes += size
+                parked[key] = frame
             count += 1
         self.latest += count
         return count
@@ -496,13 +517,51 @@ class Pusher:
             out.append(payload)
         self.outbox.mark(conn)
 
+    def hold_latest(self, conn: Connection) -> None:
+        """Too much is queued for `conn` (its writes paused, or the kernel refused part
+        of a write: latest_queue_bytes wait): its latest values wait in `conn.latest`
+        from now on, one per key. A gated connection (Connection.latest_gate) is watched
+        every LATEST_POLL seconds until its transport's buffer is empty again."""
+        if conn.latest is None:
+            conn.latest = {}
+            conn.latest_bytes = 0
+        if conn.latest_gate and conn not in self._lagging:
+            self._lagging[conn] = None
+            if self._poll_handle is None:
+                loop = asyncio.get_running_loop()
+                self._poll_handle = loop.call_later(LATEST_POLL, self._poll_lagging)
+
+    def _poll_lagging(self) -> None:
+        """Release the waiting latest values of each watched connection whose queue has
+        drained: its transport's buffer is empty, so the kernel holds at most
+        latest_queue_bytes unsent (Connection._gate_latest)."""
+        self._poll_handle = None
+        lagging = self._lagging
+        for conn in list(lagging):
+            if conn.write_paused or conn.transport.get_write_buffer_size():
+                continue
+            del lagging[conn]
+            self.release_latest(conn)
+        if lagging:
+            loop = asyncio.get_running_loop()
+            self._poll_handle = loop.call_later(LATEST_POLL, self._poll_lagging)
+
     def release_latest(self, conn: Connection) -> None:
-        """The connection can be written again: its parked latest values go out."""
+        """The connection's queue has room again: its waiting latest values go out, the
+        newest of each key, and the next ones go straight to `out`."""
         parked = conn.latest
         conn.latest = None
+        conn.latest_bytes = 0
         if parked:
             conn.out.extend(parked.values())
             self.outbox.mark(conn)
+
+    def forget_latest(self, conn: Connection) -> None:
+        """`conn` closed: drop its waiting values and stop watching it, so that nothing
+        here keeps it alive (docs/internet.md, "Freed on close")."""
+        conn.latest = None
+        conn.latest_bytes = 0
+        self._lagging.pop(conn, None)
 
     def _time_fanouts(self) -> None:
         """Read the fan-out timings once the Outbox has written the marked connections."""
