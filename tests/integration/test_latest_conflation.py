@@ -11,14 +11,18 @@ that buffer holds are beyond the server's reach, and the bound below counts them
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import weakref
 from dataclasses import dataclass, field
 
+from client_sdk import AsyncClient
 from protocol.frame import HEADER_SIZE, Flags, Frame, FrameDecoder, encode_frame
 from protocol.proto.system_pb2 import LoginReply, LoginRequest
 from server import App, Server
 from server.auth import MemoryUsers
-from tests.conftest import StartServer
+from tests.conftest import StartServer, wait_for
+from tests.integration.testapp import app_registry
 from tests.proto import testapp_pb2 as pb
 
 USERS = MemoryUsers({"alice": "a"})
@@ -141,3 +145,59 @@ async def test_a_subscriber_that_stops_reading_gets_the_newest_prices_after_a_bo
     # Most updates were replaced by newer ones, not sent.
     assert updates < produced.updates // 4
     assert server.pusher.conflated > produced.updates // 2
+
+
+async def test_waiting_latest_values_are_capped_and_a_closed_subscriber_is_let_go(
+    start_server: StartServer,
+) -> None:
+    cap = 10 * (HEADER_SIZE + pb.UnorderedSleepRequest(tag=1, ms=1).ByteSize())
+    server = await start_server(
+        market_app(),
+        authenticator=USERS,
+        latest_queue_bytes=QUEUE_BYTES,
+        latest_parked_bytes=cap,
+        slow_consumer_bytes=64 << 20,
+        slow_consumer_timeout=60,
+    )
+    client = await AsyncClient.connect(*server.address, registry=app_registry())
+    got: list[pb.UnorderedSleepRequest] = []
+    client.on_push(pb.UnorderedSleepRequest, lambda push: got.append(push.message))  # type: ignore[arg-type]
+    await client.request(LoginRequest(user="alice", password="a"))
+    [session] = server.sessions.local_sessions("alice")
+    conn = session.conn
+    assert conn is not None and conn.latest_gate and client._transport is not None
+    client._transport.pause_reading()
+    filler = pb.BigReply(data=b"x" * 65536)
+    while conn.latest is None:  # reliable pushes until latest_queue_bytes wait
+        server.push("alice", filler)
+        await asyncio.sleep(0.01)
+    assert not conn.write_paused  # waiting started long before the transport's limit
+    for ms in (1, 2):  # two rounds over 50 symbols: 10 fit under the cap
+        for symbol in range(1, 51):
+            server.push("alice", pb.UnorderedSleepRequest(tag=symbol, ms=ms))
+    assert list(conn.latest) == [(PRICE_ID, symbol) for symbol in range(1, 11)]
+    assert conn.latest_bytes == cap
+    assert server.pusher.latest_dropped == 80 and server.pusher.conflated == 10
+
+    client._transport.resume_reading()
+    await wait_for(lambda: len(got) == 10, timeout=20)
+    assert [(m.tag, m.ms) for m in got] == [(symbol, 2) for symbol in range(1, 11)]
+    # Once caught up, values go straight out again.
+    assert conn.latest is None
+    server.push("alice", pb.UnorderedSleepRequest(tag=40, ms=3))
+    await wait_for(lambda: len(got) == 11)
+
+    # A closed subscriber that was waiting is not kept by the Pusher.
+    client._transport.pause_reading()
+    while conn.latest is None:
+        server.push("alice", filler)
+        await asyncio.sleep(0.01)
+    assert server.pusher._lagging
+    ref = weakref.ref(conn)
+    del conn, session
+    await client.close()
+    await wait_for(
+        lambda: not server.pusher._lagging and not server.sessions.local_sessions("alice")
+    )
+    gc.collect()
+    assert ref() is None
