@@ -34,6 +34,10 @@ Rules this module keeps:
   per 256 KiB, so a pause_writing can take effect in the middle of a long mailbox).
 - A sync handler's Context is reused for the connection's next frame only when the
   refcount shows the handler kept no reference to it.
+- A reply_first handler's reply goes in `conn.out` ahead of what was queued for the
+  connection while it ran (its pushes): `Connection.reply_hold` marks the place, and a
+  flush meanwhile (an awaited handler's, at the end of an iteration) writes only what
+  is before it. No extra write: the held bytes leave with the reply.
 - Backpressure: a connection whose mailbox holds `mailbox_limit` frames, or whose queued
   payloads and partial frame reach its input budget (`Connection.input_budget`), stops
   being read until it drains; a connection whose transport asks us to pause writing is not

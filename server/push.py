@@ -6,14 +6,17 @@ How a push travels: the message is encoded once, whatever the number of recipien
 reliable push takes the session's next push sequence, goes into the session's bounded
 `PushBuffer` (a tuple sharing the one payload), and its 11-byte header plus the shared
 payload are appended to the connection's pending output; a latest-value push is one
-frame (seq 0, so the very same bytes) appended as is, or parked in the connection's
-`latest` map under its key while the connection is write-paused. A connection that got
+frame (seq 0, so the very same bytes) appended as is, or, while latest_queue_bytes or
+more wait for the peer (or its writes are paused), parked in the connection's `latest`
+map under its key, where a newer value replaces it (docs/server.md, "Latest-value
+conflation"). A connection that got
 output is handed to the Outbox (server/outbox.py), the one the fast path's replies wait
 in, which writes it once at the end of the loop iteration: a member of ten rooms that
 each broadcast in one iteration costs one syscall, not ten.
 
 A push made while a handler runs goes out in the same write as the replies of that
-connection's turn, ahead of the handler's own reply. A reliable push to a connection
+connection's turn, ahead of the handler's own reply (behind it for a reply_first
+handler: server/dispatch.py). A reliable push to a connection
 that is write-paused still goes to its transport (it must not be dropped) until the
 buffer passes `slow_consumer_bytes`; then the connection is closed with SLOW_CONSUMER:
 a client that stops reading costs at most that much.
