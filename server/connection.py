@@ -201,8 +201,10 @@ class Connection(asyncio.Protocol):
         self.latest: dict[Any, bytes] | None = None
         self.latest_bytes = 0
         #: This connection's kernel holds at most latest_queue_bytes unsent
-        #: (TCP_NOTSENT_LOWAT), so any byte left in the transport's buffer after a write
-        #: means the queue is over that bound: latest values then wait (flush).
+        #: (TCP_NOTSENT_LOWAT) and its transport's high-water mark is 1 byte, so the
+        #: transport's pause_writing says the queue is over that bound (latest values
+        #: wait) and its resume_writing that it is under again (they go): see
+        #: _gate_latest.
         self.latest_gate = False
         #: Where in `out` a reply_first handler's reply goes (-1: none running): what
         #: is queued behind it (the handler's pushes) is not written until the reply is.
@@ -289,9 +291,19 @@ class Connection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
+        if self.latest_gate:
+            # The transport's buffer is no longer empty: latest_queue_bytes wait in the
+            # kernel. Latest values wait from now on; writes pause only past the
+            # session's high-water mark (here, or in a later flush).
+            self.server.pusher.hold_latest(self)
+            if self.transport.get_write_buffer_size() <= self.server.budgets.high_water:
+                return
+        self._pause_writes()
+
+    def _pause_writes(self) -> None:
         # The peer is not reading what we send. The dispatcher stops draining this
-        # connection, which soon stops reading it; output made meanwhile (pushes) is held
-        # in `out` (flush); the sweep cuts it off (SLOW_CONSUMER) if it stays like that
+        # connection, which soon stops reading it; output made meanwhile (pushes) is held in
+        # `out` (flush); the sweep cuts it off (SLOW_CONSUMER) if it stays like that
         # for slow_consumer_timeout.
         self.write_paused = True
         self.write_paused_tick = self.server.tick
@@ -303,10 +315,11 @@ class Connection(asyncio.Protocol):
         self._uncount_output()
         if self.out:
             self.flush()  # what was held while paused goes first, in its order
-        if self.latest is not None and not self.latest_gate:
-            # A gated connection's latest values wait for its queue to drain below
-            # latest_queue_bytes, which the Pusher watches; the transport's low-water
-            # mark is far above that.
+        if self.latest is not None and not (
+            self.latest_gate and self.transport.get_write_buffer_size()
+        ):
+            # Room again (for a gated connection: its transport's buffer is empty, so
+            # at most latest_queue_bytes wait in the kernel): the newest of each key.
             self.server.pusher.release_latest(self)
         self.dispatcher.reschedule(self)
 
@@ -372,10 +385,15 @@ class Connection(asyncio.Protocol):
         # high-water mark, so only then can it also be past the output budget.
         if self.write_paused:
             self._count_output()
-        elif self.latest_gate and self.latest is None and transport.get_write_buffer_size():
-            # The kernel refused part of the write: it holds latest_queue_bytes unsent
-            # already, so latest values wait from now on (server/push.py).
-            self.server.pusher.hold_latest(self)
+        elif (
+            self.latest is not None
+            and self.latest_gate
+            and transport.get_write_buffer_size() > self.server.budgets.high_water
+        ):
+            # A gated connection's transport said pause_writing at its first buffered
+            # byte; the session's high-water mark is checked here from then on.
+            self._pause_writes()
+            self._count_output()
 
     def _count_output(self) -> None:
         """Count this paused connection's output (what its transport has yet to send,
@@ -428,29 +446,33 @@ class Connection(asyncio.Protocol):
             return
         # A partial frame already announced keeps the limit it was judged by.
         self.decoder.max_frame = frame
-        self.transport.set_write_buffer_limits(high=high)
-        if session is not None and not self.latest_gate:
-            self._gate_latest(budgets.latest_queue)
+        gate = session is not None and self._gate_latest(budgets.latest_queue)
+        self.latest_gate = gate
+        self.transport.set_write_buffer_limits(high=1 if gate else high)
+        if not gate and self.latest is not None and not self.write_paused:
+            self.server.pusher.release_latest(self)
 
-    def _gate_latest(self, bound: int) -> None:
+    def _gate_latest(self, bound: int) -> bool:
         """Bound the kernel's unsent bytes on this socket to `bound` (TCP_NOTSENT_LOWAT:
-        past it a write leaves the rest in the transport's buffer), so that the cheap
-        buffer-size test after each write (flush) tells when the peer has `bound` bytes
-        or more waiting, without a syscall per write. Only where the app pushes
-        latest-value types: the cap makes a slow reader's writes pause sooner. Where the
-        option is missing (not Linux or macOS, not TCP), latest values wait only once
-        writes pause."""
+        past it a write leaves the rest in the transport's buffer), so that a byte in
+        the transport's buffer means `bound` bytes wait for the peer. With the
+        transport's high-water mark at 1 byte (low-water 0), its own pause_writing and
+        resume_writing then say when latest values must wait and when they may go: no
+        syscall, no test per write on a connection that keeps up, no timer. Only where
+        the apps push latest-value types: the cap makes a slow reader's writes pause
+        sooner. False (latest values wait only once writes pause) without the option
+        (not Linux or macOS) or a socket, or with `bound` 0."""
         if not bound or not self.server.pusher.latest_keys:
-            return
+            return False
         option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
         sock = self.transport.get_extra_info("socket")
         if option is None or sock is None:
-            return
+            return False
         try:
             sock.setsockopt(socket.IPPROTO_TCP, option, bound)
         except (OSError, AttributeError):
-            return
-        self.latest_gate = True
+            return False
+        return True
 
     def mailbox_drained(self) -> None:
         """Called when the mailbox empties while a framing error or a half-close waits:
@@ -573,6 +595,12 @@ class TLSConnection(Connection):
     @property
     def peer(self) -> Any:
         return self._peer
+
+    def _gate_latest(self, bound: int) -> bool:
+        """Not over TLS: the TLS layer buffers on its own between the connection and the
+        socket, so its buffer size does not say what the kernel holds; latest values
+        wait once writes pause."""
+        return False
 
     def eof_received(self) -> bool | None:
         if self.out:

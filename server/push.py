@@ -63,11 +63,6 @@ Pushed = tuple[int, bytes]
 Buffered = tuple[int, int, bytes]
 LatestKey = Callable[[Any], Hashable]
 
-#: Seconds between looks at the connections whose latest values wait for their queue
-#: to drain (only while there are some): how late, at most, a waiting value goes out
-#: once its connection's queue is back under latest_queue_bytes.
-LATEST_POLL = 0.005
-
 
 class Delivery(StrEnum):
     #: Sequenced, buffered until acknowledged, replayed after a Resume, stored in the
@@ -323,10 +318,6 @@ class Pusher:
         self._timing = False
         #: Microseconds from a fan-out's call to the write of its last member.
         self.fanout_us = HdrHistogram(1, 60_000_000, 2)
-        #: Gated connections whose latest values wait for their queue to drain (a dict
-        #: for its order), and the timer that looks at them.
-        self._lagging: dict[Connection, None] = {}
-        self._poll_handle: asyncio.TimerHandle | None = None
         self.reliable = 0
         self.latest = 0
         #: Latest values replaced by a newer one of their key before being written.
@@ -521,33 +512,12 @@ class Pusher:
         self.outbox.mark(conn)
 
     def hold_latest(self, conn: Connection) -> None:
-        """Too much is queued for `conn` (its writes paused, or the kernel refused part
-        of a write: latest_queue_bytes wait): its latest values wait in `conn.latest`
-        from now on, one per key. A gated connection (Connection.latest_gate) is watched
-        every LATEST_POLL seconds until its transport's buffer is empty again."""
+        """Too much is queued for `conn` (its writes paused, or latest_queue_bytes wait:
+        Connection.pause_writing): its latest values wait in `conn.latest` from now on,
+        one per key, until Connection.resume_writing releases them."""
         if conn.latest is None:
             conn.latest = {}
             conn.latest_bytes = 0
-        if conn.latest_gate and conn not in self._lagging:
-            self._lagging[conn] = None
-            if self._poll_handle is None:
-                loop = asyncio.get_running_loop()
-                self._poll_handle = loop.call_later(LATEST_POLL, self._poll_lagging)
-
-    def _poll_lagging(self) -> None:
-        """Release the waiting latest values of each watched connection whose queue has
-        drained: its transport's buffer is empty, so the kernel holds at most
-        latest_queue_bytes unsent (Connection._gate_latest)."""
-        self._poll_handle = None
-        lagging = self._lagging
-        for conn in list(lagging):
-            if conn.write_paused or conn.transport.get_write_buffer_size():
-                continue
-            del lagging[conn]
-            self.release_latest(conn)
-        if lagging:
-            loop = asyncio.get_running_loop()
-            self._poll_handle = loop.call_later(LATEST_POLL, self._poll_lagging)
 
     def release_latest(self, conn: Connection) -> None:
         """The connection's queue has room again: its waiting latest values go out, the
@@ -560,11 +530,10 @@ class Pusher:
             self.outbox.mark(conn)
 
     def forget_latest(self, conn: Connection) -> None:
-        """`conn` closed: drop its waiting values and stop watching it, so that nothing
-        here keeps it alive (docs/internet.md, "Freed on close")."""
+        """`conn` closed: its waiting values go with it (docs/internet.md, "Freed on
+        close")."""
         conn.latest = None
         conn.latest_bytes = 0
-        self._lagging.pop(conn, None)
 
     def _time_fanouts(self) -> None:
         """Read the fan-out timings once the Outbox has written the marked connections."""
