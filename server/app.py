@@ -105,7 +105,7 @@ class Context:
 
     def push(self, message: Message) -> None:
         """Push `message` to this connection's session. It goes out in this connection's
-        next write, ahead of this handler's own reply."""
+        next write, ahead of this handler's own reply (after it for a reply_first one)."""
         session = self.conn.session
         if session is None:
             raise RuntimeError("ctx.push needs a logged-in session: pushes are per session")
@@ -133,6 +133,7 @@ class Route:
         "owner",
         "parse",
         "public",
+        "reply_first",
         "reply_id",
         "reply_type",
         "request",
@@ -149,12 +150,16 @@ class Route:
         owner: OwnerKey | None = None,
         idempotent: Callable[[Any], Any] | None = None,
         idempotent_ttl: float | None = None,
+        reply_first: bool = False,
     ) -> None:
         self.request = request
         #: The request's idempotency key: a resend with the same key gets the first reply
         #: (server/idempotency.py); kept `idempotent_ttl` s (None: idempotency_ttl).
         self.idempotent = idempotent
         self.idempotent_ttl = idempotent_ttl
+        #: The reply goes out ahead of the pushes the handler made to its connection
+        #: (the Dispatcher holds them until the reply is queued).
+        self.reply_first = reply_first
         #: The request's owner key: in a cluster the handler runs on the key's owner
         #: node (server/cluster/owned.py).
         self.owner = owner
@@ -211,8 +216,11 @@ class App:
         burst: int | None = None,
         per: Per = "user",
         reloadable: bool = True,
+        reply_first: bool = False,
     ) -> None:
         self.name = name
+        #: The default of `handler(reply_first=...)` for this app's handlers.
+        self.reply_first = reply_first
         #: False: a handler reload is refused while this app is served (its state cannot
         #: be handed to new code); a restart is the way to new code.
         self.reloadable = reloadable
@@ -256,13 +264,16 @@ class App:
         owner: OwnerKey | None = None,
         idempotent: Callable[[Any], Any] | None = None,
         idempotent_ttl: float | None = None,
+        reply_first: bool | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as the handler of `request` messages. With
         `owner` (a function of the request giving its key), a cluster runs it on the
         key's owner node, forwarding it from whichever node the client is on. With
         `idempotent` (a function of the request giving its key, a client order ID say),
         a resend of the same key by the same user gets the first reply instead of a
-        second run, for `idempotent_ttl` seconds (server/idempotency.py)."""
+        second run, for `idempotent_ttl` seconds (server/idempotency.py). With
+        `reply_first` (default: the app's), its reply reaches the client ahead of the
+        pushes it made to its own connection (an order's ack before its fill)."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.add_handler(
@@ -277,6 +288,7 @@ class App:
                 owner=owner,
                 idempotent=idempotent,
                 idempotent_ttl=idempotent_ttl,
+                reply_first=reply_first,
             )
             return fn
 
@@ -296,6 +308,7 @@ class App:
         owner: OwnerKey | None = None,
         idempotent: Callable[[Any], Any] | None = None,
         idempotent_ttl: float | None = None,
+        reply_first: bool | None = None,
     ) -> Route:
         if declared_id(request.DESCRIPTOR) is None:
             raise ValueError(
@@ -322,6 +335,13 @@ class App:
             )
         if idempotent_ttl is not None and idempotent_ttl <= 0:
             raise ValueError(f"{request.DESCRIPTOR.full_name}: idempotent_ttl must be > 0")
+        # The app's default leaves unordered handlers alone; asked for one, it is refused.
+        first = self.reply_first and ordered if reply_first is None else reply_first
+        if first and not ordered:
+            raise ValueError(
+                f"{request.DESCRIPTOR.full_name}: a reply_first handler is ordered (the "
+                "connection's output waits for its reply, so nothing may run beside it)"
+            )
         route = Route(
             request,
             fn,
@@ -332,6 +352,7 @@ class App:
             owner,
             idempotent,
             idempotent_ttl,
+            first,
         )
         self.routes[request] = route
         return route
@@ -496,6 +517,7 @@ def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
                 route.owner,
                 route.idempotent,
                 route.idempotent_ttl,
+                route.reply_first,
             )
             fresh.app_name = app.name
             routes.append((app, fresh))

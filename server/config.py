@@ -281,6 +281,26 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             le=86_400,
         ),
     ] = 30.0
+    latest_queue_bytes: Annotated[
+        int,
+        _doc(
+            "Bytes already queued for a logged-in connection (the transport's buffer, the "
+            "kernel's unsent bytes) above which latest-value pushes stop entering its queue "
+            "and wait, one per key, a newer value replacing the older. Also the kernel's "
+            "unsent-bytes cap (TCP_NOTSENT_LOWAT) on such connections when the app declares "
+            "latest-value types. 0: latest values wait only once writes pause.",
+            ge=0,
+        ),
+    ] = 64 * 1024
+    latest_parked_bytes: Annotated[
+        int,
+        _doc(
+            "Bytes of latest-value pushes one connection may have waiting (one per key); "
+            "past it a value of a key not already waiting is dropped (the next one of that "
+            "key comes when the connection catches up).",
+            ge=1,
+        ),
+    ] = 1024 * 1024
     close_grace: Annotated[
         float,
         _doc(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,8 @@ class Budgets:
         "frame",
         "high_water",
         "input",
+        "latest_parked",
+        "latest_queue",
         "output",
         "prelogin_frame",
         "prelogin_high_water",
@@ -88,6 +91,10 @@ class Budgets:
         #: below the output budget that a write slice (FLUSH_BYTES) after it still fits.
         self.high_water = min(1 << 20, self.output // 2)
         self.prelogin_high_water = min(self.high_water, self.prelogin_output // 8)
+        #: Queued bytes above which latest-value pushes wait (0: only once writes
+        #: pause), and the bytes of them one connection may have waiting (server/push.py).
+        self.latest_queue = config.latest_queue_bytes
+        self.latest_parked = config.latest_parked_bytes
 
 
 class Connection(asyncio.Protocol):
@@ -109,6 +116,8 @@ class Connection(asyncio.Protocol):
         "id",
         "input_budget",
         "latest",
+        "latest_bytes",
+        "latest_gate",
         "lingered",
         "mailbox",
         "opened_tick",
@@ -123,6 +132,7 @@ class Connection(asyncio.Protocol):
         "queued_bytes",
         "reading_paused",
         "refused",
+        "reply_hold",
         "rx_tick",
         "scheduled",
         "server",
@@ -185,8 +195,20 @@ class Connection(asyncio.Protocol):
         #: refusals means a public handler ran, which stops the auth timeout.
         self.frames = 0
         self.refused = 0
-        #: Latest-value pushes parked while writes are paused, by key (server/push.py).
+        #: Latest-value pushes waiting, by key, while too much is queued for the peer
+        #: (writes paused, or over latest_queue_bytes), and their bytes; None while
+        #: latest values go straight to `out` (server/push.py).
         self.latest: dict[Any, bytes] | None = None
+        self.latest_bytes = 0
+        #: This connection's kernel holds at most latest_queue_bytes unsent
+        #: (TCP_NOTSENT_LOWAT) and its transport's high-water mark is 1 byte, so the
+        #: transport's pause_writing says the queue is over that bound (latest values
+        #: wait) and its resume_writing that it is under again (they go): see
+        #: _gate_latest.
+        self.latest_gate = False
+        #: Where in `out` a reply_first handler's reply goes (-1: none running): what
+        #: is queued behind it (the handler's pushes) is not written until the reply is.
+        self.reply_hold = -1
         #: Sequence number of this connection in the server's life: ties open and close lines.
         self.id = 0
         self.write_paused_tick = 0
@@ -269,20 +291,35 @@ class Connection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
+        if self.latest_gate:
+            # The transport's buffer is no longer empty: latest_queue_bytes wait in the
+            # kernel. Latest values wait from now on; writes pause only past the
+            # session's high-water mark (here, or in a later flush).
+            self.server.pusher.hold_latest(self)
+            if self.transport.get_write_buffer_size() <= self.server.budgets.high_water:
+                return
+        self._pause_writes()
+
+    def _pause_writes(self) -> None:
         # The peer is not reading what we send. The dispatcher stops draining this
-        # connection, which soon stops reading it; output made meanwhile (pushes) is held
-        # in `out` (flush); the sweep cuts it off (SLOW_CONSUMER) if it stays like that
+        # connection, which soon stops reading it; output made meanwhile (pushes) is held in
+        # `out` (flush); the sweep cuts it off (SLOW_CONSUMER) if it stays like that
         # for slow_consumer_timeout.
         self.write_paused = True
         self.write_paused_tick = self.server.tick
         self.stats.writes_paused += 1
+        self.server.pusher.hold_latest(self)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self._uncount_output()
         if self.out:
             self.flush()  # what was held while paused goes first, in its order
-        if self.latest:
+        if self.latest is not None and not (
+            self.latest_gate and self.transport.get_write_buffer_size()
+        ):
+            # Room again (for a gated connection: its transport's buffer is empty, so
+            # at most latest_queue_bytes wait in the kernel): the newest of each key.
             self.server.pusher.release_latest(self)
         self.dispatcher.reschedule(self)
 
@@ -307,7 +344,9 @@ class Connection(asyncio.Protocol):
         self.out.clear()
         self.held = self.held_bytes = 0
         self.ctx = None
-        self.latest = None
+        if self.latest is not None:
+            self.server.pusher.forget_latest(self)
+        self.reply_hold = -1
         self.decoder = _CLOSED_DECODER
 
     # -- called by the dispatcher ------------------------------------------------------
@@ -326,8 +365,18 @@ class Connection(asyncio.Protocol):
         if self.write_paused and hold:
             self._count_output()
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        before = self.reply_hold
+        if before < 0:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+        else:
+            # A reply_first handler is running: what was queued before it goes, what it
+            # (or anyone) queued since waits for its reply (Dispatcher).
+            if not before:
+                return
+            data = b"".join(out[:before])
+            del out[:before]
+            self.reply_hold = 0
         self.held = self.held_bytes = 0
         self.stats.bytes_out += len(data)
         transport = self.transport
@@ -335,6 +384,15 @@ class Connection(asyncio.Protocol):
         # The transport calls pause_writing from inside write() once its buffer passes the
         # high-water mark, so only then can it also be past the output budget.
         if self.write_paused:
+            self._count_output()
+        elif (
+            self.latest is not None
+            and self.latest_gate
+            and transport.get_write_buffer_size() > self.server.budgets.high_water
+        ):
+            # A gated connection's transport said pause_writing at its first buffered
+            # byte; the session's high-water mark is checked here from then on.
+            self._pause_writes()
             self._count_output()
 
     def _count_output(self) -> None:
@@ -388,7 +446,33 @@ class Connection(asyncio.Protocol):
             return
         # A partial frame already announced keeps the limit it was judged by.
         self.decoder.max_frame = frame
-        self.transport.set_write_buffer_limits(high=high)
+        gate = session is not None and self._gate_latest(budgets.latest_queue)
+        self.latest_gate = gate
+        self.transport.set_write_buffer_limits(high=1 if gate else high)
+        if not gate and self.latest is not None and not self.write_paused:
+            self.server.pusher.release_latest(self)
+
+    def _gate_latest(self, bound: int) -> bool:
+        """Bound the kernel's unsent bytes on this socket to `bound` (TCP_NOTSENT_LOWAT:
+        past it a write leaves the rest in the transport's buffer), so that a byte in
+        the transport's buffer means `bound` bytes wait for the peer. With the
+        transport's high-water mark at 1 byte (low-water 0), its own pause_writing and
+        resume_writing then say when latest values must wait and when they may go: no
+        syscall, no test per write on a connection that keeps up, no timer. Only where
+        the apps push latest-value types: the cap makes a slow reader's writes pause
+        sooner. False (latest values wait only once writes pause) without the option
+        (not Linux or macOS) or a socket, or with `bound` 0."""
+        if not bound or not self.server.pusher.latest_keys:
+            return False
+        option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+        sock = self.transport.get_extra_info("socket")
+        if option is None or sock is None:
+            return False
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, bound)
+        except (OSError, AttributeError):
+            return False
+        return True
 
     def mailbox_drained(self) -> None:
         """Called when the mailbox empties while a framing error or a half-close waits:
@@ -511,6 +595,12 @@ class TLSConnection(Connection):
     @property
     def peer(self) -> Any:
         return self._peer
+
+    def _gate_latest(self, bound: int) -> bool:
+        """Not over TLS: the TLS layer buffers on its own between the connection and the
+        socket, so its buffer size does not say what the kernel holds; latest values
+        wait once writes pause."""
+        return False
 
     def eof_received(self) -> bool | None:
         if self.out:

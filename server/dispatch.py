@@ -34,6 +34,10 @@ Rules this module keeps:
   per 256 KiB, so a pause_writing can take effect in the middle of a long mailbox).
 - A sync handler's Context is reused for the connection's next frame only when the
   refcount shows the handler kept no reference to it.
+- A reply_first handler's reply goes in `conn.out` ahead of what was queued for the
+  connection while it ran (its pushes): `Connection.reply_hold` marks the place, and a
+  flush meanwhile (an awaited handler's, at the end of an iteration) writes only what
+  is before it. No extra write: the held bytes leave with the reply.
 - Backpressure: a connection whose mailbox holds `mailbox_limit` frames, or whose queued
   payloads and partial frame reach its input budget (`Connection.input_budget`), stops
   being read until it drains; a connection whose transport asks us to pause writing is not
@@ -382,6 +386,15 @@ class Dispatcher:
                 self._unordered.append((conn, (route, own, msg)))
                 self._wake()
                 continue
+            if route.reply_first:
+                data = self._reply_first(conn, route, msg, msg_id, flags, seq)
+                if data is None:
+                    continue
+                out_bytes += len(data)
+                if out_bytes >= FLUSH_BYTES:
+                    conn.flush()
+                    out_bytes = 0
+                continue
             # A sync handler is done with its Context when it returns, unless it kept a
             # reference; the refcount tells, and only an unkept one is reused.
             ctx = conn.ctx
@@ -556,6 +569,28 @@ class Dispatcher:
         if self.parked:
             self._unpark()
 
+    def _reply_first(
+        self, conn: Connection, route: Route, msg: Message, msg_id: int, flags: int, seq: int
+    ) -> bytes | None:
+        """Run a sync reply_first handler: what it pushes to this connection waits in
+        `out` behind the place its reply then takes (Connection.reply_hold keeps a
+        flush from writing it first). Off the inline path, which it would cost a test per
+        frame; its Context is its own. Returns the reply frame queued, if any."""
+        ctx = Context(conn, msg_id, flags, seq)
+        conn.reply_hold = len(conn.out)
+        reply: Any
+        try:
+            try:
+                reply = route.call(ctx, msg)
+            except SYNC_FAILURES as exc:
+                reply = self._layer_failed(route, ctx, exc)
+            data = None if reply is None else self.encode_reply(reply, seq, route)
+            if data is not None and not conn.closing:
+                conn.out.insert(conn.reply_hold, data)
+            return data
+        finally:
+            conn.reply_hold = -1
+
     @staticmethod
     def _layer_failed(route: Route, ctx: Context, exc: BaseException) -> Error:
         log.error("the chain of %s raised", route.name, exc_info=exc)
@@ -696,10 +731,18 @@ class Dispatcher:
 
     async def _run_awaited(self, conn: Connection, work: AsyncWork, *, ordered: bool) -> None:
         route, ctx, msg = work
+        # A reply_first handler (always ordered): from here until its reply is queued,
+        # flushes write only what `out` held before it, across its awaits too; pushes to
+        # this connection meanwhile, the handler's or anyone's, wait behind its reply.
+        first = route.reply_first and not conn.closing
+        if first:
+            conn.reply_hold = len(conn.out)
         self.busy += 1
         try:
             reply = await route.call(ctx, msg)
         except asyncio.CancelledError:
+            if first:
+                conn.reply_hold = -1
             raise
         except Exception as exc:  # a layer outside ErrorRecovery raised; keep the consumer
             reply = self._layer_failed(route, ctx, exc)
@@ -709,9 +752,15 @@ class Dispatcher:
             if conn.closing or reply is None:
                 return
             data = self.encode_reply(reply, ctx.seq, route)
-            if data is not None:
+            if data is None:
+                return
+            if first:
+                conn.out.insert(conn.reply_hold, data)
+            else:
                 conn.out.append(data)
         finally:
+            if first:
+                conn.reply_hold = -1
             # Right behind the reply, before the connection's next frame runs: a Login's
             # or Resume's held pushes (Context.after_reply).
             hook = ctx.after_reply

@@ -164,7 +164,8 @@ def run_read(dispatcher: Dispatcher, conn: Connection, data: bytes) -> int:
             break
         if msg_id != route_id:
             found = get_route(msg_id)
-            if found is None or not found.fused:
+            # A reply_first route is left to run_connection (Dispatcher._reply_first).
+            if found is None or not found.fused or found.reply_first:
                 break
             if calls:
                 route.calls += calls

@@ -6,14 +6,17 @@ How a push travels: the message is encoded once, whatever the number of recipien
 reliable push takes the session's next push sequence, goes into the session's bounded
 `PushBuffer` (a tuple sharing the one payload), and its 11-byte header plus the shared
 payload are appended to the connection's pending output; a latest-value push is one
-frame (seq 0, so the very same bytes) appended as is, or parked in the connection's
-`latest` map under its key while the connection is write-paused. A connection that got
+frame (seq 0, so the very same bytes) appended as is, or, while latest_queue_bytes or
+more wait for the peer (or its writes are paused), parked in the connection's `latest`
+map under its key, where a newer value replaces it (docs/server.md, "Latest-value
+conflation"). A connection that got
 output is handed to the Outbox (server/outbox.py), the one the fast path's replies wait
 in, which writes it once at the end of the loop iteration: a member of ten rooms that
 each broadcast in one iteration costs one syscall, not ten.
 
 A push made while a handler runs goes out in the same write as the replies of that
-connection's turn, ahead of the handler's own reply. A reliable push to a connection
+connection's turn, ahead of the handler's own reply (behind it for a reply_first
+handler: server/dispatch.py). A reliable push to a connection
 that is write-paused still goes to its transport (it must not be dropped) until the
 buffer passes `slow_consumer_bytes`; then the connection is closed with SLOW_CONSUMER:
 a client that stops reading costs at most that much.
@@ -318,7 +321,10 @@ class Pusher:
         self.fanout_us = HdrHistogram(1, 60_000_000, 2)
         self.reliable = 0
         self.latest = 0
+        #: Latest values replaced by a newer one of their key before being written.
         self.conflated = 0
+        #: Latest values not kept: their connection had latest_parked_bytes waiting.
+        self.latest_dropped = 0
         self.offline = 0
 
     # -- declaring ----------------------------------------------------------------------
@@ -451,24 +457,33 @@ class Pusher:
     def _latest(
         self, sessions: Iterable[Session], msg_id: int, payload: bytes, key: Hashable
     ) -> int:
+        # Per member, as for a reliable push, one test decides: `conn.latest` is None
+        # while the connection's queue is under latest_queue_bytes (the value goes in
+        # `out`), a dict while it waits (the value replaces its key's older one there).
         frame = _pack(MIN_LENGTH + len(payload), msg_id, _PUSH, 0) + payload
+        size = len(frame)
         mark = self.outbox.mark
         count = 0
         for session in sessions:
             conn = session.conn
             if conn is None or session.held or conn.closing:
                 continue  # a latest value is not kept for later: the next one will do
-            if conn.write_paused:
-                parked = conn.latest
-                if parked is None:
-                    parked = conn.latest = {}
-                elif key in parked:
-                    self.conflated += 1
-                parked[key] = frame
-            else:
+            parked = conn.latest
+            if parked is None:
                 conn.out.append(frame)
                 if not conn.flush_pending:
                     mark(conn)
+            else:
+                older = parked.get(key)
+                if older is not None:
+                    self.conflated += 1
+                    conn.latest_bytes += size - len(older)
+                elif conn.latest_bytes + size > conn.server.budgets.latest_parked:
+                    self.latest_dropped += 1
+                    continue
+                else:
+                    conn.latest_bytes += size
+                parked[key] = frame
             count += 1
         self.latest += count
         return count
@@ -491,13 +506,29 @@ class Pusher:
             out.append(payload)
         self.outbox.mark(conn)
 
+    def hold_latest(self, conn: Connection) -> None:
+        """Too much is queued for `conn` (its writes paused, or latest_queue_bytes wait:
+        Connection.pause_writing): its latest values wait in `conn.latest` from now on,
+        one per key, until Connection.resume_writing releases them."""
+        if conn.latest is None:
+            conn.latest = {}
+            conn.latest_bytes = 0
+
     def release_latest(self, conn: Connection) -> None:
-        """The connection can be written again: its parked latest values go out."""
+        """The connection's queue has room again: its waiting latest values go out, the
+        newest of each key, and the next ones go straight to `out`."""
         parked = conn.latest
         conn.latest = None
+        conn.latest_bytes = 0
         if parked:
             conn.out.extend(parked.values())
             self.outbox.mark(conn)
+
+    def forget_latest(self, conn: Connection) -> None:
+        """`conn` closed: its waiting values go with it (docs/internet.md, "Freed on
+        close")."""
+        conn.latest = None
+        conn.latest_bytes = 0
 
     def _time_fanouts(self) -> None:
         """Read the fan-out timings once the Outbox has written the marked connections."""
