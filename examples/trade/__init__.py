@@ -1,4 +1,8 @@
-"""The example trading venue (docs/trade.md): `book` matches the orders of one symbol,
-`accounts` holds cash and positions, `venue` puts the books behind the accounts'
-pre-trade check. All of it is pure: the server wiring calls it and journals the commands.
-"""
+"""The example trading venue (docs/trade.md): ``tickwire serve --app examples.trade:app``.
+
+book.py, accounts.py and venue.py are the pure core; commands.py what the journal
+holds; service.py the server's app."""
+
+from examples.trade.service import app, make_app
+
+__all__ = ["app", "make_app"]

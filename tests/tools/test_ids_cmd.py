@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
     [
         ("examples.chat.service:app", "chat", "chat.JoinRequest"),
         ("examples.game:app", "game", "game.MatchState"),
+        ("examples.trade:app", "trade", "trade.NewOrderSingle"),
     ],
 )
 def test_the_examples_match_their_committed_tables(spec: str, folder: str, sample: str) -> None:
