@@ -200,12 +200,33 @@ class ServerCollector:
         yield from self._cluster_metrics()
         yield from self._budget_metrics()
         yield from self._room_metrics()
+        yield from self._push_metrics()
         latency = HistogramMetricFamily(
             "tickwire_handler_seconds", "Handler time, by message type.", labels=["message"]
         )
         for name, histogram in sorted(self.timing.histograms.items()):
             latency.add_metric([name], histogram.buckets(), sum_value=histogram.sum)
         yield latency
+
+    def _push_metrics(self) -> Iterator[Metric]:
+        """Pushes delivered, by kind, and what latest-value conflation saved."""
+        pusher = self.server.pusher
+        pushes = CounterMetricFamily(
+            "tickwire_pushes", "Pushes handed to sessions, by delivery.", labels=["delivery"]
+        )
+        pushes.add_metric(["reliable"], pusher.reliable)
+        pushes.add_metric(["latest"], pusher.latest)
+        yield pushes
+        yield CounterMetricFamily(
+            "tickwire_pushes_conflated",
+            "Latest values replaced by a newer one of the same key before they were written.",
+            value=pusher.conflated,
+        )
+        yield CounterMetricFamily(
+            "tickwire_pushes_latest_dropped",
+            "Latest values dropped: a connection's waiting values were at their byte cap.",
+            value=pusher.latest_dropped,
+        )
 
     def _room_metrics(self) -> Iterator[Metric]:
         """Authoritative rooms and their tick loops (server/stateful_rooms.py)."""

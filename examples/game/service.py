@@ -18,12 +18,15 @@ Built on the framework's pieces, each a choice a real game could make differentl
   and the others play on. A match whose players all left ends.
 - **Ratings** live in the store (``app:game:rating:<user>``), so they outlive the
   process; the winner takes `RATING_STEP` from each other player.
-- Inputs are rate-limited (60 a second per user), chat lines too (5 a second).
+- A match's messages (inputs, chat) are rate-limited to 60 a second per user.
+- GAME_MAX_PLAYERS (8) and GAME_MATCH_SECONDS (120) in the environment change the
+  served app's match size and length (the bench plays 2-player matches that last).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import Any
@@ -234,4 +237,7 @@ def make_app(
     return app
 
 
-app = make_app()
+app = make_app(
+    max_players=int(os.environ.get("GAME_MAX_PLAYERS", "8")),
+    match_seconds=float(os.environ.get("GAME_MATCH_SECONDS", str(MATCH_SECONDS))),
+)

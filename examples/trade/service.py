@@ -23,8 +23,9 @@ Built on the framework's pieces, each a choice a real venue could make different
 - **Market data** per symbol: trades as reliable pushes (TradeCaptureReport), the top of
   the book and its best levels as latest-value pushes (a slow reader gets the newest
   book, never a backlog).
-- **Accounts** are the users (examples/demo-users.txt: alice, bob, carol), opened at the
-  first start with DEMO_CASH and DEMO_QTY of each symbol. The venue runs on one node: a
+- **Accounts** are the users, opened with DEMO_CASH and DEMO_QTY of each symbol at the
+  first start (examples/demo-users.txt: alice, bob, carol) or at a user's first order
+  (a demo venue: anyone who can log in trades). The venue runs on one node: a
   cluster would own each symbol on one node (``owner=``) with a journal per symbol.
 """
 
@@ -176,13 +177,16 @@ class Desk:
             replayed,
             self.ledger.venue.ids.order_id + 1,
         )
-        accounts = self.ledger.venue.accounts
         for name in DEMO_ACCOUNTS:
-            try:
-                accounts.account(name)
-            except KeyError:
-                positions = dict.fromkeys(SYMBOLS, DEMO_QTY)
-                await self.run(Open(name, DEMO_CASH, positions))
+            await self.ensure_account(name)
+
+    async def ensure_account(self, name: str) -> None:
+        """Open `name`'s demo account unless it exists (checked and opened in one step:
+        two first orders at once open it once)."""
+        try:
+            self.ledger.venue.accounts.account(name)
+        except KeyError:
+            await self.run(Open(name, DEMO_CASH, dict.fromkeys(SYMBOLS, DEMO_QTY)))
 
     async def close(self) -> None:
         if self.journal is not None:
@@ -296,6 +300,7 @@ def make_app(directory: Path | str | None = None, *, fsync: bool | None = None) 
         command = NewOrder(
             account, msg.cl_ord_id, _symbol(msg.symbol), side, ord_type, msg.price, msg.order_qty
         )
+        await desk.ensure_account(account)
         events = await desk.run(command)
         ack = next(e for e in events if isinstance(e, ExecutionReport) and e.account == account)
         desk.publish(ctx.server, events, ack)

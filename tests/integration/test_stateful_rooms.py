@@ -248,7 +248,7 @@ async def test_the_metrics_show_rooms_and_their_ticks(start_server: Any) -> None
     await wait_for(lambda: room.ticks >= 3)  # type: ignore[attr-defined]
     text = server.metrics.respond("/metrics")[1].decode()
     values = {
-        line.split()[0]: float(line.split()[1])
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("tickwire_") and " " in line
     }
@@ -256,3 +256,5 @@ async def test_the_metrics_show_rooms_and_their_ticks(start_server: Any) -> None
     assert values["tickwire_room_ticks_total"] >= 3
     assert values["tickwire_room_ticks_skipped_total"] == 0
     assert "tickwire_room_tick_lateness_p99_seconds" in values
+    assert values['tickwire_pushes_total{delivery="reliable"}'] == 0
+    assert "tickwire_pushes_conflated_total" in values
