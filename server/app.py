@@ -372,7 +372,7 @@ class App:
         room id) lets a user sit in several rooms of the type, and makes each room an
         owned key in a cluster; without it a user's messages go to their one room of the
         type."""
-        from server.stateful_rooms import StatefulRooms
+        from server.stateful_rooms import StatefulRooms, is_sync
 
         if name in self.room_types:
             raise ValueError(f"room type {name!r} is declared twice in {self.name}")
@@ -384,7 +384,7 @@ class App:
         for message_type, method_name in methods.items():
             self.add_handler(
                 message_type,
-                _room_handler(name, method_name, room_of),
+                _room_handler(name, method_name, room_of, sync=is_sync(cls)),
                 owner=owner,
                 rate=rate,
                 burst=burst,
@@ -525,8 +525,17 @@ def all_routes(apps: Iterable[App]) -> list[tuple[App, Route]]:
 
 
 def _room_handler(
-    type_name: str, method_name: str, room_of: Callable[[Any], str] | None
+    type_name: str, method_name: str, room_of: Callable[[Any], str] | None, *, sync: bool
 ) -> Callable[..., Any]:
+    if sync:
+
+        def room_message_sync(ctx: Context, msg: Any) -> Message | None:
+            rooms = ctx.server.stateful_rooms
+            return rooms.dispatch_sync(type_name, method_name, room_of, ctx, msg)
+
+        room_message_sync.__qualname__ = f"{type_name}.{method_name}"
+        return room_message_sync
+
     async def room_message(ctx: Context, msg: Any) -> Message | None:
         rooms = ctx.server.stateful_rooms
         return await rooms.dispatch(type_name, method_name, room_of, ctx, msg)

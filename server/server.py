@@ -354,6 +354,9 @@ class Server:
             per_conn = Limit.of(config.conn_rate, config.conn_burst, "connection")
             limits.append(RateLimit(per_conn, shared=True))
         by_app = {id(app): RateLimit(app.limit) for app, _ in app_routes}
+        key_hooks = any(
+            app.key_acquired or app.key_released or app.declared_keys for app, _ in app_routes
+        )
         for app, route in app_routes:
             # The gate is not in self.middleware: a custom list must not drop it.
             layers = [
@@ -370,8 +373,10 @@ class Server:
                 # The store is awaited: so is the chain (server/idempotency.py).
                 route.awaited = True
                 inner = make_awaitable(route, inner)
-            if route.owner is not None:
+            if route.owner is not None and (self.cluster is not None or key_hooks):
                 # Run on the key's owner: awaited, as a forward is (server/cluster/owned.py).
+                # Alone, with no app listening for keys, every key is this node's and
+                # there is nothing to do: the route keeps its own kind.
                 route.awaited = True
                 inner = self.owned.wrap(route, inner)
             route.call, route.fused = compose_fusable(route, layers, inner)

@@ -64,6 +64,23 @@ NOT_IN_ROOM = 404
 RoomMethod = Callable[..., Any]
 
 
+#: The hooks a room type may override.
+HOOKS = ("on_create", "on_join", "on_leave", "on_reconnect", "on_tick", "on_dispose")
+
+
+def is_sync(cls: type[StatefulRoom]) -> bool:
+    """Whether no hook and no message method of the room type is a coroutine function:
+    such a room's messages run inline (the read fast path's plain handlers) and its ticks
+    take no lock."""
+    found = cls.__dict__.get("_tickwire_sync")
+    if found is None:
+        methods = [getattr(cls, name) for name in HOOKS]
+        methods += [getattr(cls, name) for name in StatefulRooms.messages_of(cls).values()]
+        found = not any(inspect.iscoroutinefunction(method) for method in methods)
+        cls._tickwire_sync = found  # type: ignore[attr-defined]
+    return bool(found)
+
+
 def room_message(message_type: type[Message]) -> Callable[[RoomMethod], RoomMethod]:
     """Mark a room method as the handler of `message_type`: ``(self, seat, msg)``,
     returning the reply (or None); it runs under the room's lock."""
@@ -371,10 +388,14 @@ class StatefulRooms:
             dt, last = now - last, now
             stats.ticks += 1
             try:
-                async with room.lock:
-                    if room.disposed:
-                        return
-                    await _call(room.on_tick(dt))
+                if is_sync(type(room)):
+                    # Nothing of a sync room awaits: no lock to take, nothing to interleave.
+                    room.on_tick(dt)
+                else:
+                    async with room.lock:
+                        if room.disposed:
+                            return
+                        await _call(room.on_tick(dt))
                 failures = 0
             except Exception:
                 failures += 1
@@ -438,6 +459,28 @@ class StatefulRooms:
 
     # -- messages and reloads ----------------------------------------------------------
 
+    def _find(
+        self, type_name: str, room_of: Callable[[Any], str] | None, ctx: Context, msg: Any
+    ) -> tuple[StatefulRoom, Seat]:
+        session = ctx.session
+        if session is None:
+            raise HandlerError(ErrorCode.UNAUTHENTICATED, "a room message needs a login")
+        user_id = session.user_id
+        if room_of is not None:
+            room = self.rooms.get(room_of(msg))
+        else:
+            mine = [r for r in self.of_user(user_id) if r.type_name == type_name]
+            room = mine[0] if len(mine) == 1 else None
+        if room is None:
+            cls = self.types.get(type_name, StatefulRoom)
+            raise HandlerError(cls.not_in_room_code, f"not in a {type_name} room")
+        seat = room.seats.get(user_id)
+        if seat is None:
+            raise HandlerError(room.not_in_room_code, f"no seat in room {room.room_id}")
+        if room.disposed:
+            raise HandlerError(room.not_in_room_code, f"room {room.room_id} ended")
+        return room, seat
+
     async def dispatch(
         self,
         type_name: str,
@@ -450,27 +493,26 @@ class StatefulRooms:
         of the type) and the sender's seat, and call the method under the room's lock.
         The method is looked up on the room's class at each call, so a reload's new code
         runs from the next message."""
-        session = ctx.session
-        if session is None:
-            raise HandlerError(ErrorCode.UNAUTHENTICATED, "a room message needs a login")
-        user_id = session.user_id
-        cls = self.types.get(type_name, StatefulRoom)
-        if room_of is not None:
-            room = self.rooms.get(room_of(msg))
-        else:
-            mine = [r for r in self.of_user(user_id) if r.type_name == type_name]
-            room = mine[0] if len(mine) == 1 else None
-        if room is None:
-            raise HandlerError(cls.not_in_room_code, f"not in a {type_name} room")
-        seat = room.seats.get(user_id)
-        if seat is None:
-            raise HandlerError(room.not_in_room_code, f"no seat in room {room.room_id}")
+        room, seat = self._find(type_name, room_of, ctx, msg)
         async with room.lock:
             if room.disposed:
                 raise HandlerError(room.not_in_room_code, f"room {room.room_id} ended")
-            method = getattr(room, method_name)
-            result: Message | None = await _call(method(seat, msg))
+            result: Message | None = await _call(getattr(room, method_name)(seat, msg))
             return result
+
+    def dispatch_sync(
+        self,
+        type_name: str,
+        method_name: str,
+        room_of: Callable[[Any], str] | None,
+        ctx: Context,
+        msg: Any,
+    ) -> Message | None:
+        """`dispatch` for a room type none of whose hooks and methods awaits (`is_sync`):
+        inline, with no lock, since nothing of the room can be half done meanwhile."""
+        room, seat = self._find(type_name, room_of, ctx, msg)
+        result: Message | None = getattr(room, method_name)(seat, msg)
+        return result
 
     def check_types(self, types: dict[str, type[StatefulRoom]]) -> None:
         """ValueError when apps with these room types cannot replace the ones in use: a

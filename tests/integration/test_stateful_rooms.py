@@ -14,9 +14,17 @@ import pytest
 from client_sdk import AsyncClient, Overloaded, ServerError
 from protocol.proto.system_pb2 import LoginRequest
 from server import App, Server
+from server.app import Kind
 from server.auth import MemoryUsers
 from server.errors import HandlerError
-from server.stateful_rooms import MAX_TICK_FAILURES, NOT_IN_ROOM, Seat, StatefulRoom, room_message
+from server.stateful_rooms import (
+    MAX_TICK_FAILURES,
+    NOT_IN_ROOM,
+    Seat,
+    StatefulRoom,
+    is_sync,
+    room_message,
+)
 from tests.conftest import wait_for
 from tests.integration.testapp import app_registry
 from tests.proto import testapp_pb2 as pb
@@ -258,3 +266,17 @@ async def test_the_metrics_show_rooms_and_their_ticks(start_server: Any) -> None
     assert "tickwire_room_tick_lateness_p99_seconds" in values
     assert values['tickwire_pushes_total{delivery="reliable"}'] == 0
     assert "tickwire_pushes_conflated_total" in values
+
+
+def test_a_room_type_that_never_awaits_gets_plain_handlers() -> None:
+    class Plain(StatefulRoom):
+        @room_message(pb.SleepRequest)
+        def state(self, seat: Seat, msg: pb.SleepRequest) -> pb.SleepReply:
+            return pb.SleepReply()
+
+    assert is_sync(Plain) and not is_sync(Counter)  # Counter.on_tick awaits
+    plain, awaited = App("a"), App("b")
+    plain.room_type("plain", Plain)
+    awaited.room_type("counter", Counter)
+    assert plain.routes[pb.SleepRequest].kind is Kind.SYNC
+    assert awaited.routes[pb.SleepRequest].kind is Kind.ASYNC
