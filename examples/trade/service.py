@@ -13,7 +13,8 @@ Built on the framework's pieces, each a choice a real venue could make different
   once the journal has synced it (group commit: many orders share one fsync). kill -9
   then loses nothing acknowledged; a restart loads the snapshot and replays the commands
   after it, so order ids and exec ids continue (examples/trade/commands.py). Set
-  TRADE_JOURNAL_FSYNC=0 to write without syncing (a bench's comparison, not a venue).
+  TRADE_JOURNAL_FSYNC=0 to write without syncing (a bench's comparison, not a venue);
+  TRADE_ORDER_RATE (1000/s) is each user's limit on orders, cancels and replaces.
 - **A resent order is never placed twice.** NewOrderSingle is idempotent by cl_ord_id
   (``idempotent=``: the first acknowledgement, byte for byte, for a resend within the
   store's TTL), and the journaled venue remembers each account's cl_ord_ids too, so a
@@ -272,6 +273,7 @@ def make_app(directory: Path | str | None = None, *, fsync: bool | None = None) 
     var/trade-journal)."""
     where = Path(directory or os.environ.get("TRADE_JOURNAL_DIR", "var/trade-journal"))
     synced = os.environ.get("TRADE_JOURNAL_FSYNC", "1") != "0" if fsync is None else fsync
+    rate = os.environ.get("TRADE_ORDER_RATE", "1000/s")
     app = App("trade", reply_first=True)
     app.add_module(pb)
     app.latest_value(pb.MarketDataSnapshotFullRefresh, key=lambda m: (m.symbol, m.market_depth))
@@ -285,7 +287,7 @@ def make_app(directory: Path | str | None = None, *, fsync: bool | None = None) 
     async def close_desk(server: Server) -> None:
         await app.state.desk.close()
 
-    @app.handler(pb.NewOrderSingle, idempotent=lambda m: m.cl_ord_id, rate="1000/s", burst=2000)
+    @app.handler(pb.NewOrderSingle, idempotent=lambda m: m.cl_ord_id, rate=rate)
     async def new_order(ctx: Context, msg: pb.NewOrderSingle) -> pb.ExecutionReport:
         desk: Desk = app.state.desk
         account = _account(ctx)
@@ -306,15 +308,13 @@ def make_app(directory: Path | str | None = None, *, fsync: bool | None = None) 
         desk.publish(ctx.server, events, ack)
         return report_pb(ack, now_ms())
 
-    @app.handler(pb.OrderCancelRequest, idempotent=lambda m: m.cl_ord_id, rate="1000/s", burst=2000)
+    @app.handler(pb.OrderCancelRequest, idempotent=lambda m: m.cl_ord_id, rate=rate)
     async def cancel(ctx: Context, msg: pb.OrderCancelRequest) -> Any:
         desk: Desk = app.state.desk
         command = Cancel(_account(ctx), msg.cl_ord_id, _symbol(msg.symbol), msg.order_id)
         return _answer(ctx, desk, await desk.run(command))
 
-    @app.handler(
-        pb.OrderCancelReplaceRequest, idempotent=lambda m: m.cl_ord_id, rate="1000/s", burst=2000
-    )
+    @app.handler(pb.OrderCancelReplaceRequest, idempotent=lambda m: m.cl_ord_id, rate=rate)
     async def replace(ctx: Context, msg: pb.OrderCancelReplaceRequest) -> Any:
         desk: Desk = app.state.desk
         command = Replace(
