@@ -8,8 +8,9 @@ and the other limit buys at the same price, each in a closed loop (the next orde
 the previous one is acknowledged), so every order is filled by the other side's. For
 each order the bench times the acknowledgement (order to ack: the reply) and its fill
 (order to fill: the ExecutionReport pushed when it traded, as maker or taker). The run
-is made with fsync on, then off, with the same load; the journal's orders per batch
-(one write, and one fsync when on) say what group commit saved.
+is made with the journal's fsync on, then off, then with no journal at all, with the
+same load; the journal's orders per batch (one write, and one fsync when on) say what
+group commit saved.
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ class Trader:
         return count
 
 
-async def run(pairs: int, duration: float, fsync: bool) -> dict[str, float]:
+async def run(pairs: int, duration: float, mode: str) -> dict[str, float]:
     users = {f"t{i}": "pw" for i in range(2 * pairs)}
     with tempfile.TemporaryDirectory() as where:
-        app = make_app(Path(where), fsync=fsync)
+        app = make_app(Path(where), fsync=mode == "on", journal=mode != "none")
         server = Server(
             app,
             config=ServerConfig(host="127.0.0.1", port=0, handler_timeout=60),
@@ -95,7 +96,7 @@ async def run(pairs: int, duration: float, fsync: bool) -> dict[str, float]:
                 traders.append(Trader(client, pb.SELL if i % 2 == 0 else pb.BUY, sent))
             acks = HdrHistogram(1, 60_000_000, 2)
             journal = app.state.desk.journal
-            first = journal.stats
+            first = journal.stats if journal is not None else None
             started = time.perf_counter()
             counts = await asyncio.gather(
                 *(t.run(f"t{i}", started + duration, acks) for i, t in enumerate(traders))
@@ -105,10 +106,14 @@ async def run(pairs: int, duration: float, fsync: bool) -> dict[str, float]:
             fills = HdrHistogram(1, 60_000_000, 2)
             for trader in traders:
                 fills.add(trader.fills)
-            last = journal.stats
-            appends = last.appends - first.appends
-            # Batches: one write each, and with fsync on one fsync each.
-            batches = last.writes - first.writes
+            appends = batches = 0
+            fsync_ms = 0.0
+            if journal is not None and first is not None:
+                last = journal.stats
+                appends = last.appends - first.appends
+                # Batches: one write each, and with fsync on one fsync each.
+                batches = last.writes - first.writes
+                fsync_ms = last.fsync_mean_seconds * 1000
             return {
                 "orders_s": sum(counts) / elapsed,
                 "ack_p50": acks.get_value_at_percentile(50),
@@ -117,7 +122,7 @@ async def run(pairs: int, duration: float, fsync: bool) -> dict[str, float]:
                 "fill_p99": fills.get_value_at_percentile(99),
                 "fills": fills.get_total_count(),
                 "per_batch": appends / batches if batches else 0.0,
-                "fsync_ms": last.fsync_mean_seconds * 1000,
+                "fsync_ms": fsync_ms,
             }
         finally:
             for trader in traders:
@@ -125,16 +130,19 @@ async def run(pairs: int, duration: float, fsync: bool) -> dict[str, float]:
             await server.stop(timeout=2.0)
 
 
+LABELS = {"on": "fsync", "off": "no fsync", "none": "none"}
+
+
 async def main(pairs: int, duration: float) -> None:
     print(f"{pairs} pairs of traders, {duration:g} s each, one process on uvloop")
     print(
-        f"{'fsync':>6} {'orders/s':>9} {'ack p50':>8} {'ack p99':>8} "
+        f"{'journal':>8} {'orders/s':>9} {'ack p50':>8} {'ack p99':>8} "
         f"{'fill p50':>9} {'fill p99':>9} {'fills':>7} {'orders/batch':>13} {'fsync ms':>9}"
     )
-    for fsync in (True, False):
-        r = await run(pairs, duration, fsync)
+    for mode in ("on", "off", "none"):
+        r = await run(pairs, duration, mode)
         print(
-            f"{'on' if fsync else 'off':>6} {r['orders_s']:>9.0f} {r['ack_p50']:>6.0f}us "
+            f"{LABELS[mode]:>8} {r['orders_s']:>9.0f} {r['ack_p50']:>6.0f}us "
             f"{r['ack_p99']:>6.0f}us {r['fill_p50']:>7.0f}us {r['fill_p99']:>7.0f}us "
             f"{r['fills']:>7.0f} {r['per_batch']:>13.1f} {r['fsync_ms']:>9.2f}"
         )

@@ -151,7 +151,8 @@ def depth_room(symbol: str, depth: int) -> str:
 class Desk:
     """The venue as the server runs it: the ledger, its journal, its market data."""
 
-    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+    def __init__(self, directory: Path | None, *, fsync: bool = True) -> None:
+        #: None: no journal at all (the bench's baseline: nothing survives a restart).
         self.directory = directory
         self.fsync = fsync
         self.ledger = Ledger(Venue(SYMBOLS))
@@ -159,10 +160,16 @@ class Desk:
         #: Depths subscribed per symbol (a snapshot is pushed for each after a change).
         self.depths: dict[str, set[int]] = {symbol: set() for symbol in SYMBOLS}
         self.halted = ""
+        self.open_ = False
 
     async def open(self) -> None:
         """Open the journal and rebuild the venue: the snapshot, then the commands after
         it; open the demo accounts at the first start."""
+        self.open_ = True
+        if self.directory is None:
+            for name in DEMO_ACCOUNTS:
+                await self.ensure_account(name)
+            return
         journal = await Journal.open(self.directory, fsync=self.fsync)
         replay = journal.replay()
         if replay.snapshot is not None:
@@ -200,11 +207,13 @@ class Desk:
         venue's), then wait until it is durable. HandlerError once the journal failed:
         the venue stops taking commands rather than acknowledge what it cannot keep."""
         journal = self.journal
-        if journal is None or self.halted:
+        if not self.open_ or self.halted:
             raise HandlerError(
                 ErrorCode.OVERLOADED, self.halted or "the venue is not open: retry later"
             )
         events = self.ledger.apply(command)
+        if journal is None:
+            return events
         try:
             seq = await journal.append(encode_command(command))
         except JournalError as exc:
@@ -268,16 +277,18 @@ def _symbol(symbol: str) -> str:
     return symbol
 
 
-def make_app(directory: Path | str | None = None, *, fsync: bool | None = None) -> App:
+def make_app(
+    directory: Path | str | None = None, *, fsync: bool | None = None, journal: bool = True
+) -> App:
     """The venue's app, journaling into `directory` (default: TRADE_JOURNAL_DIR, else
-    var/trade-journal)."""
+    var/trade-journal); `journal=False` keeps nothing (a bench's baseline)."""
     where = Path(directory or os.environ.get("TRADE_JOURNAL_DIR", "var/trade-journal"))
     synced = os.environ.get("TRADE_JOURNAL_FSYNC", "1") != "0" if fsync is None else fsync
     rate = os.environ.get("TRADE_ORDER_RATE", "1000/s")
     app = App("trade", reply_first=True)
     app.add_module(pb)
     app.latest_value(pb.MarketDataSnapshotFullRefresh, key=lambda m: (m.symbol, m.market_depth))
-    app.state.desk = Desk(where, fsync=synced)
+    app.state.desk = Desk(where if journal else None, fsync=synced)
 
     @app.on_start
     async def open_desk(server: Server) -> None:
