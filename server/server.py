@@ -605,6 +605,11 @@ class Server:
         await self.dispatcher.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        await self._close_backends()
+
+    async def _close_backends(self) -> None:
+        """The cluster, then the store (the memory store's final snapshot sees all the
+        handlers did): the last steps of a stop, or of a start that failed."""
         if self.cluster is not None:
             await self.cluster.stop()
         if self.store is not None:
@@ -875,15 +880,7 @@ class Server:
         for session in held:
             self.pusher.keep_unacked(session)
         await self.flush_pushes(timeout=max(1.0, deadline - loop.time()))
-        if self.cluster is not None:
-            await self.cluster.stop()
-        if self.store is not None:
-            # Handlers are done: the memory store's final snapshot sees everything.
-            try:
-                await self.store.close()
-            except StoreError as exc:
-                log.error("store did not close cleanly: %s", exc)
-        self._stopped.set()
+        await self._close_backends()
 
     def _work_can_progress(self) -> bool:
         """True while a handler runs or a connection that can still be written has frames

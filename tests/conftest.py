@@ -66,13 +66,19 @@ async def start_server() -> AsyncIterator[StartServer]:
 
 
 @pytest.fixture
-async def clients() -> AsyncIterator[list[AsyncClient]]:
-    """Clients a test opens (it appends them), closed after it. Test modules that need
-    another shape of it (a connect function) define their own `clients`."""
-    opened: list[AsyncClient] = []
-    yield opened
-    for client in opened:
+async def opened() -> AsyncIterator[list[AsyncClient]]:
+    """Clients a test opens (it appends them), closed after it."""
+    made: list[AsyncClient] = []
+    yield made
+    for client in made:
         await client.close()
+
+
+@pytest.fixture
+def clients(opened: list[AsyncClient]) -> list[AsyncClient]:
+    """`opened`, under the name most tests use. Test modules that need another shape of it
+    (a connect function) define their own `clients`; `opened` stays this one."""
+    return opened
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

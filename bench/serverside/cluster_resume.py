@@ -14,17 +14,15 @@ push_gap. Sequential on purpose: it measures the path, not throughput.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import time
 
 import uvloop
 
-from bench.serverside.cluster_users import client_registry, percentile, push_app
+from bench.serverside.cluster_users import client_registry, percentile, start_nodes
 from client_sdk import AsyncClient
 from protocol.proto.system_pb2 import LoginReply, LoginRequest, ResumeReply, ResumeRequest
-from server import Server, ServerConfig
-from server.auth import MemoryUsers
+from server import Server
 from tests.proto import testapp_pb2 as pb
 from tests.store.redisproc import redis_binary, start_redis
 
@@ -57,16 +55,9 @@ async def main(count: int) -> None:
         raise SystemExit("no redis-server on PATH")
     logging.getLogger("tickwire").setLevel(logging.ERROR)  # a connection per round
     redis = start_redis(binary)
-    users = MemoryUsers({"alice": "a"})
     nodes: list[Server] = []
     try:
-        for node_id in ("a", "b"):
-            config = ServerConfig(host="127.0.0.1", port=0, cluster_url=redis.url, node_id=node_id)
-            server = Server(push_app(), config=config, authenticator=users)
-            await server.start()
-            nodes.append(server)
-        while any(n.cluster is not None and len(n.cluster.live) < 2 for n in nodes):
-            await asyncio.sleep(0.05)
+        await start_nodes(redis.url, nodes)
         client = await AsyncClient.connect(*nodes[0].address, registry=client_registry())
         login = await client.request(LoginRequest(user="alice", password="a"))
         assert isinstance(login, LoginReply)

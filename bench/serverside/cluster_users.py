@@ -58,20 +58,28 @@ async def rounds(origin: Server, got: asyncio.Queue[Push], count: int) -> list[f
     return took
 
 
+async def start_nodes(url: str, nodes: list[Server]) -> list[Server]:
+    """Nodes a and b of the cluster on `url` serving push_app to alice (password a),
+    appended to `nodes` as they start (the caller stops them)."""
+    users = MemoryUsers({"alice": "a"})
+    for node_id in ("a", "b"):
+        config = ServerConfig(host="127.0.0.1", port=0, cluster_url=url, node_id=node_id)
+        server = Server(push_app(), config=config, authenticator=users)
+        await server.start()
+        nodes.append(server)
+    while any(n.cluster is not None and len(n.cluster.live) < 2 for n in nodes):
+        await asyncio.sleep(0.05)
+    return nodes
+
+
 async def main(count: int) -> None:
     binary = redis_binary()
     if binary is None:
         raise SystemExit("no redis-server on PATH")
     redis = start_redis(binary)
-    users = MemoryUsers({"alice": "a"})
-    nodes = []
+    nodes: list[Server] = []
     try:
-        for node_id in ("a", "b"):
-            config = ServerConfig(host="127.0.0.1", port=0, cluster_url=redis.url, node_id=node_id)
-            server = Server(push_app(), config=config, authenticator=users)
-            await server.start()
-            nodes.append(server)
-        a, b = nodes
+        a, b = await start_nodes(redis.url, nodes)
         client = await AsyncClient.connect(*a.address, registry=client_registry())
         got: asyncio.Queue[Push] = asyncio.Queue()
         client.on_push(pb.SleepReply, got.put_nowait)

@@ -40,13 +40,7 @@ from bench.proc import CpuSampler, ServerProcess
 from bench.serverside.users import make_users
 from client_sdk import AsyncClient, Push
 from examples.game import game_pb2 as pb
-from protocol.registry import MessageRegistry, system_registry
-
-
-def registry() -> MessageRegistry:
-    found = system_registry()
-    found.register_module(pb)
-    return found
+from protocol.registry import system_registry
 
 
 class Player:
@@ -89,7 +83,7 @@ class Player:
 async def _players(pipe: Connection, host: str, port: int, users: list[LoginUser]) -> None:
     players = []
     for user in users:
-        client = await AsyncClient.connect(host, port, registry=registry())
+        client = await AsyncClient.connect(host, port, registry=system_registry([pb]))
         await client.login(user.name, user.password)
         players.append(Player(client, user.name))
     for player in players:

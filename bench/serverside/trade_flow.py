@@ -27,15 +27,9 @@ from hdrh.histogram import HdrHistogram
 from client_sdk import AsyncClient, Push
 from examples.trade import make_app
 from examples.trade import trade_pb2 as pb
-from protocol.registry import MessageRegistry, system_registry
+from protocol.registry import system_registry
 from server import Server, ServerConfig
 from server.auth import MemoryUsers
-
-
-def registry() -> MessageRegistry:
-    found = system_registry()
-    found.register_module(pb)
-    return found
 
 
 class Trader:
@@ -90,7 +84,7 @@ async def run(pairs: int, duration: float, mode: str) -> dict[str, float]:
         traders: list[Trader] = []
         try:
             for i, name in enumerate(users):
-                client = await AsyncClient.connect(*server.address, registry=registry())
+                client = await AsyncClient.connect(*server.address, registry=system_registry([pb]))
                 await client.login(name, "pw")
                 sent: dict[str, int] = {}
                 traders.append(Trader(client, pb.SELL if i % 2 == 0 else pb.BUY, sent))

@@ -15,14 +15,8 @@ from examples.game.service import make_app as make_game
 from examples.trade import bench as trade_bench
 from examples.trade import trade_pb2
 from examples.trade.service import make_app as make_trade
-from protocol.registry import MessageRegistry, system_registry
+from protocol.registry import system_registry
 from server.auth import MemoryUsers, UsersFile
-
-
-def registry(module: Any) -> MessageRegistry:
-    found = system_registry()
-    found.register_module(module)
-    return found
 
 
 def context(conn: int) -> ScenarioContext:
@@ -33,7 +27,8 @@ async def test_the_venue_scenarios_trade_and_cancel(start_server: Any, tmp_path:
     users = MemoryUsers({u: f"demo-{u}" for u in ("alice", "bob", "carol")})
     server = await start_server(make_trade(tmp_path), authenticator=users, duplicate_login="allow")
     clients = [
-        await AsyncClient.connect(*server.address, registry=registry(trade_pb2)) for _ in range(3)
+        await AsyncClient.connect(*server.address, registry=system_registry([trade_pb2]))
+        for _ in range(3)
     ]
     try:
         contexts = [context(i) for i in range(3)]
@@ -57,7 +52,8 @@ async def test_the_game_player_scenario_sees_its_inputs_applied(
     users = UsersFile(tmp_path / "players.txt")
     server = await start_server(make_game(max_players=2, poll_every=0.05), authenticator=users)
     clients = [
-        await AsyncClient.connect(*server.address, registry=registry(game_pb2)) for _ in range(2)
+        await AsyncClient.connect(*server.address, registry=system_registry([game_pb2]))
+        for _ in range(2)
     ]
     try:
         contexts = [context(i) for i in range(2)]

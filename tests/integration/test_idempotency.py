@@ -60,14 +60,6 @@ async def connect(server: Server, user: str = "alice", password: str = "a") -> A
     return client
 
 
-@pytest.fixture
-async def opened() -> Any:
-    clients: list[AsyncClient] = []
-    yield clients
-    for client in clients:
-        await client.close()
-
-
 async def test_a_resend_gets_the_first_reply_without_a_second_run(
     start_server: Any, opened: list[AsyncClient], store_config: dict[str, Any]
 ) -> None:

@@ -81,14 +81,6 @@ async def connect(server: Server, user: str = "alice") -> AsyncClient:
     return client
 
 
-@pytest.fixture
-async def opened() -> Any:
-    clients: list[AsyncClient] = []
-    yield clients
-    for client in clients:
-        await client.close()
-
-
 async def test_ticks_run_at_their_rate_and_messages_never_see_half_a_tick(
     start_server: Any, opened: list[AsyncClient]
 ) -> None:

@@ -11,17 +11,11 @@ import pytest
 from client_sdk import AsyncClient, Push, Reconnect, ServerError
 from examples.game import game_pb2 as pb
 from examples.game.service import RATING_STEP, START_RATING, make_app
-from protocol.registry import MessageRegistry, system_registry
+from protocol.registry import system_registry
 from server.auth import MemoryUsers
 from tests.conftest import wait_for
 
 USERS = MemoryUsers({"alice": "a", "bob": "b"})
-
-
-def registry() -> MessageRegistry:
-    found = system_registry()
-    found.register_module(pb)
-    return found
 
 
 class Player:
@@ -45,7 +39,9 @@ async def players() -> Any:
     made: list[Player] = []
 
     async def connect(server: Any, user: str, **options: Any) -> Player:
-        client = await AsyncClient.connect(*server.address, registry=registry(), **options)
+        client = await AsyncClient.connect(
+            *server.address, registry=system_registry([pb]), **options
+        )
         await client.login(user, USERS.users[user])
         player = Player(client, user)
         made.append(player)

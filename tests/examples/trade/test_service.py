@@ -17,7 +17,7 @@ from client_sdk import AsyncClient, Push
 from examples.trade import trade_pb2 as pb
 from examples.trade.service import DEMO_CASH, make_app
 from protocol.frame import Flags, Frame
-from protocol.registry import MessageRegistry, system_registry
+from protocol.registry import system_registry
 from server.auth import MemoryUsers
 from tests.conftest import wait_for
 from tests.serveproc import server_log, spawn_serve
@@ -26,19 +26,13 @@ USERS = MemoryUsers({"alice": "a", "bob": "b", "carol": "c"})
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def registry() -> MessageRegistry:
-    found = system_registry()
-    found.register_module(pb)
-    return found
-
-
 class Trader:
     """A client and, in arrival order, the frames of the venue's messages it read."""
 
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self.seen: list[tuple[str, Any]] = []
-        self.decoded = registry()
+        self.decoded = system_registry([pb])
         client.on_frame(self._frame)
         self.pushes: list[Any] = []
         for kind in (pb.ExecutionReport, pb.TradeCaptureReport, pb.MarketDataSnapshotFullRefresh):
@@ -69,7 +63,7 @@ async def traders() -> Any:
     made: list[Trader] = []
 
     async def connect(address: tuple[str, int], user: str, password: str) -> Trader:
-        client = await AsyncClient.connect(*address, registry=registry())
+        client = await AsyncClient.connect(*address, registry=system_registry([pb]))
         await client.login(user, password)
         trader = Trader(client)
         made.append(trader)
