@@ -27,8 +27,9 @@ from examples.trade.book import (
 )
 from examples.trade.venue import Venue
 
-#: Client order ids remembered, across all accounts.
-MAX_REMEMBERED = 1_000_000
+#: Client order ids remembered, across all accounts: each costs a report in every
+#: snapshot (about 230 bytes), so this bounds a snapshot's size and the time to make it.
+MAX_REMEMBERED = 100_000
 
 
 class NewOrder(msgspec.Struct, tag="new", array_like=True):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from client_sdk import AsyncClient, Push
+from examples.trade import service
 from examples.trade import trade_pb2 as pb
 from examples.trade.service import DEMO_CASH, make_app
 from protocol.frame import Flags, Frame
@@ -189,3 +190,40 @@ async def test_kill_9_after_an_ack_loses_nothing_and_ids_continue(
         await asyncio.wait_for(proc.wait(), 20)
         log = await server_log(proc)
     assert "1 commands replayed" in log or "commands replayed" in log
+
+
+async def test_snapshots_taken_under_load_replay_to_the_same_venue(
+    start_server: Any, traders: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots taken every few commands while orders keep coming (written in the
+    background) cover exactly the commands journaled before them: the venue rebuilt from
+    the last one and the commands after it is the one that ran."""
+    monkeypatch.setattr(service, "SNAPSHOT_EVERY", 7)
+    app = make_app(tmp_path)
+    server = await start_server(app, authenticator=USERS, duplicate_login="allow")
+    sellers = [await traders(server.address, "alice", "a") for _ in range(3)]
+    buyers = [await traders(server.address, "bob", "b") for _ in range(3)]
+
+    async def trade(trader: Trader, side: int, name: str) -> None:
+        for i in range(15):
+            await trader.client.request(order(f"{name}{i}", side, 10_000 + i % 3, 2))
+
+    await asyncio.gather(
+        *(trade(t, pb.SELL, f"s{n}-") for n, t in enumerate(sellers)),
+        *(trade(t, pb.BUY, f"b{n}-") for n, t in enumerate(buyers)),
+    )
+    desk = app.state.desk
+    if desk._snapshotting is not None:
+        await desk._snapshotting
+    assert desk.journal.snapshot_seq > 0  # snapshots were taken along the way
+    expected = desk.ledger.snapshot()
+    await desk.journal.close()  # as a crash would leave it: no snapshot at the end
+    desk.journal = None
+
+    again = service.Desk(tmp_path)
+    await again.open()
+    try:
+        assert again.ledger.snapshot() == expected
+    finally:
+        assert again.journal is not None
+        await again.journal.close()
