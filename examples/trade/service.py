@@ -70,8 +70,8 @@ log = logging.getLogger("tickwire.trade")
 
 SYMBOLS = ("XYZ", "ABC")
 DEMO_ACCOUNTS = ("alice", "bob", "carol")
-DEMO_CASH = 100_000_000
-DEMO_QTY = 100_000
+DEMO_CASH = 10**12
+DEMO_QTY = 10**7
 #: Commands between two snapshots of the venue: replay at start stays under this many,
 #: and the loop stops for a snapshot's encoding (about 40 ms at 50,000 remembered
 #: orders) this rarely.

@@ -154,7 +154,7 @@ async def test_cancel_replace_and_a_resend_placed_once(
         pb.OrderCancelRequest(order_id=first.order_id, cl_ord_id="a4", symbol="XYZ")  # type: ignore[attr-defined]
     )
     assert isinstance(refused, pb.OrderCancelReject) and refused.text == "unknown_order"
-    poor = await alice.client.request(order("a5", pb.BUY, 10**9, 10**6))
+    poor = await alice.client.request(order("a5", pb.BUY, 10**9, 10**4))
     assert poor.exec_type == pb.EXEC_REJECTED and poor.text == "insufficient_cash"  # type: ignore[attr-defined]
 
 
