@@ -26,6 +26,11 @@ from server.store.errors import StoreError
 
 log = logging.getLogger("tickwire.cluster")
 
+#: A kick whose PUBLISH reached nobody while its node is in the view is sent again after
+#: these many seconds, doubling, while the wait is at most the second.
+KICK_RETRY_FIRST = 0.05
+KICK_RETRY_MAX = 0.8
+
 #: Sessions re-checked against the store at once after an outage.
 RECHECK_BATCH = 256
 
@@ -53,15 +58,22 @@ class Kicks:
     async def kick(self, node: str, session_id: str, reason: EndReason) -> bool:
         """Tell `node` to end `session_id` for `reason`; False when the node is gone.
         ClusterUnavailable when the cluster's Redis cannot be reached."""
-        if not self.cluster.nodes.alive(node):
-            self.missed += 1
-            return False
-        received = await self.cluster.send(node, "kick", [session_id, str(reason)])
-        if not received:
-            self.missed += 1
-            return False
-        self.delivered += 1
-        return True
+        delay = KICK_RETRY_FIRST
+        while True:
+            # Sent even to a node gone from the view: a view can miss a node whose
+            # heartbeat is late, and a PUBLISH nobody hears costs nothing.
+            received = await self.cluster.send(node, "kick", [session_id, str(reason)])
+            if received:
+                self.delivered += 1
+                return True
+            if not self.cluster.nodes.alive(node) or delay > KICK_RETRY_MAX:
+                self.missed += 1
+                return False
+            # Alive in the view, its channel unheard: most likely it is subscribing again
+            # after an outage (its re-check may already have run), so the kick is sent
+            # again for a short while rather than lost.
+            await asyncio.sleep(delay)
+            delay *= 2
 
     def _on_kick(self, origin: str, body: Any) -> None:
         try:
