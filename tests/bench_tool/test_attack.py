@@ -57,7 +57,9 @@ def test_every_attack_is_reported_beside_the_quiet_run(tmp_path: Path) -> None:
 def test_a_server_past_the_memory_limit_is_killed_and_reported(tmp_path: Path) -> None:
     out = tmp_path / "attack.json"
     code = run_cli(
-        "attack", "--kinds", "unread", "--hostile", "4", "--rss-limit", "120", *SHORT,
+        # Long enough for a busy machine to get there: the run ends at the limit.
+        "attack", "--kinds", "unread", "--hostile", "8", "--rss-limit", "120", *SHORT,
+        "--duration", "4",
         # Budgets raised far past the limit: with the defaults the attack stays small.
         "--set", f"prelogin_max_frame={1 << 20}", "--set", f"max_input_bytes={1 << 30}",
         "--set", f"prelogin_input_bytes={1 << 30}", "--set", f"max_input_bytes_total={1 << 32}",
