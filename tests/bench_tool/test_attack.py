@@ -57,12 +57,15 @@ def test_every_attack_is_reported_beside_the_quiet_run(tmp_path: Path) -> None:
 def test_a_server_past_the_memory_limit_is_killed_and_reported(tmp_path: Path) -> None:
     out = tmp_path / "attack.json"
     code = run_cli(
-        # Long enough for a busy machine to get there: the run ends at the limit.
+        # Room for a busy machine to get there: the run ends at the limit.
         "attack", "--kinds", "unread", "--hostile", "8", "--rss-limit", "120", *SHORT,
-        "--duration", "4",
+        "--duration", "2",
         # Budgets raised far past the limit: with the defaults the attack stays small.
         "--set", f"prelogin_max_frame={1 << 20}", "--set", f"max_input_bytes={1 << 30}",
         "--set", f"prelogin_input_bytes={1 << 30}", "--set", f"max_input_bytes_total={1 << 32}",
+        # And the output ones: the replies it never reads pile up instead of closing it.
+        "--set", f"prelogin_output_bytes={1 << 30}", "--set", f"slow_consumer_bytes={1 << 30}",
+        "--set", f"max_output_bytes_total={1 << 32}",
         "--json", str(out),
     )  # fmt: skip
     assert code == 1
