@@ -33,6 +33,7 @@ Built on the framework's pieces, each a choice a real venue could make different
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -64,7 +65,7 @@ from examples.trade.commands import (
 from examples.trade.venue import Venue
 from protocol.errors import ErrorCode
 from server import App, Context, HandlerError, Server
-from server.journal import Journal, JournalError
+from server.journal import Journal, JournalError, JournalLocked
 
 log = logging.getLogger("tickwire.trade")
 
@@ -76,6 +77,9 @@ DEMO_QTY = 10**7
 #: and the loop stops for a snapshot's encoding (about 40 ms at 50,000 remembered
 #: orders) this rarely.
 SNAPSHOT_EVERY = 50_000
+#: Seconds a starting venue waits for a journal another process holds (its predecessor
+#: in a zero-downtime restart, closing it as it drains).
+JOURNAL_WAIT = 60.0
 #: Levels a side in a depth snapshot, at most.
 MAX_DEPTH = 20
 
@@ -165,16 +169,47 @@ class Desk:
         self.halted = ""
         self.open_ = False
         self._snapshotting: asyncio.Task[None] | None = None
+        self._opening: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Open the journal and rebuild the venue: the snapshot, then the commands after
-        it; open the demo accounts at the first start."""
-        self.open_ = True
+        it; open the demo accounts at the first start. A journal another process holds
+        (the one this process succeeds in a zero-downtime restart, which closes it as it
+        drains) is opened as soon as it is free, for up to JOURNAL_WAIT seconds; orders
+        meanwhile are answered OVERLOADED with a retry time."""
         if self.directory is None:
+            self.open_ = True
             for name in DEMO_ACCOUNTS:
                 await self.ensure_account(name)
             return
-        journal = await Journal.open(self.directory, fsync=self.fsync)
+        try:
+            journal = await Journal.open(self.directory, fsync=self.fsync)
+        except JournalLocked:
+            log.warning(
+                "journal %s is held by another process: opening it once free", self.directory
+            )
+            self._opening = asyncio.get_running_loop().create_task(self._open_when_free())
+            return
+        await self._rebuild(journal)
+
+    async def _open_when_free(self) -> None:
+        assert self.directory is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + JOURNAL_WAIT
+        while True:
+            await asyncio.sleep(0.05)
+            try:
+                journal = await Journal.open(self.directory, fsync=self.fsync)
+            except JournalLocked:
+                if loop.time() < deadline:
+                    continue
+                self.halted = f"the venue halted: its journal stayed locked {JOURNAL_WAIT:g} s"
+                log.error("%s", self.halted)
+                return
+            await self._rebuild(journal)
+            return
+
+    async def _rebuild(self, journal: Journal) -> None:
         replay = journal.replay()
         if replay.snapshot is not None:
             self.ledger = Ledger.restore(replay.snapshot)
@@ -183,6 +218,7 @@ class Desk:
             self.ledger.apply(decode_command(body))
             replayed += 1
         self.journal = journal
+        self.open_ = True
         log.info(
             "venue rebuilt: snapshot at %d, %d commands replayed, next order id %d",
             replay.snapshot_seq,
@@ -201,6 +237,10 @@ class Desk:
             await self.run(Open(name, DEMO_CASH, dict.fromkeys(SYMBOLS, DEMO_QTY)))
 
     async def close(self) -> None:
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opening
         if self._snapshotting is not None:
             await self._snapshotting
         if self.journal is not None:
@@ -215,7 +255,8 @@ class Desk:
         journal = self.journal
         if not self.open_ or self.halted:
             raise HandlerError(
-                ErrorCode.OVERLOADED, self.halted or "the venue is not open: retry later"
+                ErrorCode.OVERLOADED,
+                self.halted or "the venue is opening its journal: retry after 100 ms",
             )
         events = self.ledger.apply(command)
         if journal is None:

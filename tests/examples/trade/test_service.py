@@ -6,6 +6,7 @@ nothing (a real `tickwire serve` process and its journal)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from client_sdk import AsyncClient, Push
+from client_sdk import AsyncClient, Overloaded, Push, Reconnect
 from examples.trade import service
 from examples.trade import trade_pb2 as pb
 from examples.trade.service import DEMO_CASH, make_app
@@ -21,6 +22,7 @@ from protocol.frame import Flags, Frame
 from protocol.registry import system_registry
 from server.auth import MemoryUsers
 from tests.conftest import wait_for
+from tests.integration.test_restart import read_pid, wait_pid_change
 from tests.serveproc import server_log, spawn_serve
 
 USERS = MemoryUsers({"alice": "a", "bob": "b", "carol": "c"})
@@ -227,3 +229,55 @@ async def test_snapshots_taken_under_load_replay_to_the_same_venue(
     finally:
         assert again.journal is not None
         await again.journal.close()
+
+
+async def test_a_zero_downtime_restart_hands_the_journal_to_the_successor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP: the successor finds the journal held by the old process, serves anyway
+    (orders answered OVERLOADED with a retry time) and opens it as soon as the old one
+    closes it while draining; the order placed before is there, ids go on."""
+    monkeypatch.setenv("TRADE_JOURNAL_DIR", str(tmp_path / "journal"))
+    pid_file = tmp_path / "venue.pid"
+    users = f"users_file={ROOT}/examples/demo-users.txt"
+    snapshot = f"store_snapshot_path={tmp_path / 'store.snap'}"  # sessions come along
+    proc, address = await spawn_serve(
+        "--app", "examples.trade:app", "--pid-file", str(pid_file), "--set", users,
+        "--set", snapshot,
+    )  # fmt: skip
+    client = await AsyncClient.connect(
+        *address, registry=system_registry([pb]), reconnect=Reconnect(initial=0.05)
+    )
+    successor: int | None = None
+    try:
+        await client.login("alice", "demo-alice")
+        first = await client.request(order("r1", pb.BUY, 9_700, 3))
+        proc.send_signal(signal.SIGHUP)
+        await wait_pid_change(pid_file, proc.pid, timeout=30)
+        successor = read_pid(pid_file)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        await wait_for(lambda: client.reconnects >= 1 and client.connected, timeout=10)
+        for _ in range(100):  # until the successor has the journal
+            try:
+                after = await client.request(order("r2", pb.BUY, 9_600, 1))
+                break
+            except Overloaded as exc:
+                assert "opening its journal" in str(exc)
+                await asyncio.sleep(exc.retry_after or 0.1)
+        assert after.order_id == first.order_id + 1  # type: ignore[attr-defined]
+        book = await client.request(pb.MarketDataRequest(symbol="XYZ", market_depth=2))
+        levels = [(e.md_entry_px, e.md_entry_size) for e in book.md_entries]  # type: ignore[attr-defined]
+        assert levels == [(9_700, 3), (9_600, 1)]
+    finally:
+        await client.close()
+        if successor is not None and successor != proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(successor, signal.SIGTERM)
+            for _ in range(200):
+                try:
+                    os.kill(successor, 0)
+                except ProcessLookupError:
+                    break
+                await asyncio.sleep(0.05)
+        log = await server_log(proc)  # the successor writes to the same stderr
+    assert "opening it once free" in log and "commands replayed" in log
