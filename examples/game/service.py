@@ -119,6 +119,14 @@ class Match(StatefulRoom):
             )
         self.dispose()
 
+    def on_dispose(self) -> None:
+        """Ended before its time (the server stops, every player left): the players still
+        seated are told, with no winner and no rating moved."""
+        if not self.finishing:
+            self.broadcast(
+                pb.MatchOver(match_id=self.room_id, players=self.player_states(), rating=0)
+            )
+
     def found(self, seat: Seat) -> pb.MatchFound:
         return pb.MatchFound(
             match_id=self.room_id, seat=seat.index, players=self.players, tick_rate=TICK_RATE

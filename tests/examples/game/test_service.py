@@ -122,3 +122,17 @@ async def test_a_dropped_player_gets_the_same_seat_back(start_server: Any, playe
     )
     with pytest.raises(ServerError, match="in a match already"):
         await alice.client.request(pb.QueueRequest())
+
+
+async def test_a_stop_ends_the_matches_with_no_winner(start_server: Any, players: Any) -> None:
+    app = make_app(max_players=2, poll_every=0.05)
+    server = await start_server(app, authenticator=USERS)
+    alice, bob = await players(server, "alice"), await players(server, "bob")
+    await alice.client.request(pb.QueueRequest())
+    await bob.client.request(pb.QueueRequest())
+    await wait_for(lambda: alice.of(pb.MatchFound) and bob.of(pb.MatchFound))
+    await server.stop(timeout=2.0)
+    await wait_for(lambda: alice.of(pb.MatchOver) and bob.of(pb.MatchOver))
+    over = alice.of(pb.MatchOver)[0]
+    assert over.winner == "" and over.rating == 0
+    assert {p.user for p in over.players} == {"alice", "bob"}
