@@ -36,6 +36,22 @@ async def wait_pid_change(path: Path, old: int, timeout: float) -> int:
     raise AssertionError(f"pid file still says {old} after {timeout} s")
 
 
+async def stop_successor(pid_file: Path, first: int) -> None:
+    """SIGTERM the process the pid file names if it is not `first` (a restart's
+    successor, which no test fixture owns), and wait until it is gone."""
+    successor = read_pid(pid_file)
+    if successor is None or successor == first:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(successor, signal.SIGTERM)
+    for _ in range(200):
+        try:
+            os.kill(successor, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_restart_under_a_connect_loop_refuses_nothing(tmp_path: Path) -> None:
     pid_file = tmp_path / "tickwire.pid"
     proc, address = await spawn_serve("--pid-file", str(pid_file))

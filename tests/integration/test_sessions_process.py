@@ -4,8 +4,6 @@ that keeps sessions through the memory snapshot, and a users file that cannot be
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 import sys
 from pathlib import Path
@@ -16,7 +14,7 @@ from client_sdk import AsyncClient, ConnectionClosed, Unauthenticated
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import LoginReply, LoginRequest, ResumeReply, ResumeRequest
 from server.auth import add_user
-from tests.integration.test_restart import read_pid, wait_pid_change
+from tests.integration.test_restart import stop_successor, wait_pid_change
 from tests.integration.test_serve_process import server_log, spawn_serve
 
 
@@ -90,13 +88,4 @@ async def test_restart_keeps_sessions_through_the_memory_snapshot(tmp_path: Path
             assert resumed.session_id == reply.session_id and resumed.user_id == "alice"
     finally:
         await client.close()
-        successor = read_pid(pid_file)
-        if successor is not None and successor != proc.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(successor, signal.SIGTERM)
-            for _ in range(200):
-                try:
-                    os.kill(successor, 0)
-                except ProcessLookupError:
-                    break
-                await asyncio.sleep(0.05)
+        await stop_successor(pid_file, proc.pid)

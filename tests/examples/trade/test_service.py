@@ -6,7 +6,6 @@ nothing (a real `tickwire serve` process and its journal)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -22,7 +21,7 @@ from protocol.frame import Flags, Frame
 from protocol.registry import system_registry
 from server.auth import MemoryUsers
 from tests.conftest import wait_for
-from tests.integration.test_restart import read_pid, wait_pid_change
+from tests.integration.test_restart import stop_successor, wait_pid_change
 from tests.serveproc import server_log, spawn_serve
 
 USERS = MemoryUsers({"alice": "a", "bob": "b", "carol": "c"})
@@ -248,13 +247,11 @@ async def test_a_zero_downtime_restart_hands_the_journal_to_the_successor(
     client = await AsyncClient.connect(
         *address, registry=system_registry([pb]), reconnect=Reconnect(initial=0.05)
     )
-    successor: int | None = None
     try:
         await client.login("alice", "demo-alice")
         first = await client.request(order("r1", pb.BUY, 9_700, 3))
         proc.send_signal(signal.SIGHUP)
         await wait_pid_change(pid_file, proc.pid, timeout=30)
-        successor = read_pid(pid_file)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         await wait_for(lambda: client.reconnects >= 1 and client.connected, timeout=10)
         for _ in range(100):  # until the successor has the journal
@@ -270,14 +267,6 @@ async def test_a_zero_downtime_restart_hands_the_journal_to_the_successor(
         assert levels == [(9_700, 3), (9_600, 1)]
     finally:
         await client.close()
-        if successor is not None and successor != proc.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(successor, signal.SIGTERM)
-            for _ in range(200):
-                try:
-                    os.kill(successor, 0)
-                except ProcessLookupError:
-                    break
-                await asyncio.sleep(0.05)
+        await stop_successor(pid_file, proc.pid)
         log = await server_log(proc)  # the successor writes to the same stderr
     assert "opening it once free" in log and "commands replayed" in log
