@@ -46,10 +46,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from protocol.errors import ErrorCode
-from server.cluster.bus import Tap
+from server.cluster.bus import Malformed, Tap, envelope, fields
 from server.cluster.errors import ClusterError
+from server.cluster.rooms import EVERYONE_FIELDS, Exclude, room_body
 from server.cluster.users import KIND as USER_KIND
-from server.cluster.users import MARK
+from server.cluster.users import MARK, PUSH_FIELDS
 from server.errors import HandlerError
 
 if TYPE_CHECKING:
@@ -80,43 +81,43 @@ class HandedOver(msgspec.Struct, array_like=True, frozen=True):
 _decode_state = msgspec.msgpack.Decoder(HandedOver).decode
 
 
-def _reliable(kind: str, data: bytes) -> tuple[str, str, int, bytes, Any, bool] | None:
+def _reliable(kind: str, data: bytes) -> tuple[str, str, int, bytes, Exclude, bool] | None:
     """A bus message as (kind, origin, msg_id, payload, exclude, delivered) when it is a
-    reliable push to deliver; None for a latest value, a marker or anything else (a
-    latest value is not kept for a session without a written connection)."""
+    reliable push to deliver, checked as the channel's handler checks it; None for a
+    latest value, a marker or anything malformed (which the handler counts). A latest
+    value is not kept for a session without a written connection."""
     try:
-        what, origin, body = _decode(data)
+        what, origin, body = envelope(data)
+        exclude: Exclude = None
+        delivered = False
         if what == "push" and kind == USER_KIND:
-            msg_id, payload, latest, delivered = body
-            exclude = None
+            msg_id, payload, latest, delivered = fields(body, *PUSH_FIELDS)
         elif what == "room" and kind == "r":
-            msg_id, payload, exclude, latest = body
-            delivered = False
+            msg_id, payload, exclude, latest = room_body(body)
         elif what == "everyone" and kind == "all":
-            msg_id, payload, latest = body
-            exclude, delivered = None, False
+            msg_id, payload, latest = fields(body, *EVERYONE_FIELDS)
         else:
             return None
-    except (msgspec.DecodeError, TypeError, ValueError):
+    except Malformed:
         return None
-    if latest or not isinstance(msg_id, int) or not isinstance(payload, bytes):
+    if latest:
         return None
-    return what, origin, msg_id, payload, exclude, bool(delivered)
+    return what, origin, msg_id, payload, exclude, delivered
 
 
-def _excluded(exclude: Any, session: Session) -> bool:
-    if not exclude:
+def _excluded(exclude: Exclude, session: Session) -> bool:
+    if exclude is None:
         return False
     what, value = exclude
-    return bool(value == (session.user_id if what == "u" else session.session_id))
+    return value == (session.user_id if what == "u" else session.session_id)
 
 
 def _is_mark(data: bytes, hid: str) -> bool:
     try:
-        what, _, body = _decode(data)
-        return bool(what == MARK and body == [hid])
-    except (msgspec.DecodeError, TypeError, ValueError):
+        what, _, body = envelope(data)
+    except Malformed:
         return False
+    return what == MARK and body == [hid]
 
 
 class _Listening:

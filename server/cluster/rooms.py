@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -65,6 +65,21 @@ Exclude = list[str] | None
 
 def room_key(name: str) -> str:
     return f"tw:room:{{{name}}}"
+
+
+#: The body of an ``everyone`` message: [msg_id, payload, latest].
+EVERYONE_FIELDS = (int, bytes, bool)
+
+
+def room_body(body: Any) -> tuple[int, bytes, Exclude, bool]:
+    """A ``room`` message's body, ``[msg_id, payload, exclude, latest]``, checked;
+    Malformed otherwise (this node's handler and a handover read it alike)."""
+    msg_id, payload, exclude, latest = fields(body, int, bytes, object, bool)
+    if exclude is not None:
+        what, _ = fields(exclude, str, str)
+        if what not in ("s", "u"):
+            raise Malformed(f"exclusion {exclude!r:.100}")
+    return msg_id, payload, exclude, latest
 
 
 class ClusterRooms:
@@ -214,13 +229,9 @@ class ClusterRooms:
 
     def _on_room(self, name: str, data: bytes) -> None:
         kind, origin, body = envelope(data)
-        msg_id, payload, exclude, latest = fields(body, int, bytes, object, bool)
+        msg_id, payload, exclude, latest = room_body(body)
         if kind != "room":
             raise Malformed(f"a {kind!r} message on a room channel")
-        if exclude is not None:
-            what, value = fields(exclude, str, str)
-            if what not in ("s", "u"):
-                raise Malformed(f"exclusion {exclude!r:.100}")
         if origin == self.node_id:
             return
         self.received += 1
@@ -229,6 +240,7 @@ class ClusterRooms:
             return
         members: Iterable[Session] = found.values()
         if exclude is not None:
+            what, value = exclude
             if what == "u":
                 members = [s for s in members if s.user_id != value]
             else:
@@ -237,7 +249,7 @@ class ClusterRooms:
 
     def _on_everyone(self, data: bytes) -> None:
         kind, origin, body = envelope(data)
-        msg_id, payload, latest = fields(body, int, bytes, bool)
+        msg_id, payload, latest = fields(body, *EVERYONE_FIELDS)
         if kind != "everyone":
             raise Malformed(f"a {kind!r} message on all:everyone")
         if origin == self.node_id:

@@ -51,6 +51,8 @@ _encode = msgspec.msgpack.Encoder().encode
 KIND = "u"
 #: The kind of a handover's markers on a user's channel (server/cluster/handover.py).
 MARK = "handover"
+#: The body of a ``push`` message: [msg_id, payload, latest, delivered].
+PUSH_FIELDS = (int, bytes, bool, bool)
 
 
 class UserPush:
@@ -180,7 +182,7 @@ class UserPush:
         kind, origin, body = envelope(data)
         if kind == MARK:
             return  # a session moving between nodes (server/cluster/handover.py)
-        msg_id, payload, latest, delivered = fields(body, int, bytes, bool, bool)
+        msg_id, payload, latest, delivered = fields(body, *PUSH_FIELDS)
         if kind != "push":
             raise Malformed(f"a {kind!r} message on a user channel")
         self.received += 1
