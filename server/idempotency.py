@@ -41,7 +41,7 @@ from google.protobuf.message import Message
 from protocol.errors import ErrorCode
 from protocol.proto.system_pb2 import Error
 from server.app import Kind, Route
-from server.errors import HandlerError
+from server.errors import DeadlineExceeded, HandlerError
 
 if TYPE_CHECKING:
     from server.app import Context
@@ -60,7 +60,13 @@ _NONE = 3
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[int, int, bytes]).decode
 
-#: Answers that say the handler did not run: the key is released for a resend.
+#: The record that claims a key while its first request runs.
+_CLAIM = _encode((_RUNNING, 0, b""))
+#: The record of an answer the handler's outcome cannot give (INTERNAL, no text).
+_INTERNAL = (_ERROR, int(ErrorCode.INTERNAL), b"")
+#: Answers that say the handler did not run (with a TIMEOUT that is not a
+#: DeadlineExceeded: a request that waited its deadline in a queue): the key is
+#: released for a resend.
 _NOT_RUN = frozenset({ErrorCode.OVERLOADED, ErrorCode.RATE_LIMITED})
 
 
@@ -115,8 +121,7 @@ class Idempotency:
                 self.repeated += 1
                 return self._answer(await asyncio.shield(running), route)
             deadline = server.config.handler_timeout or 60.0
-            claim = _encode((_RUNNING, 0, b""))
-            if not await store.set(key, claim, ttl=deadline + ttl_margin(deadline), nx=True):
+            if not await store.set(key, _CLAIM, ttl=deadline + ttl_margin(deadline), nx=True):
                 self.repeated += 1
                 return self._answer(await self._stored(key, deadline), route)
             self.first += 1
@@ -128,27 +133,23 @@ class Idempotency:
                 try:
                     reply = await call(ctx, msg)
                 except HandlerError as exc:
-                    if exc.code in _NOT_RUN or (exc.code == ErrorCode.TIMEOUT and not _ran(exc)):
-                        await store.delete(key)
-                        future.set_exception(exc)
-                        raise
+                    ran = exc.code not in _NOT_RUN and (
+                        exc.code != ErrorCode.TIMEOUT or isinstance(exc, DeadlineExceeded)
+                    )
                     record = (_ERROR, exc.code, exc.message.encode())
-                    await store.set(key, _encode(record), ttl=ttl)
-                    future.set_result(record)
+                    await self._settle(key, record, ran, ttl, exc)
                     raise
-                except BaseException as exc:
+                except asyncio.CancelledError:
+                    future.set_result(_INTERNAL)  # a stop: the claim runs out by itself
+                    raise
+                except BaseException:
                     # Unknown: it may have had its effect. Kept as the error it answers.
-                    record = (_ERROR, int(ErrorCode.INTERNAL), b"")
-                    if not isinstance(exc, asyncio.CancelledError):
-                        await store.set(key, _encode(record), ttl=ttl)
-                    future.set_result(record)
+                    await self._settle(key, _INTERNAL, True, ttl)
                     raise
-                record = self._record(reply, route)
-                if record[0] == _ERROR and record[1] in _NOT_RUN:
-                    await store.delete(key)
-                else:
-                    await store.set(key, _encode(record), ttl=ttl)
-                future.set_result(record)
+                record = self._record(reply)
+                await self._settle(
+                    key, record, record[0] != _ERROR or record[1] not in _NOT_RUN, ttl
+                )
                 return reply
             finally:
                 del self._running[key]
@@ -156,6 +157,29 @@ class Idempotency:
                     future.exception()  # retrieved: a resend may never come
 
         return once
+
+    async def _settle(
+        self,
+        key: str,
+        record: tuple[int, int, bytes],
+        ran: bool,
+        ttl: float,
+        raised: HandlerError | None = None,
+    ) -> None:
+        """Keep the first answer under `key` for resends, or free the key when the handler
+        did not run (a resend may run it); either way resends waiting here get it: the
+        HandlerError it `raised`, when it did not run, else the record."""
+        store = self.server.store
+        assert store is not None
+        if ran:
+            await store.set(key, _encode(record), ttl=ttl)
+        else:
+            await store.delete(key)
+        future = self._running[key]
+        if raised is not None and not ran:
+            future.set_exception(raised)
+        else:
+            future.set_result(record)
 
     async def _stored(self, key: str, deadline: float) -> tuple[int, int, bytes]:
         """The first request's record, once it is written (it runs on another node, or it
@@ -180,14 +204,14 @@ class Idempotency:
                 )
             await asyncio.sleep(POLL_INTERVAL)
 
-    def _record(self, reply: Message | None, route: Route) -> tuple[int, int, bytes]:
+    def _record(self, reply: Message | None) -> tuple[int, int, bytes]:
         if reply is None:
             return (_NONE, 0, b"")
         if isinstance(reply, Error):
             return (_ERROR, reply.code, reply.message.encode())
         reply_id = self.server.message_id(type(reply))
         if reply_id is None:
-            return (_ERROR, int(ErrorCode.INTERNAL), b"")  # answered INTERNAL anyway
+            return _INTERNAL  # answered INTERNAL anyway
         return (_REPLY, reply_id, reply.SerializeToString())
 
     def _answer(self, record: tuple[int, int, bytes], route: Route) -> Message | None:
@@ -203,14 +227,6 @@ def ttl_margin(deadline: float) -> float:
     """How long a "running" claim outlives the deadline: a node that died mid-request
     leaves it, and the key frees itself after that."""
     return max(5.0, deadline)
-
-
-def _ran(exc: HandlerError) -> bool:
-    """Whether a TIMEOUT came after the handler started (DeadlineExceeded) rather than
-    from a request that waited its whole deadline in a queue and never ran."""
-    from server.errors import DeadlineExceeded
-
-    return isinstance(exc, DeadlineExceeded)
 
 
 def make_awaitable(route: Route, inner: Callable[..., Any]) -> Callable[..., Any]:
