@@ -167,7 +167,8 @@ class Desk:
         #: Depths subscribed per symbol (a snapshot is pushed for each after a change).
         self.depths: dict[str, set[int]] = {symbol: set() for symbol in SYMBOLS}
         self.halted = ""
-        self.open_ = False
+        #: Taking commands: its journal is open (or it has none).
+        self.ready = False
         self._snapshotting: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
 
@@ -178,9 +179,7 @@ class Desk:
         drains) is opened as soon as it is free, for up to JOURNAL_WAIT seconds; orders
         meanwhile are answered OVERLOADED with a retry time."""
         if self.directory is None:
-            self.open_ = True
-            for name in DEMO_ACCOUNTS:
-                await self.ensure_account(name)
+            await self._ready()
             return
         try:
             journal = await Journal.open(self.directory, fsync=self.fsync)
@@ -218,13 +217,17 @@ class Desk:
             self.ledger.apply(decode_command(body))
             replayed += 1
         self.journal = journal
-        self.open_ = True
         log.info(
             "venue rebuilt: snapshot at %d, %d commands replayed, next order id %d",
             replay.snapshot_seq,
             replayed,
             self.ledger.venue.ids.order_id + 1,
         )
+        await self._ready()
+
+    async def _ready(self) -> None:
+        """Take commands from now on, first opening the demo accounts the venue lacks."""
+        self.ready = True
         for name in DEMO_ACCOUNTS:
             await self.ensure_account(name)
 
@@ -253,7 +256,7 @@ class Desk:
         venue's), then wait until it is durable. HandlerError once the journal failed:
         the venue stops taking commands rather than acknowledge what it cannot keep."""
         journal = self.journal
-        if not self.open_ or self.halted:
+        if not self.ready or self.halted:
             raise HandlerError(
                 ErrorCode.OVERLOADED,
                 self.halted or "the venue is opening its journal: retry after 100 ms",
