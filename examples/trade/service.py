@@ -289,9 +289,12 @@ class Desk:
         finally:
             self._snapshotting = None
 
-    def publish(self, server: Server, events: list[Event], replied: ExecutionReport | None) -> None:
-        """Push each report to its account (all but `replied`, the reply), each trade to
-        the symbol's subscribers, and the books that changed."""
+    def publish(
+        self, server: Server, events: list[Event], replied: ExecutionReport
+    ) -> pb.ExecutionReport:
+        """Push each report to its account (all but `replied`, the reply, returned), each
+        trade to the symbol's subscribers, and the books that changed; all stamped with
+        one transact_time."""
         stamp = now_ms()
         changed: set[str] = set()
         for event in events:
@@ -313,6 +316,7 @@ class Desk:
         for symbol in changed:
             for depth in self.depths.get(symbol, ()):
                 server.room(depth_room(symbol, depth)).broadcast(self.book_pb(symbol, depth))
+        return report_pb(replied, stamp)
 
     def book_pb(
         self, symbol: str, depth: int, md_req_id: str = ""
@@ -381,8 +385,7 @@ def make_app(
         await desk.ensure_account(account)
         events = await desk.run(command)
         ack = next(e for e in events if isinstance(e, ExecutionReport) and e.account == account)
-        desk.publish(ctx.server, events, ack)
-        return report_pb(ack, now_ms())
+        return desk.publish(ctx.server, events, ack)
 
     @app.handler(pb.OrderCancelRequest, idempotent=lambda m: m.cl_ord_id, rate=rate)
     async def cancel(ctx: Context, msg: pb.OrderCancelRequest) -> Any:
@@ -447,8 +450,7 @@ def _answer(ctx: Context, desk: Desk, events: list[Event]) -> Any:
     if isinstance(first, OrderCancelReject):
         return reject_pb(first)
     assert isinstance(first, ExecutionReport)
-    desk.publish(ctx.server, events, first)
-    return report_pb(first, now_ms())
+    return desk.publish(ctx.server, events, first)
 
 
 app = make_app()
