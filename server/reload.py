@@ -38,6 +38,13 @@ def _ensure_cwd_importable() -> None:
         sys.path.insert(0, os.getcwd())
 
 
+def app_module(spec: str) -> ModuleType:
+    """The module a ``MODULE:ATTR`` spec names, imported as `tickwire serve` imports it
+    (modules in the working directory included)."""
+    _ensure_cwd_importable()
+    return importlib.import_module(spec.partition(":")[0])
+
+
 def _app_from(module: ModuleType, attr: str, spec: str) -> App:
     app = getattr(module, attr or "app")
     if callable(app) and not isinstance(app, App):
@@ -61,11 +68,9 @@ class AppLoader:
         self.apps: list[App] = []
 
     def load(self) -> list[App]:
-        _ensure_cwd_importable()
         apps = []
         for spec in self.specs:
-            module_name, _, attr = spec.partition(":")
-            apps.append(_app_from(importlib.import_module(module_name), attr, spec))
+            apps.append(_app_from(app_module(spec), spec.partition(":")[2], spec))
         self.apps = apps
         return apps
 

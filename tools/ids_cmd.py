@@ -64,13 +64,9 @@ def app_table(specs: list[str]) -> dict[int, str]:
 
 def default_table(spec: str) -> Path:
     """``message_ids.txt`` in the directory of the module `spec` names."""
-    import importlib
+    from server.reload import app_module
 
-    from server.reload import AppLoader
-
-    AppLoader([spec]).load()  # importable from the working directory, as serve does
-    module = importlib.import_module(spec.partition(":")[0])
-    file = getattr(module, "__file__", None)
+    file = getattr(app_module(spec), "__file__", None)
     if not file:
         raise SystemExit(f"tickwire ids: {spec} has no file to put a table beside; use --table")
     return Path(file).resolve().parent / "message_ids.txt"
