@@ -431,6 +431,8 @@ class StatefulRooms:
 
     def _disconnected(self, session: Session, reason: EndReason) -> None:
         user_id = session.user_id
+        if user_id not in self._by_user:
+            return  # seated nowhere: every disconnect of a server without rooms ends here
         if any(s.conn is not None for s in self.server.sessions.local_sessions(user_id)):
             return  # another connection of the user is still here
         for room in self.of_user(user_id):
